@@ -1,0 +1,28 @@
+# The two commands of README.rst: `make demo` (set up, run the main job) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test lint setup clean
+
+$(BIN)/relayd-sendmail: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/relayd-sendmail
+
+demo: setup
+	$(BIN)/python -m relayd.demo
+
+lint: setup
+	$(BIN)/ruff check relayd tests benchmarks
+	$(BIN)/ruff format --check relayd tests benchmarks
+	$(BIN)/mypy relayd tests
+
+test: lint
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

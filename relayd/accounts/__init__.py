@@ -1,0 +1,1 @@
+"""msmtp-compatible accounts: msmtprc parsing, account selection and --pretend output."""

@@ -1,0 +1,40 @@
+"""The `relayd` management command (typer): daemon, queue, status, config."""
+
+from __future__ import annotations
+
+import typer
+
+from relayd import __version__
+
+app = typer.Typer(
+    name="relayd",
+    help="relayd: a local mail relay with a durable queue.",
+    no_args_is_help=True,
+    add_completion=True,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"relayd version {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """relayd: a local mail relay with a durable queue."""
+
+
+@app.command("version")
+def version_command() -> None:
+    """Print the version."""
+    typer.echo(f"relayd version {__version__}")
+
+
+def main() -> None:
+    """Entry point of the `relayd` console script."""
+    app()

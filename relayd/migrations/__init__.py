@@ -1,0 +1,1 @@
+"""Alembic environment and revisions of the queue schema (run by `relayd.store.migrate`)."""

@@ -1,0 +1,1 @@
+"""Alembic revisions of the queue schema, oldest first (`0001_…`, `0002_…`)."""

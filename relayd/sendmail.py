@@ -1,0 +1,229 @@
+"""relayd-sendmail: the sendmail/msmtp-compatible front end (a hot path: keep imports light)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from relayd import __version__, message
+from relayd.accounts import files, pretend, resolve
+from relayd.accounts.account import Account
+from relayd.accounts.select import Selection, select
+from relayd.cmdline import Invocation, Mode, parse
+from relayd.errors import DataError, RelaydError, UsageError
+from relayd.sysexits import ExitCode
+
+MSMTP_VERSION = "1.8.23"
+
+
+class Output:
+    """Writes text lines to stdout byte-exactly (config values may hold undecodable bytes)."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+
+    def __call__(self, line: str) -> None:
+        if self.enabled:
+            sys.stdout.buffer.write(line.encode("utf-8", "surrogateescape") + b"\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `relayd-sendmail` console script; returns the sysexits code."""
+    args = list(sys.argv if argv is None else argv)
+    prog = os.path.basename(args[0]) if args else "relayd-sendmail"
+    try:
+        inv = parse(args[1:])
+        if prog == "mailq":
+            inv.mode = Mode.LIST_QUEUE
+        code = run(inv, prog)
+    except RelaydError as err:
+        sys.stdout.flush()
+        sys.stderr.buffer.write(f"{prog}: {err.message}\n".encode("utf-8", "surrogateescape"))
+        code = int(err.exit_code)
+    sys.stdout.flush()
+    return code
+
+
+def run(inv: Invocation, prog: str) -> int:
+    """Carry out a parsed invocation."""
+    out = Output()
+    if inv.mode is Mode.VERSION:
+        for line in version_lines(prog):
+            out(line)
+        return ExitCode.OK
+    if inv.mode is Mode.HELP:
+        out(help_text(prog))
+        return ExitCode.OK
+    if inv.mode in (Mode.LIST_QUEUE, Mode.FLUSH, Mode.SMTP, Mode.CONFIGURE):
+        raise RelaydError(
+            f"{inv.mode.value} mode is not available in this version", ExitCode.UNAVAILABLE
+        )
+    sendmail_mode = inv.mode is Mode.SEND
+    data = sys.stdin.buffer.read() if sendmail_mode else b""
+    scan = message.scan_headers(data, read_recipients=inv.read_recipients)
+    emit = Output(inv.pretend or inv.debug)
+    header_from = scan.from_address if inv.read_envelope_from else None
+    if sendmail_mode and inv.read_envelope_from:
+        emit(f"envelope from address extracted from mail: {header_from or '(null)'}")
+    for argument in inv.recipients:
+        if any(char in argument for char in "\r\n\0"):
+            raise DataError(f"invalid recipient {argument!r}: contains a line break or NUL")
+    recipients = message.parse_recipient_arguments(inv.recipients)
+    if inv.read_recipients:
+        recipients += scan.recipients
+    if sendmail_mode and not recipients and not inv.pretend:
+        raise UsageError("no recipients found")
+    selection = choose_account(inv, header_from=header_from, sendmail_mode=sendmail_mode, emit=emit)
+    account = selection.account
+    if inv.pretend:
+        resolve.run_passwordeval(account)
+    resolve.apply_defaults(account)
+    resolve.check(account, sendmail_mode=sendmail_mode and not inv.pretend)
+    if selection.using_line is not None:
+        emit(selection.using_line)
+    lines = pretend.account_lines(
+        account,
+        sendmail_mode=sendmail_mode,
+        read_envelope_from=inv.read_envelope_from,
+        read_recipients=inv.read_recipients,
+        rmqs=inv.rmqs,
+    )
+    for line in lines:
+        emit(line)
+    if account.aliases:
+        recipients = message.expand_aliases(recipients, account.aliases)
+    if inv.pretend:
+        return ExitCode.OK
+    if not sendmail_mode:
+        raise RelaydError(
+            f"{inv.mode.value} is not available in this version", ExitCode.UNAVAILABLE
+        )
+    from relayd.submit import submit_message
+
+    queue_id = submit_message(inv, account, data, scan, recipients)
+    emit(f"queued as {queue_id}")
+    return ExitCode.OK
+
+
+def choose_account(
+    inv: Invocation, *, header_from: str | None, sendmail_mode: bool, emit: Output
+) -> Selection:
+    """Select the account as msmtp does and apply the command line to it."""
+    if inv.host_given:
+        emit("using account specified on command line")
+        selection = Selection(Account(id=None, conffile=None), from_file=False)
+    else:
+        envelope_from = inv.envelope_from if inv.envelope_from is not None else header_from
+        selection = select(
+            account_id=inv.account_id,
+            conffile=inv.conffile,
+            envelope_from=envelope_from,
+            sendmail_mode=sendmail_mode,
+            emit=emit,
+        )
+    resolve.apply_overrides(
+        selection.account,
+        inv.cmdline,
+        envelope_from=inv.envelope_from,
+        read_envelope_from=inv.read_envelope_from,
+        header_from=header_from,
+    )
+    return selection
+
+
+def version_lines(prog: str) -> list[str]:
+    """--version: relayd's version, msmtp's configuration file names, the queue and daemon."""
+    return [
+        f"{prog} (relayd) version {__version__}",
+        f"Compatible with msmtp version {MSMTP_VERSION}",
+        f"System configuration file name: {files.system_file()}",
+        f"User configuration file name: {files.user_file()}",
+    ]
+
+
+def help_text(prog: str) -> str:
+    """--help."""
+    return HELP.format(prog=prog)
+
+
+HELP = """\
+Usage:
+
+Sendmail mode (default):
+  {prog} [option...] [--] recipient...
+  {prog} [option...] -t [--] [recipient...]
+  Read a mail from standard input, store it durably in relayd's queue and let
+  the relayd daemon deliver it through the chosen msmtp account.
+Server information mode:
+  {prog} [option...] --serverinfo
+Remote Message Queue Starting mode:
+  {prog} [option...] --rmqs=host|@domain|#queue
+
+General options:
+  --version                    print version
+  --help                       print help
+  -P, --pretend                print configuration info and exit
+  -d, --debug                  print debugging information
+Changing the mode of operation:
+  -S, --serverinfo             print information about the server
+  --rmqs=host|@domain|#queue   send a Remote Message Queue Starting request
+  -bm                          store the mail in the queue (default)
+  -bp                          list the queue (also: invoked as mailq)
+  -bs                          speak SMTP on standard input and output
+  -q                           flush the queue
+  -odb, -odq, -odi             wake the daemon (default), only queue, or
+                               deliver now in this process
+Configuration options:
+  -C, --file=filename          set configuration file
+  -a, --account=id             use the given account instead of the account
+                               named "default"; its settings may be changed
+                               with command-line options
+  --host=hostname              set the server, use only command-line settings;
+                               do not use any configuration file data
+  --port=number                set port number
+  --source-ip=[IP]             set source ip address
+  --proxy-host=[IP|hostname]   set/unset proxy
+  --proxy-port=[number]        set/unset proxy port
+  --socket=[socketname]        set/unset local socket to connect to
+  --timeout=(off|seconds)      set/unset network timeout in seconds
+  --protocol=(smtp|lmtp)       use the given sub protocol
+  --domain=string              set the argument of EHLO or LHLO command
+  --auth[=(on|off|method)]     enable/disable authentication and optionally
+                               choose the method
+  --user=[username]            set/unset user name for authentication
+  --passwordeval=[eval]        evaluate password for authentication
+  --tls[=(on|off)]             enable/disable TLS encryption
+  --tls-starttls[=(on|off)]    enable/disable STARTTLS for TLS
+  --tls-trust-file=[file]      set/unset trust file for TLS
+  --tls-crl-file=[file]        set/unset revocation file for TLS
+  --tls-fingerprint=[f]        set/unset trusted certificate fingerprint
+  --tls-certcheck[=(on|off)]   enable/disable server certificate checks for TLS
+  --tls-key-file=[file]        set/unset private key file for TLS
+  --tls-cert-file=[file]       set/unset private cert file for TLS
+  --tls-priorities=[prios]     set/unset TLS priorities
+  --tls-host-override=[host]   set/unset override for TLS host verification
+  --tls-min-dh-prime-bits=[b]  set/unset minimum bit size of DH prime
+Options specific to sendmail mode:
+  --auto-from[=(on|off)]       enable/disable automatic envelope-from addresses
+  -f, --from=address           set envelope from address
+  --maildomain=[domain]        set the domain for automatic envelope from
+                               addresses
+  -N, --dsn-notify=(off|cond)  set/unset DSN conditions
+  -R, --dsn-return=(off|ret)   set/unset DSN amount
+  -X, --logfile=[file]         set/unset log file
+  --logfile-time-format=[fmt]  set/unset log file time format for strftime()
+  --syslog[=(on|off|facility)] enable/disable/configure syslog logging
+  -t, --read-recipients        read additional recipients from the mail
+  --read-envelope-from         read envelope from address from the mail
+  --aliases=[file]             set/unset aliases file
+  --set-from-header[=(auto|on|off)] set From header handling
+  --set-date-header[=(auto|off)] set Date header handling
+  --set-msgid-header[=(auto|off)] set Message-ID header handling
+  --remove-bcc-headers[=(on|off)] enable/disable removal of Bcc headers
+  --undisclosed-recipients[=(on|off)] enable/disable replacement of To/Cc/Bcc
+                               with To: undisclosed-recipients:;
+  -F name                      full name for an added From header
+  --                           end of options
+Accepted but ignored: -A, -B, -G, -h, -i, -L, -m, -n, -O, -o (except -od)
+"""

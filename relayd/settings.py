@@ -1,0 +1,271 @@
+"""relayd.toml: find it, parse it, check every key, and return frozen Settings (SPEC §2).
+
+Stdlib only: the sendmail path imports this module when a relayd.toml exists (see
+`paths.database_url`), and tomllib only then.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+
+from relayd import paths
+from relayd.errors import ConfigError
+from relayd.paths import SYSTEM_SETTINGS_FILE, settings_file
+from relayd.sysexits import ExitCode
+
+TYPE_CHECKING = False  # typing costs milliseconds on the sendmail path; mypy still sees this
+if TYPE_CHECKING:
+    from typing import Any
+
+__all__ = ["SYSTEM_SETTINGS_FILE", "Settings", "duration", "load", "parse", "settings_file"]
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"(?:\d+[smhdw])+")
+_DAY = 86400
+
+
+@dataclass(frozen=True)
+class Retry:
+    """[retry], in seconds: backoff bounds, lifetime, delay notice."""
+
+    first: int = 60
+    max: int = 3600
+    lifetime: int = 5 * _DAY
+    warn_after: int | None = None  # None: no delay notice
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """[delivery]: connections and messages per connection per account, timeout in seconds."""
+
+    connections_per_account: int = 2
+    messages_per_connection: int = 100
+    timeout: int = 60
+
+
+@dataclass(frozen=True)
+class Bounce:
+    """[bounce] mode: `none`, `sender`, or `maildir` with its directory."""
+
+    mode: str = "none"  # none | sender | maildir
+    maildir: str | None = None  # the PATH of `maildir:PATH`
+
+
+@dataclass(frozen=True)
+class Listen:
+    """[listen]: the loopback SMTP listener's address and AUTH users."""
+
+    address: str | None = None  # HOST:PORT; None: no listener
+    users: tuple[tuple[str, str], ...] | None = None  # (user, password); None: no AUTH
+
+
+@dataclass(frozen=True)
+class Retain:
+    """[retain], in seconds: how long sent and failed messages keep their bodies."""
+
+    sent: int = 7 * _DAY
+    failed: int = 30 * _DAY
+
+
+@dataclass(frozen=True)
+class Settings:
+    """relayd's own settings; durations in seconds. `explicit` names the keys the file set."""
+
+    database: str
+    retry: Retry = field(default_factory=Retry)
+    delivery: Delivery = field(default_factory=Delivery)
+    bounce: Bounce = field(default_factory=Bounce)
+    notify_command: str | None = None
+    listen: Listen = field(default_factory=Listen)
+    retain: Retain = field(default_factory=Retain)
+    file: str | None = None  # the file read, None when only defaults apply
+    explicit: frozenset[str] = frozenset()
+
+
+class _Invalid(Exception):
+    """A value failed validation; the loader adds the file and key."""
+
+
+def duration(value: object) -> int:
+    """Seconds from `"90s"`, `"5m"`, `"1h30m"`, `"5d"`, `"2w"` or an integer of seconds."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise _Invalid(f'expected a duration such as "90s", "5m", "1h", "5d", not {value!r}')
+    if isinstance(value, int):
+        seconds = value
+    elif _DURATION.fullmatch(value.strip()):
+        seconds = sum(int(n) * _UNITS[u] for n, u in re.findall(r"(\d+)([smhdw])", value))
+    else:
+        raise _Invalid(f'invalid duration {value!r} (use e.g. "90s", "5m", "1h", "5d")')
+    if seconds <= 0:
+        raise _Invalid(f"duration {value!r} must be positive")
+    return seconds
+
+
+def _duration_or_off(value: object) -> int | None:
+    if value is False or value == "off":
+        return None
+    return duration(value)
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _Invalid(f"expected a positive integer, not {value!r}")
+    return value
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _Invalid(f"expected a non-empty string, not {value!r}")
+    return value
+
+
+def _database(value: object) -> str:
+    try:
+        return paths.check_database_url(_text(value))
+    except ConfigError as exc:
+        raise _Invalid(exc.message) from None
+
+
+def _bounce(value: object) -> Bounce:
+    mode = _text(value)
+    if mode in ("none", "sender"):
+        return Bounce(mode=mode)
+    if mode.startswith("maildir:") and mode[len("maildir:") :].strip():
+        return Bounce(mode="maildir", maildir=os.path.expanduser(mode[len("maildir:") :]))
+    raise _Invalid(f"expected none, sender or maildir:PATH, not {mode!r}")
+
+
+def _address(value: object) -> str:
+    text = _text(value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise _Invalid(f"expected HOST:PORT such as 127.0.0.1:2525, not {text!r}")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise _Invalid(f"write an IPv6 address in brackets, e.g. [::1]:2525, not {text!r}")
+    return text
+
+
+def _users(value: object) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict) or not value:
+        raise _Invalid('expected a table of user = "password"')
+    for user, password in value.items():
+        if not isinstance(password, str) or not password:
+            raise _Invalid(f"user {user}: expected a non-empty password string")
+    return tuple(sorted(value.items()))
+
+
+# section -> key -> (Settings field path, validator)
+_KEYS: dict[str, dict[str, tuple[str, Callable[[object], Any]]]] = {
+    "retry": {
+        "first": ("retry.first", duration),
+        "max": ("retry.max", duration),
+        "lifetime": ("retry.lifetime", duration),
+        "warn_after": ("retry.warn_after", _duration_or_off),
+    },
+    "delivery": {
+        "connections_per_account": ("delivery.connections_per_account", _count),
+        "messages_per_connection": ("delivery.messages_per_connection", _count),
+        "timeout": ("delivery.timeout", duration),
+    },
+    "bounce": {"mode": ("bounce", _bounce)},
+    "notify": {"command": ("notify_command", _text)},
+    "listen": {"address": ("listen.address", _address), "users": ("listen.users", _users)},
+    "retain": {"sent": ("retain.sent", duration), "failed": ("retain.failed", duration)},
+}
+
+
+def load(environ: Mapping[str, str] | None = None, *, uid: int | None = None) -> Settings:
+    """Settings from the file `settings_file()` finds (if any) and the environment."""
+    env = os.environ if environ is None else environ
+    path = settings_file(env)[0]
+    text = None
+    if path is not None:
+        try:
+            with open(path, "rb") as handle:
+                text = handle.read().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(f"{path}: cannot read: {reason}", ExitCode.IOERR) from None
+    settings = parse(text, path, default_database=paths.default_database_url(env, uid))
+    override = env.get("RELAYD_DATABASE_URL")
+    if override:
+        try:
+            database = _database(override)
+        except _Invalid as exc:
+            raise ConfigError(f"RELAYD_DATABASE_URL: {exc}") from None
+        settings = replace(settings, database=database)
+    return settings
+
+
+def parse(text: str | None, filename: str | None, *, default_database: str) -> Settings:
+    """Settings from relayd.toml `text` (None: defaults only); errors name `filename` and key."""
+    if text is None:
+        return Settings(database=default_database)
+    import tomllib  # only when there is a file: keeps the common case light
+
+    name = filename or "relayd.toml"
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{name}: {_toml_message(str(exc))}") from None
+    values: dict[str, Any] = {}
+    explicit: set[str] = set()
+    for key, value in document.items():
+        try:
+            if key == "database":
+                values["database"] = _database(value)
+                explicit.add(key)
+            elif key not in _KEYS:
+                raise ConfigError(f"{name}: unknown key {key}")
+            elif not isinstance(value, dict):
+                raise ConfigError(f"{name}: {key}: expected a table ([{key}])")
+            else:
+                explicit.update(_section(name, key, value, values))
+        except _Invalid as exc:
+            raise ConfigError(f"{name}: {key}: {exc}") from None
+    return _build(name, values, explicit, default_database)
+
+
+def _section(name: str, section: str, table: dict[str, Any], values: dict[str, Any]) -> set[str]:
+    """Validate one [section] into `values`; return its dotted keys."""
+    for key, value in table.items():
+        dotted = f"{section}.{key}"
+        if key not in _KEYS[section]:
+            raise ConfigError(f"{name}: unknown key {dotted}")
+        target, validate = _KEYS[section][key]
+        try:
+            values[target] = validate(value)
+        except _Invalid as exc:
+            raise ConfigError(f"{name}: {dotted}: {exc}") from None
+    return {f"{section}.{key}" for key in table}
+
+
+def _build(name: str, values: dict[str, Any], explicit: set[str], database: str) -> Settings:
+    def part(prefix: str, kind: type[Any]) -> Any:
+        fields = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(prefix + ".")}
+        return kind(**fields)
+
+    retry: Retry = part("retry", Retry)
+    if retry.first > retry.max:
+        raise ConfigError(f"{name}: retry.first ({retry.first}s) is longer than retry.max")
+    return Settings(
+        database=values.get("database", database),
+        retry=retry,
+        delivery=part("delivery", Delivery),
+        bounce=values.get("bounce", Bounce()),
+        notify_command=values.get("notify_command"),
+        listen=part("listen", Listen),
+        retain=part("retain", Retain),
+        file=name,
+        explicit=frozenset(explicit),
+    )
+
+
+def _toml_message(message: str) -> str:
+    """tomllib's "… (at line 3, column 5)" as msmtp-style "line 3: …"."""
+    found = re.fullmatch(r"(.*) \(at line (\d+), column \d+\)", message)
+    if found is None:
+        return message
+    return f"line {found.group(2)}: {found.group(1)[:1].lower()}{found.group(1)[1:]}"

@@ -1,0 +1,9 @@
+"""The durable queue: schema, records, the SQLAlchemy store and the stdlib sendmail fast path.
+
+This package's `__init__` stays import-free: `relayd.store.fastpath` is on the sendmail hot
+path and must not pull in SQLAlchemy through its parent package.
+"""
+
+# The Alembic head revision this code reads and writes. The fast path compares the database's
+# `alembic_version` with it; tests check it equals the head of `relayd/migrations`.
+SCHEMA_REVISION = "0001"

@@ -1,0 +1,105 @@
+"""Bring a queue database to the current schema, once, under a lock (programmatic Alembic).
+
+Several processes may start on a new or old database at the same moment: each opens a write
+transaction and takes the migration lock (SQLite: BEGIN IMMEDIATE; PostgreSQL:
+pg_advisory_xact_lock), then reads the revision. The first migrates inside that transaction;
+the others wait for it and then find the head revision. Needs no alembic.ini.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+
+from relayd.errors import QueueError
+from relayd.store import SCHEMA_REVISION, failures
+from relayd.store.dialects import describe, from_dbapi, is_sqlite, lock_for_migration, make_engine
+from relayd.sysexits import ExitCode
+
+SCRIPT_LOCATION = "relayd:migrations"
+
+
+def alembic_config(url: str | None = None) -> Config:
+    """An Alembic Config for relayd's migrations, built in code."""
+    config = Config()
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    if url is not None:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def head_revision() -> str:
+    """The newest revision in `relayd/migrations/versions`."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:
+        raise RuntimeError("relayd/migrations has no revisions")
+    return head
+
+
+def current_revision(conn: sa.Connection) -> str | None:
+    """The revision recorded in the database, None for a new database."""
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def ensure_schema(engine: sa.Engine) -> bool:
+    """Migrate the database to the head revision if needed; True if this call migrated it."""
+    with engine.connect() as conn:
+        # SQLite: table rebuilds in later (batch) revisions must not cascade-delete child rows,
+        # so foreign keys are off while migrating, checked before commit, and on again after.
+        _sqlite_foreign_keys(conn, on=False)
+        try:
+            with conn.begin():
+                migrated = _upgrade_locked(conn)
+        finally:
+            _sqlite_foreign_keys(conn, on=True)
+    return migrated
+
+
+def _sqlite_foreign_keys(conn: sa.Connection, *, on: bool) -> None:
+    """Set SQLite's foreign_keys outside any transaction (inside one it is silently ignored)."""
+    if is_sqlite(conn):
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        raw.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+
+
+def _upgrade_locked(conn: sa.Connection) -> bool:
+    lock_for_migration(conn)
+    current = current_revision(conn)
+    if current == SCHEMA_REVISION:
+        return False
+    config = alembic_config()
+    script = ScriptDirectory.from_config(config)
+    try:
+        if current is not None:
+            script.get_revision(current)
+    except CommandError:
+        raise QueueError(
+            f"the queue database has schema revision {current}, unknown to this relayd"
+            f" (expects {SCHEMA_REVISION}): was it written by a newer version?",
+            ExitCode.TEMPFAIL,
+        ) from None
+    config.attributes["connection"] = conn
+    command.upgrade(config, SCHEMA_REVISION)
+    if is_sqlite(conn) and conn.exec_driver_sql("PRAGMA foreign_key_check").first():
+        raise RuntimeError("schema migration left rows violating foreign keys")
+    return True
+
+
+def migrate_url(url: str, *, timeout: float = 10.0) -> bool:
+    """Open `url`, migrate it if needed and close it; database failures become QueueError."""
+    where = describe(url)
+    try:
+        engine = make_engine(url, timeout=timeout)
+    except OSError as exc:
+        raise failures.from_os(exc, where, "create the queue") from None
+    try:
+        return ensure_schema(engine)
+    except sa.exc.DBAPIError as exc:
+        raise from_dbapi(exc, where, "create the queue", timeout) from None
+    finally:
+        engine.dispose()

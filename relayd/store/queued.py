@@ -1,0 +1,75 @@
+"""Records read back from the queue and written by the runner: messages, recipients, attempts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from relayd.store.records import RecipientState, State
+
+__all__ = ["Attempt", "Outcome", "QueuedMessage", "Recipient", "RecipientState", "State"]
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """One recipient of a queued message, identified by its position in the envelope."""
+
+    position: int
+    address: str
+    state: RecipientState = RecipientState.PENDING
+    reply_code: int | None = None
+    reply_text: str | None = None
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    """A stored message without its body (read that with `SqlStore.read_data`).
+
+    Times are float Unix seconds (UTC) everywhere in the store.
+    """
+
+    queue_id: str
+    state: State
+    account: str
+    overrides: tuple[tuple[str, str | None], ...]
+    config_file: str | None
+    sender: str
+    size: int
+    smtputf8: bool
+    eightbit: bool
+    created_at: float
+    next_attempt_at: float | None
+    lease_until: float | None
+    lease_owner: str | None
+    attempts: int
+    reason: str | None
+    uid: int | None
+    recipients: tuple[Recipient, ...]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One delivery attempt as logged: one row in `attempts`, one msmtp-format log line.
+
+    `reply_code`/`reply` are the server's last reply or the error that ended the attempt;
+    `recipients` are the per-recipient results (state and reply) this attempt produced.
+    """
+
+    started_at: float
+    duration: float
+    host: str
+    tls: bool
+    auth: bool
+    exit_code: int
+    reply_code: int | None = None
+    reply: str | None = None
+    recipients: tuple[Recipient, ...] = ()
+    possible_duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an attempt does to its message: retry at `next_attempt_at`, hold, sent or failed."""
+
+    state: State
+    next_attempt_at: float | None = None
+    reason: str | None = None

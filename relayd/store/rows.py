@@ -1,0 +1,209 @@
+"""Conversions between table rows and the store's records (JSON columns included)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from relayd.store.queued import Attempt, QueuedMessage, Recipient, RecipientState, State
+from relayd.store.tables import messages, recipients
+
+# Everything but the body (listing 100,000 messages must not read their data), in the order
+# `message_from_row` unpacks. Overrides come back raw: most are "[]", not worth a json.loads.
+_SUMMARY = (
+    messages.c.id,
+    messages.c.queue_id,
+    messages.c.state,
+    messages.c.account,
+    sa.type_coerce(messages.c.overrides, sa.Text()).label("overrides"),
+    messages.c.config_file,
+    messages.c.sender,
+    messages.c.size,
+    messages.c.needs_smtputf8,
+    messages.c.needs_8bitmime,
+    messages.c.created_at,
+    messages.c.next_attempt_at,
+    messages.c.lease_until,
+    messages.c.lease_owner,
+    messages.c.attempts,
+    messages.c.reason,
+    messages.c.submitted_uid,
+)
+_RECIPIENT = (
+    recipients.c.message_id,
+    recipients.c.position,
+    recipients.c.address,
+    recipients.c.state,
+    recipients.c.reply_code,
+    recipients.c.reply_text,
+)
+# Enum lookups by value through a dict: State(value) is several times slower.
+_STATES = {state.value: state for state in State}
+_RECIPIENT_STATES = {state.value: state for state in RecipientState}
+
+
+def _overrides(raw: Any) -> tuple[tuple[str, str | None], ...]:
+    if raw == "[]" or not raw:
+        return ()
+    pairs = json.loads(raw) if isinstance(raw, str) else raw  # PostgreSQL's driver parses json
+    return tuple((str(option), None if value is None else str(value)) for option, value in pairs)
+
+
+def recipient_from_row(row: Sequence[Any]) -> Recipient:
+    _message_id, position, address, state, code, text = row
+    return Recipient(position, address, _RECIPIENT_STATES[state], code, text)
+
+
+def message_from_row(row: Sequence[Any], recipients: tuple[Recipient, ...]) -> QueuedMessage:
+    (
+        _id,
+        queue_id,
+        state,
+        account,
+        overrides,
+        config_file,
+        sender,
+        size,
+        smtputf8,
+        eightbit,
+        created_at,
+        next_attempt_at,
+        lease_until,
+        lease_owner,
+        attempts,
+        reason,
+        uid,
+    ) = row
+    return QueuedMessage(
+        queue_id=queue_id,
+        state=_STATES[state],
+        account=account,
+        overrides=_overrides(overrides),
+        config_file=config_file,
+        sender=sender,
+        size=size,
+        smtputf8=bool(smtputf8),
+        eightbit=bool(eightbit),
+        created_at=created_at,
+        next_attempt_at=next_attempt_at,
+        lease_until=lease_until,
+        lease_owner=lease_owner,
+        attempts=attempts,
+        reason=reason,
+        uid=uid,
+        recipients=recipients,
+    )
+
+
+def _reply_json(recipient: Recipient) -> dict[str, Any]:
+    return {
+        "position": recipient.position,
+        "address": recipient.address,
+        "state": recipient.state.value,
+        "code": recipient.reply_code,
+        "text": recipient.reply_text,
+    }
+
+
+def _reply_from_json(item: dict[str, Any]) -> Recipient:
+    return Recipient(
+        position=int(item["position"]),
+        address=str(item["address"]),
+        state=RecipientState(item["state"]),
+        reply_code=item.get("code"),
+        reply_text=item.get("text"),
+    )
+
+
+def attempt_row(message_id: int, attempt: Attempt) -> dict[str, Any]:
+    """The `attempts` row for `attempt` of message `message_id`."""
+    return {
+        "message_id": message_id,
+        "started_at": attempt.started_at,
+        "duration": attempt.duration,
+        "host": attempt.host,
+        "tls": attempt.tls,
+        "auth": attempt.auth,
+        "exit_code": attempt.exit_code,
+        "reply_code": attempt.reply_code,
+        "reply": attempt.reply,
+        "recipient_replies": [_reply_json(r) for r in attempt.recipients],
+        "possible_duplicate": attempt.possible_duplicate,
+    }
+
+
+def attempt_from_row(row: sa.Row[Any]) -> Attempt:
+    return Attempt(
+        started_at=row.started_at,
+        duration=row.duration,
+        host=row.host,
+        tls=bool(row.tls),
+        auth=bool(row.auth),
+        exit_code=row.exit_code,
+        reply_code=row.reply_code,
+        reply=row.reply,
+        recipients=tuple(_reply_from_json(item) for item in row.recipient_replies),
+        possible_duplicate=bool(row.possible_duplicate),
+    )
+
+
+def find_message_id(conn: sa.Connection, queue_id: str) -> int | None:
+    found = conn.execute(
+        sa.select(messages.c.id).where(messages.c.queue_id == queue_id)
+    ).scalar_one_or_none()
+    return None if found is None else int(found)
+
+
+def update_recipients(conn: sa.Connection, message_id: int, results: Iterable[Recipient]) -> None:
+    rows = [
+        {
+            "b_message": message_id,
+            "b_position": result.position,
+            "b_state": result.state.value,
+            "b_code": result.reply_code,
+            "b_text": result.reply_text,
+        }
+        for result in results
+    ]
+    if not rows:
+        return
+    statement = (
+        recipients.update()
+        .where(
+            recipients.c.message_id == sa.bindparam("b_message"),
+            recipients.c.position == sa.bindparam("b_position"),
+        )
+        .values(
+            state=sa.bindparam("b_state"),
+            reply_code=sa.bindparam("b_code"),
+            reply_text=sa.bindparam("b_text"),
+        )
+    )
+    conn.execute(statement, rows)
+
+
+def load_messages(
+    conn: sa.Connection, condition: Any, *, by_due: bool = False
+) -> list[QueuedMessage]:
+    """Messages matching `condition` with their recipients: two queries, joined in Python."""
+    order = (
+        (messages.c.next_attempt_at, messages.c.id)
+        if by_due
+        else (messages.c.created_at, messages.c.id)
+    )
+    rows = conn.execute(sa.select(*_SUMMARY).where(condition).order_by(*order)).all()
+    if not rows:
+        return []
+    by_message: dict[int, list[Recipient]] = {row[0]: [] for row in rows}
+    recipient_rows = conn.execute(
+        sa.select(*_RECIPIENT)
+        .join(messages, messages.c.id == recipients.c.message_id)
+        .where(condition)
+        .order_by(recipients.c.message_id, recipients.c.position)
+    )
+    for row in recipient_rows:
+        by_message[row[0]].append(recipient_from_row(row))
+    return [message_from_row(row, tuple(by_message[row[0]])) for row in rows]

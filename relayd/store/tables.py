@@ -1,0 +1,98 @@
+"""The one queue schema as SQLAlchemy Core tables: messages, recipients, attempts.
+
+Times are float Unix seconds (UTC) in DOUBLE columns everywhere. Migrations in
+`relayd/migrations` must produce exactly this; `tests/test_migrate.py` compares them.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from relayd.store.records import RecipientState, State
+
+# Stable constraint names so later migrations (and SQLite batch rebuilds) can refer to them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+# SQLite only aliases the rowid for a column spelled exactly INTEGER PRIMARY KEY.
+RowId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def _one_of(column: str, values: type[State] | type[RecipientState]) -> str:
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
+
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("id", RowId, primary_key=True, autoincrement=True),
+    sa.Column("queue_id", sa.String(16), nullable=False, unique=True),
+    sa.Column("state", sa.String(8), nullable=False),
+    sa.Column("account", sa.Text(), nullable=False),
+    sa.Column("config_file", sa.Text(), nullable=True),  # the -C file, None for the default
+    sa.Column("overrides", sa.JSON(), nullable=False),  # [[option, value], ...]
+    sa.Column("sender", sa.Text(), nullable=False),  # '' for <>
+    sa.Column("size", sa.BigInteger(), nullable=False),
+    sa.Column("data", sa.LargeBinary(), nullable=False),  # exactly the wire bytes
+    sa.Column("needs_smtputf8", sa.Boolean(), nullable=False),
+    sa.Column("needs_8bitmime", sa.Boolean(), nullable=False),
+    sa.Column("created_at", sa.Double(), nullable=False),
+    sa.Column("next_attempt_at", sa.Double(), nullable=True),
+    sa.Column("lease_until", sa.Double(), nullable=True),
+    sa.Column("lease_owner", sa.Text(), nullable=True),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("reason", sa.Text(), nullable=True),  # last error or hold reason
+    sa.Column("submitted_uid", sa.Integer(), nullable=True),
+    sa.CheckConstraint(_one_of("state", State), name="state"),
+)
+# Claiming: state = 'queued' AND account = ? AND next_attempt_at <= now ORDER BY next_attempt_at;
+# the same index serves expired-lease scans (state = 'sending') and listing by state.
+sa.Index("ix_messages_due", messages.c.state, messages.c.account, messages.c.next_attempt_at)
+
+recipients = sa.Table(
+    "recipients",
+    metadata,
+    sa.Column(
+        "message_id",
+        RowId,
+        sa.ForeignKey("messages.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("position", sa.Integer(), primary_key=True),
+    sa.Column("address", sa.Text(), nullable=False),
+    sa.Column("state", sa.String(8), nullable=False),
+    sa.Column("reply_code", sa.Integer(), nullable=True),
+    sa.Column("reply_text", sa.Text(), nullable=True),
+    sa.CheckConstraint(_one_of("state", RecipientState), name="state"),
+)
+
+attempts = sa.Table(
+    "attempts",
+    metadata,
+    sa.Column("id", RowId, primary_key=True, autoincrement=True),
+    sa.Column(
+        "message_id",
+        RowId,
+        sa.ForeignKey("messages.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("started_at", sa.Double(), nullable=False),
+    sa.Column("duration", sa.Double(), nullable=False),
+    sa.Column("host", sa.Text(), nullable=False),
+    sa.Column("tls", sa.Boolean(), nullable=False),
+    sa.Column("auth", sa.Boolean(), nullable=False),
+    sa.Column("exit_code", sa.Integer(), nullable=False),
+    sa.Column("reply_code", sa.Integer(), nullable=True),
+    sa.Column("reply", sa.Text(), nullable=True),
+    # [{"position", "address", "state", "code", "text"}, ...]
+    sa.Column("recipient_replies", sa.JSON(), nullable=False),
+    sa.Column("possible_duplicate", sa.Boolean(), nullable=False),
+)
+sa.Index("ix_attempts_message_id", attempts.c.message_id, attempts.c.started_at)

@@ -1,0 +1,79 @@
+"""A resolved sendmail invocation → one durably queued message (exit 0 only after commit)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+
+from relayd import message, paths
+from relayd.accounts.account import Account
+from relayd.cmdline import Delivery, Invocation
+from relayd.headers import HeaderScan
+from relayd.store import fastpath
+from relayd.store.records import NewMessage
+
+
+def stored_overrides(inv: Invocation, account: Account) -> tuple[tuple[str, str | None], ...]:
+    """The command-line options to replay at delivery; an account built from the environment
+    (EMAIL/SMTPSERVER) is recorded as its --host, since the daemon does not see that environment."""
+    overrides = list(inv.overrides)
+    if account.id is None and not inv.host_given and account.host is not None:
+        overrides.insert(0, ("host", account.host))
+    return tuple(overrides)
+
+
+def build(
+    inv: Invocation,
+    account: Account,
+    data: bytes,
+    scan: HeaderScan,
+    recipients: Sequence[str],
+    now: float,
+) -> NewMessage:
+    """Check the envelope and make the exact wire bytes, as msmtp would before sending."""
+    envelope_from = account.from_ or ""
+    message.check_address(envelope_from, allow_empty=True)
+    for recipient in recipients:
+        message.check_address(recipient)
+    sender = message.smtp_reverse_path(envelope_from)
+    wire = message.build_message(
+        data,
+        scan,
+        envelope_from=envelope_from,
+        full_name=inv.full_name,
+        set_from_header=account.set_from_header,  # type: ignore[arg-type]
+        set_date_header=account.set_date_header,  # type: ignore[arg-type]
+        set_msgid_header=account.set_msgid_header,  # type: ignore[arg-type]
+        remove_bcc_headers=account.remove_bcc_headers,
+        undisclosed_recipients=account.undisclosed_recipients,
+        now=now,
+        hostname=message.canonical_hostname,
+    )
+    return NewMessage(
+        account=account.id or "",
+        overrides=stored_overrides(inv, account),
+        sender=sender,
+        recipients=tuple(recipients),
+        data=bytes(wire),
+        smtputf8=message.needs_smtputf8([sender, *recipients]),
+        eightbit=message.is_eightbit(wire),
+        config_file=account.conffile,
+        uid=os.getuid(),
+    )
+
+
+def submit_message(
+    inv: Invocation,
+    account: Account,
+    data: bytes,
+    scan: HeaderScan,
+    recipients: Sequence[str],
+) -> str:
+    """Store the message durably and wake the daemon (unless -odq); return the queue id."""
+    now = time.time()
+    new = build(inv, account, data, scan, recipients, now)
+    queue_id = fastpath.submit(paths.database_url(), new, now)
+    if inv.delivery is not Delivery.QUEUE:
+        fastpath.wake(paths.wake_socket())
+    return queue_id

@@ -1,0 +1,289 @@
+"""The store contract: the same behaviour from SqlStore on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from relayd.store import sql
+from relayd.store.ids import is_queue_id
+from relayd.store.queued import Attempt, Outcome, Recipient, RecipientState, State
+from relayd.store.sql import SqlStore
+from relayd.store.tables import attempts, recipients
+from tests.store_helpers import BACKENDS, database_url, message
+
+T0 = 1_700_000_000.0
+LEASE = 300.0
+
+
+@pytest.fixture(params=BACKENDS)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    with database_url(request.param, tmp_path) as found:
+        yield found
+
+
+@pytest.fixture
+def store(url: str) -> Iterator[SqlStore]:
+    with SqlStore.open(url) as opened:
+        yield opened
+
+
+def rows(store: SqlStore, table: sa.Table) -> int:
+    with store.engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+def test_enqueue_then_get_returns_every_field(store: SqlStore) -> None:
+    data = bytes(range(256)) * 4 + b"\r\n.\r\n"
+    new = message(
+        recipients=("a@example.org", "b@example.org", "a@example.org"),
+        data=data,
+        overrides=(("from_full_name", "Alice  Smith"), ("port", "2525")),
+        sender="",
+        account="work",
+    )
+    new = type(new)(**{**new.__dict__, "smtputf8": True, "config_file": "/etc/msmtprc"})
+    queue_id = store.enqueue(new, T0)
+    assert is_queue_id(queue_id)
+    got = store.get(queue_id)
+    assert got is not None
+    assert (got.queue_id, got.state, got.account, got.sender) == (
+        queue_id,
+        State.QUEUED,
+        "work",
+        "",
+    )
+    assert got.overrides == (("from_full_name", "Alice  Smith"), ("port", "2525"))
+    assert (got.config_file, got.size, got.smtputf8, got.eightbit) == (
+        "/etc/msmtprc",
+        len(data),
+        True,
+        False,
+    )
+    assert (got.created_at, got.next_attempt_at, got.lease_until, got.lease_owner) == (
+        T0,
+        T0,
+        None,
+        None,
+    )
+    assert (got.attempts, got.reason, got.uid) == (0, None, 1000)
+    assert [(r.position, r.address, r.state) for r in got.recipients] == [
+        (0, "a@example.org", RecipientState.PENDING),
+        (1, "b@example.org", RecipientState.PENDING),
+        (2, "a@example.org", RecipientState.PENDING),
+    ]
+    assert store.read_data(queue_id) == data
+
+
+def test_unknown_ids_read_as_none(store: SqlStore) -> None:
+    assert store.get("0000000000ZZ") is None
+    assert store.read_data("0000000000ZZ") is None
+    assert store.attempts("0000000000ZZ") == []
+
+
+def test_queue_ids_are_distinct_even_in_one_millisecond(store: SqlStore) -> None:
+    ids = {store.enqueue(message(n), T0) for n in range(50)}
+    assert len(ids) == 50
+
+
+def test_a_colliding_queue_id_is_drawn_again(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = store.enqueue(message(), T0)
+    draws = iter([first, first, "0000000000AB"])
+    monkeypatch.setattr(sql, "new_queue_id", lambda now: next(draws))
+    assert store.enqueue(message(1), T0) == "0000000000AB"
+    assert len(store.list()) == 2
+
+
+def test_list_filters_by_state_and_account_in_arrival_order(store: SqlStore) -> None:
+    first = store.enqueue(message(1, account="a"), T0 + 2)
+    second = store.enqueue(message(2, account="b"), T0 + 1)
+    third = store.enqueue(message(3, account="a"), T0 + 3)
+    store.hold([third], "by the user")
+    assert [m.queue_id for m in store.list()] == [second, first, third]
+    assert [m.queue_id for m in store.list(account="a")] == [first, third]
+    assert [m.queue_id for m in store.list(state=State.HELD)] == [third]
+    assert [m.queue_id for m in store.list(state=State.QUEUED, account="b")] == [second]
+    assert store.list(state=State.SENT) == []
+
+
+def test_claim_leases_due_messages_of_one_account(store: SqlStore) -> None:
+    due_late = store.enqueue(message(1), T0 + 5)
+    due_early = store.enqueue(message(2), T0)
+    store.enqueue(message(3), T0 + 100)  # not due yet
+    store.enqueue(message(4, account="other"), T0)
+    claimed = store.claim_due("default", T0 + 10, LEASE, "runner-1", limit=10)
+    assert [m.queue_id for m in claimed] == [due_early, due_late]
+    for got in claimed:
+        assert (got.state, got.lease_owner, got.lease_until) == (
+            State.SENDING,
+            "runner-1",
+            T0 + 10 + LEASE,
+        )
+        assert got.recipients
+    assert store.claim_due("default", T0 + 10, LEASE, "runner-2", limit=10) == []
+    assert len(store.list()) == 4  # leased, never deleted
+
+
+def test_claim_respects_the_limit_and_any_account(store: SqlStore) -> None:
+    for n in range(5):
+        store.enqueue(message(n, account=f"acct{n % 2}"), T0 + n)
+    assert len(store.claim_due(None, T0 + 10, LEASE, "r", limit=3)) == 3
+    assert len(store.claim_due(None, T0 + 10, LEASE, "r", limit=3)) == 2
+
+
+def test_expired_leases_return_to_the_queue(store: SqlStore) -> None:
+    old = store.enqueue(message(1), T0)
+    store.claim_due("default", T0, 10.0, "dead-runner", limit=1)
+    young = store.enqueue(message(2), T0)
+    store.claim_due("default", T0 + 5, 100.0, "live-runner", limit=1)
+    assert store.release_stale(T0 + 9) == ()
+    assert store.release_stale(T0 + 10) == (old,)
+    got = store.get(old)
+    assert got is not None and (got.state, got.lease_owner, got.lease_until) == (
+        State.QUEUED,
+        None,
+        None,
+    )
+    assert [m.queue_id for m in store.claim_due("default", T0 + 11, LEASE, "next", 10)] == [old]
+    assert store.get(young) is not None
+
+
+def test_record_attempt_retry_logs_and_reschedules(store: SqlStore) -> None:
+    queue_id = store.enqueue(message(recipients=("a@x.org", "b@x.org")), T0)
+    store.claim_due("default", T0, LEASE, "r1", 1)
+    results = (
+        Recipient(0, "a@x.org", RecipientState.SENT, 250, "2.1.5 ok"),
+        Recipient(1, "b@x.org", RecipientState.PENDING, 451, "4.3.0 try later"),
+    )
+    attempt = Attempt(T0 + 1, 0.25, "mx.x.org", True, True, 75, 451, "451 4.3.0 try later", results)
+    changed = store.record_attempt(
+        queue_id, attempt, Outcome(State.QUEUED, T0 + 61, "451 4.3.0 try later"), owner="r1"
+    )
+    assert changed
+    got = store.get(queue_id)
+    assert got is not None
+    assert (got.state, got.next_attempt_at, got.reason, got.attempts) == (
+        State.QUEUED,
+        T0 + 61,
+        "451 4.3.0 try later",
+        1,
+    )
+    assert (got.lease_owner, got.lease_until) == (None, None)
+    assert got.recipients == results
+    assert store.attempts(queue_id) == [attempt]
+
+
+@pytest.mark.parametrize("state", [State.SENT, State.FAILED, State.HELD])
+def test_record_attempt_final_states(store: SqlStore, state: State) -> None:
+    queue_id = store.enqueue(message(), T0)
+    store.claim_due("default", T0, LEASE, "r1", 1)
+    attempt = Attempt(T0, 1.0, "mx", False, False, 0, 250, "250 ok", possible_duplicate=True)
+    assert store.record_attempt(queue_id, attempt, Outcome(state, reason="why"), owner="r1")
+    got = store.get(queue_id)
+    assert got is not None and (got.state, got.reason, got.attempts) == (state, "why", 1)
+    assert store.attempts(queue_id)[0].possible_duplicate
+
+
+def test_a_runner_that_lost_its_lease_does_not_overwrite(store: SqlStore) -> None:
+    queue_id = store.enqueue(message(), T0)
+    store.claim_due("default", T0, 10, "slow", 1)
+    store.release_stale(T0 + 20)
+    store.claim_due("default", T0 + 20, 10, "fast", 1)
+    late = Attempt(T0 + 25, 25.0, "mx", False, False, 0, 250, "250 ok")
+    assert not store.record_attempt(queue_id, late, Outcome(State.SENT), owner="slow")
+    got = store.get(queue_id)
+    assert got is not None and (got.state, got.lease_owner) == (State.SENDING, "fast")
+    assert len(store.attempts(queue_id)) == 1  # the attempt is still logged
+    assert not store.record_attempt("0000000000ZZ", late, Outcome(State.SENT))
+
+
+def test_record_attempt_rejects_impossible_outcomes(store: SqlStore) -> None:
+    queue_id = store.enqueue(message(), T0)
+    attempt = Attempt(T0, 0.0, "mx", False, False, 75)
+    with pytest.raises(ValueError):
+        store.record_attempt(queue_id, attempt, Outcome(State.SENDING))
+    with pytest.raises(ValueError):
+        store.record_attempt(queue_id, attempt, Outcome(State.QUEUED))
+
+
+def test_mark_recipients_commits_each_result(store: SqlStore) -> None:
+    queue_id = store.enqueue(message(recipients=("a@x", "b@x", "c@x")), T0)
+    store.mark_recipients(
+        queue_id,
+        [
+            Recipient(0, "a@x", RecipientState.SENT, 250, "ok"),
+            Recipient(2, "c@x", RecipientState.FAILED, 550, "5.1.1 no such user"),
+        ],
+    )
+    got = store.get(queue_id)
+    assert got is not None
+    assert [(r.state, r.reply_code) for r in got.recipients] == [
+        (RecipientState.SENT, 250),
+        (RecipientState.PENDING, None),
+        (RecipientState.FAILED, 550),
+    ]
+    store.mark_recipients("0000000000ZZ", [Recipient(0, "a@x", RecipientState.SENT)])
+
+
+def test_hold_release_make_due_and_delete(store: SqlStore) -> None:
+    a, b, c = (store.enqueue(message(n), T0 + n) for n in range(3))
+    store.claim_due("default", T0 + 1, LEASE, "r", limit=1)  # a is in flight
+    assert set(store.hold([a, b, "0000000000ZZ"], "user hold")) == {a, b}
+    assert store.hold([a], "again") == ()  # already held
+    held = store.get(a)
+    assert held is not None and (held.state, held.reason, held.lease_owner) == (
+        State.HELD,
+        "user hold",
+        None,
+    )
+    assert store.claim_due("default", T0 + 100, LEASE, "r", 10)[0].queue_id == c
+    assert store.release([a, c], T0 + 200) == (a,)
+    released = store.get(a)
+    assert released is not None and (released.state, released.next_attempt_at, released.reason) == (
+        State.QUEUED,
+        T0 + 200,
+        None,
+    )
+    assert store.make_due(T0 + 150) == (a,)
+    assert store.make_due(T0 + 150, queue_ids=[b]) == ()
+    assert store.make_due(T0 + 150, account="nobody") == ()
+    assert [m.queue_id for m in store.claim_due("default", T0 + 150, LEASE, "r", 10)] == [a]
+    assert set(store.delete([a, b, "0000000000ZZ"])) == {a, b}
+    assert [m.queue_id for m in store.list()] == [c]
+
+
+def test_delete_removes_recipients_and_attempts(store: SqlStore) -> None:
+    queue_id = store.enqueue(message(recipients=("a@x", "b@x")), T0)
+    store.record_attempt(
+        queue_id, Attempt(T0, 1, "mx", False, False, 75), Outcome(State.QUEUED, T0)
+    )
+    assert rows(store, recipients) == 2 and rows(store, attempts) == 1
+    store.delete([queue_id])
+    assert rows(store, recipients) == 0 and rows(store, attempts) == 0
+
+
+def test_concurrent_runners_never_claim_the_same_message(url: str) -> None:
+    with SqlStore.open(url) as setup:
+        for n in range(60):
+            setup.enqueue(message(n), T0)
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def runner(name: str) -> None:
+        with SqlStore.open(url) as own:
+            while batch := own.claim_due("default", T0, LEASE, name, limit=3):
+                with lock:
+                    claimed.extend(m.queue_id for m in batch)
+
+    threads = [threading.Thread(target=runner, args=(f"r{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(claimed) == 60 and len(set(claimed)) == 60

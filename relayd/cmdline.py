@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from enum import Enum
 
 from relayd.accounts import values
 from relayd.accounts.account import Account
 from relayd.errors import UsageError
 from relayd.getopt import Arg, Parsed, getopt_long, parse_short_spec
+
+TYPE_CHECKING = False  # typing costs milliseconds at import: this is the sendmail hot path
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 # msmtp's getopt string, plus -q[interval] (flush the queue), which relayd adds.
 SHORT_OPTIONS = parse_short_spec("Pd::SC:a:f:N:R:X:tA:B:b:F:Gh:iL:mnO:o:vq::")
@@ -110,25 +112,26 @@ class Delivery(Enum):
     INTERACTIVE = "i"  # deliver now in this process (-odi)
 
 
-@dataclass
 class Invocation:
-    """The parsed command line."""
+    """The parsed command line (a plain class: `dataclasses` is slow to import)."""
 
-    mode: Mode = Mode.SEND
-    pretend: bool = False
-    debug: bool = False
-    delivery: Delivery = Delivery.BACKGROUND
-    conffile: str | None = None
-    account_id: str | None = None
-    envelope_from: str | None = None
-    read_envelope_from: bool = False
-    read_recipients: bool = False
-    full_name: str | None = None
-    rmqs: str | None = None
-    configure: str | None = None
-    recipients: list[str] = field(default_factory=list)
-    cmdline: Account = field(default_factory=lambda: Account(id=None, conffile=None))
-    overrides: list[tuple[str, str | None]] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.mode = Mode.SEND
+        self.pretend = False
+        self.debug = False
+        self.delivery = Delivery.BACKGROUND
+        self.conffile: str | None = None
+        self.account_id: str | None = None
+        self.envelope_from: str | None = None
+        self.read_envelope_from = False
+        self.read_recipients = False
+        self.full_name: str | None = None
+        self.rmqs: str | None = None
+        self.configure: str | None = None
+        self.recipients: list[str] = []
+        # The account built from command-line options, and those options as given.
+        self.cmdline = Account(id=None, conffile=None)
+        self.overrides: list[tuple[str, str | None]] = []
 
     @property
     def host_given(self) -> bool:

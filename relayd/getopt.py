@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from enum import Enum
 
 from relayd.errors import UsageError
+
+TYPE_CHECKING = False  # typing costs milliseconds at import: this is the sendmail hot path
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
 
 
 class Arg(Enum):
@@ -17,12 +19,23 @@ class Arg(Enum):
     OPTIONAL = 2
 
 
-@dataclass(frozen=True)
 class Parsed:
     """One option occurrence: its canonical name (`-x` or `--long`) and its argument."""
 
-    name: str
-    value: str | None
+    __slots__ = ("name", "value")
+
+    def __init__(self, name: str, value: str | None) -> None:
+        self.name = name
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Parsed) and (self.name, self.value) == (other.name, other.value)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.value))
+
+    def __repr__(self) -> str:
+        return f"Parsed({self.name!r}, {self.value!r})"
 
 
 def parse_short_spec(spec: str) -> dict[str, Arg]:

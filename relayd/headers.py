@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from relayd.errors import DataError
+
 TYPE_CHECKING = False  # typing and dataclasses cost milliseconds at import: this is the hot path
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -402,10 +404,13 @@ def parse_recipient_arguments(arguments: Sequence[str]) -> list[str]:
     """Command-line recipients, parsed as msmtp does: as lines `To: ARG` of one header block.
 
     So `John <j@x>, k@x` gives j@x and k@x, `(c) l@x` gives l@x, `m@x;` gives m@x, a bare
-    `local` stays `local`, and `"a b"@example.com` becomes `@example.com`. Arguments must not
-    contain CR, LF or NUL (check them first: relayd rejects those; msmtp would read the line
-    break as the start of a new header).
+    `local` stays `local`, and `"a b"@example.com` becomes `@example.com`. An argument with a
+    CR, LF or NUL is refused (DataError, exit 65): msmtp would read a line break as the start of
+    another header.
     """
+    for argument in arguments:
+        if "\r" in argument or "\n" in argument or "\0" in argument:
+            raise DataError(f"invalid recipient {argument!r}: contains a line break or NUL")
     block = b"".join(
         b"To: " + argument.encode("utf-8", "surrogateescape") + b"\n" for argument in arguments
     )

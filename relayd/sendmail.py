@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from relayd import __version__, message
@@ -99,9 +100,12 @@ def run(inv: Invocation, prog: str) -> int:
         raise RelaydError(
             f"{inv.mode.value} is not available in this version", ExitCode.UNAVAILABLE
         )
-    from relayd.submit import submit_message
+    from relayd import submit
 
-    queue_id = submit_message(inv, account, data, scan, recipients)
+    now = time.time()
+    new = submit.build(inv, account, data, scan, recipients, now)
+    del data  # the wire copy replaces the input: a large message is held once, not twice
+    queue_id = submit.store(inv, new, now)
     emit(f"queued as {queue_id}")
     return ExitCode.OK
 

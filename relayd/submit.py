@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 
 from relayd import message, paths
@@ -55,7 +54,7 @@ def build(
         overrides=stored_overrides(inv, account),
         sender=sender,
         recipients=tuple(recipients),
-        data=bytes(wire),
+        data=wire,  # the bytearray itself: a copy would double a large message's memory
         smtputf8=message.needs_smtputf8([sender, *recipients]),
         eightbit=message.is_eightbit(wire),
         config_file=account.conffile,
@@ -63,16 +62,8 @@ def build(
     )
 
 
-def submit_message(
-    inv: Invocation,
-    account: Account,
-    data: bytes,
-    scan: HeaderScan,
-    recipients: Sequence[str],
-) -> str:
+def store(inv: Invocation, new: NewMessage, now: float) -> str:
     """Store the message durably and wake the daemon (unless -odq); return the queue id."""
-    now = time.time()
-    new = build(inv, account, data, scan, recipients, now)
     queue_id = fastpath.submit(paths.database_url(), new, now)
     if inv.delivery is not Delivery.QUEUE:
         fastpath.wake(paths.wake_socket())

@@ -226,6 +226,13 @@ def test_recipient_argument_parsed_as_a_to_field(argument: str, addresses: list[
     assert parse_recipient_argument(argument) == addresses
 
 
+@pytest.mark.parametrize("argument", ["a@x\nBcc: evil@x", "a@x\r", "a\0@x"])
+def test_recipient_argument_with_a_line_break_is_refused(argument: str) -> None:
+    with pytest.raises(DataError) as caught:
+        parse_recipient_arguments(["ok@x", argument])
+    assert caught.value.exit_code == ExitCode.DATAERR and "\n" not in caught.value.message
+
+
 def test_recipient_arguments_are_one_header_block() -> None:
     assert parse_recipient_arguments(["a@x", "b@x, c@x"]) == ["a@x", "b@x", "c@x"]
     # msmtp writes them as consecutive To: lines, so an open comment swallows the next one.

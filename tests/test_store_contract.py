@@ -46,7 +46,8 @@ def test_enqueue_then_get_returns_every_field(store: SqlStore) -> None:
         sender="",
         account="work",
     )
-    new = type(new)(**{**new.__dict__, "smtputf8": True, "config_file": "/etc/msmtprc"})
+    fields = {name: getattr(new, name) for name in new.__slots__}
+    new = type(new)(**{**fields, "smtputf8": True, "config_file": "/etc/msmtprc"})
     queue_id = store.enqueue(new, T0)
     assert is_queue_id(queue_id)
     got = store.get(queue_id)

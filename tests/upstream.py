@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -202,7 +200,8 @@ class UpstreamServer:
     # -- scripting ----------------------------------------------------------------------------
 
     def fail(self, stage: Stage, fault: Fault, *, address: str | None = None) -> None:
-        """From now on, answer `stage` (for one RCPT `address`, or all) with `fault`."""
+        """From now on, answer `stage` with `fault`: for every command, or only for the MAIL or
+        RCPT whose path is `address` (which wins over a fault for all)."""
         with self._cond:
             self._faults[(stage, address)] = fault
 
@@ -294,10 +293,3 @@ class UpstreamServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-@contextmanager
-def running_upstream(**kwargs: Any) -> Iterator[UpstreamServer]:
-    """`with running_upstream() as server:` — a started UpstreamServer, stopped afterwards."""
-    with UpstreamServer(**kwargs) as server:
-        yield server

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 
 from relayd.accounts import msmtprc, values
 from relayd.errors import ConfigError
@@ -33,12 +32,12 @@ def user_file() -> str:
     return dot
 
 
-@dataclass(frozen=True)
 class Unopenable:
     """A configuration file that could not be opened, with the system's reason."""
 
-    path: str
-    reason: str
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
 
 
 def strerror(err: OSError) -> str:

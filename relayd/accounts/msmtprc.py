@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Callable
-from dataclasses import dataclass
-
 from relayd.accounts import values
 from relayd.accounts.account import COMMANDS, Account, NeedsArgument, TakesNoArgument
 from relayd.errors import ConfigError
@@ -14,14 +10,18 @@ from relayd.sysexits import ExitCode
 LINE_LIMIT = 500  # msmtp reads lines into a 501-byte buffer
 _BLANKS = " \t\n\v\f\r"
 
+TYPE_CHECKING = False  # typing costs milliseconds at import: this is the sendmail hot path
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
-@dataclass
+
 class ConfFile:
     """The accounts of one file, in file order, and whether it holds a literal `password` line."""
 
-    path: str
-    accounts: list[Account]
-    contains_secrets: bool
+    def __init__(self, path: str, accounts: list[Account], contains_secrets: bool) -> None:
+        self.path = path
+        self.accounts = accounts
+        self.contains_secrets = contains_secrets
 
     def find(self, name: str) -> Account | None:
         """The account called `name`, if defined."""
@@ -46,6 +46,8 @@ def split_line(line: str) -> tuple[str, str]:
 
 def run_eval(command: str) -> str | None:
     """The first line `command` prints (CR/LF stripped), or None without output."""
+    import subprocess  # only when a file uses eval or passwordeval
+
     try:
         proc = subprocess.run(
             ["/bin/sh", "-c", command],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 from relayd.accounts import msmtprc
 from relayd.accounts.account import Account
@@ -43,11 +42,17 @@ def run_passwordeval(account: Account) -> None:
 def hostname() -> str:
     """%H: $HOSTNAME, else gethostname()."""
     env = os.environ.get("HOSTNAME")
-    return env if env is not None else socket.gethostname()
+    if env is not None:
+        return env
+    import socket  # only when a value uses %H or %C
+
+    return socket.gethostname()
 
 
 def canonical_hostname(name: str) -> str:
     """%C: the canonical name of %H (getaddrinfo AI_CANONNAME), else %H itself."""
+    import socket
+
     try:
         infos = socket.getaddrinfo(name, None, flags=socket.AI_CANONNAME)
     except OSError:

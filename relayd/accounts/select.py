@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import fnmatch
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from relayd.accounts import files
 from relayd.accounts.account import Account
@@ -13,10 +10,13 @@ from relayd.accounts.msmtprc import ConfFile
 from relayd.errors import ConfigError
 from relayd.sysexits import ExitCode
 
-Emit = Callable[[str], None]
+TYPE_CHECKING = False  # typing costs milliseconds at import: this is the sendmail hot path
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    Emit = Callable[[str], None]
 
 
-@dataclass
 class Selection:
     """The chosen account (before command-line overrides) and where it came from.
 
@@ -24,8 +24,9 @@ class Selection:
     has passed its checks: the caller emits `using_line` then.
     """
 
-    account: Account
-    from_file: bool
+    def __init__(self, account: Account, *, from_file: bool) -> None:
+        self.account = account
+        self.from_file = from_file
 
     @property
     def using_line(self) -> str | None:
@@ -52,6 +53,8 @@ def from_matches(account_from: str, address: str) -> bool:
             base.lower() == acc_local.lower() and domain.lower() == acc_domain.lower()
         )
     if _is_pattern(account_from):
+        import fnmatch  # only for wildcard accounts
+
         return fnmatch.fnmatchcase(address, account_from)
     return account_from.lower() == address.lower()
 

@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+CODE   := relayd tests $(wildcard benchmarks)
 
 .PHONY: demo test lint setup clean
 
@@ -17,9 +18,9 @@ demo: setup
 	$(BIN)/python -m relayd.demo
 
 lint: setup
-	$(BIN)/ruff check relayd tests benchmarks
-	$(BIN)/ruff format --check relayd tests benchmarks
-	$(BIN)/mypy relayd tests
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
+	$(BIN)/mypy $(CODE)
 
 test: lint
 	$(BIN)/pytest -q

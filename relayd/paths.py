@@ -99,11 +99,14 @@ def default_database_url(environ: Mapping[str, str] | None = None, uid: int | No
 def runtime_dir(environ: Mapping[str, str] | None = None, uid: int | None = None) -> str:
     """Where the daemon's sockets live.
 
-    Root: `/run/relayd`. A user: `$XDG_RUNTIME_DIR/relayd`; when that variable is unset (cron
+    `$RELAYD_RUNTIME_DIR` when set. Root: `/run/relayd`. A user: `$XDG_RUNTIME_DIR/relayd`; when that variable is unset (cron
     jobs, su sessions) `/run/user/UID/relayd` if systemd made `/run/user/UID`, so the submitter
     still finds the socket of a daemon started by `systemd --user`; else the state directory.
     """
     env = _env(environ)
+    override = env.get("RELAYD_RUNTIME_DIR", "")
+    if override:
+        return override
     user = _uid(uid)
     if user == 0:
         return SYSTEM_RUNTIME_DIR

@@ -138,12 +138,42 @@ def choose_account(
 
 def version_lines(prog: str) -> list[str]:
     """--version: relayd's version, msmtp's configuration file names, the queue and daemon."""
+    from relayd import paths
+
+    try:
+        queue = paths.database_url()
+    except RelaydError as err:
+        queue = f"(unusable: {err.message})"
+    wake = paths.wake_socket()
     return [
         f"{prog} (relayd) version {__version__}",
         f"Compatible with msmtp version {MSMTP_VERSION}",
         f"System configuration file name: {files.system_file()}",
         f"User configuration file name: {files.user_file()}",
+        f"Queue: {_redact(queue)}",
+        f"Daemon: {'running' if _daemon_listening(wake) else 'not running'} (wake-up socket {wake})",
     ]
+
+
+def _redact(url: str) -> str:
+    """A database URL without its password."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
+
+
+def _daemon_listening(path: str) -> bool:
+    """Is a daemon bound to the wake-up socket? (connect() fails with no listener)."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def help_text(prog: str) -> str:

@@ -41,4 +41,6 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
         monkeypatch.setenv(var, str(path))
     # As root the default queue is /var/spool/relayd: never let a test write there.
     monkeypatch.setenv("RELAYD_DATABASE_URL", f"sqlite:///{tmp_path / 'queue' / 'queue.sqlite3'}")
+    # Likewise /run/relayd for the daemon's sockets.
+    monkeypatch.setenv("RELAYD_RUNTIME_DIR", str(home / "run" / "relayd"))
     yield home

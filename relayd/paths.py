@@ -99,9 +99,10 @@ def default_database_url(environ: Mapping[str, str] | None = None, uid: int | No
 def runtime_dir(environ: Mapping[str, str] | None = None, uid: int | None = None) -> str:
     """Where the daemon's sockets live.
 
-    `$RELAYD_RUNTIME_DIR` when set. Root: `/run/relayd`. A user: `$XDG_RUNTIME_DIR/relayd`; when that variable is unset (cron
-    jobs, su sessions) `/run/user/UID/relayd` if systemd made `/run/user/UID`, so the submitter
-    still finds the socket of a daemon started by `systemd --user`; else the state directory.
+    `$RELAYD_RUNTIME_DIR` when set. Root: `/run/relayd`. A user: `$XDG_RUNTIME_DIR/relayd`;
+    when that variable is unset (cron jobs, su sessions) `/run/user/UID/relayd` if systemd made
+    `/run/user/UID`, so the submitter still finds the socket of a daemon started by
+    `systemd --user`; else the state directory.
     """
     env = _env(environ)
     override = env.get("RELAYD_RUNTIME_DIR", "")

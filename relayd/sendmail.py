@@ -145,13 +145,14 @@ def version_lines(prog: str) -> list[str]:
     except RelaydError as err:
         queue = f"(unusable: {err.message})"
     wake = paths.wake_socket()
+    daemon = "running" if _daemon_listening(wake) else "not running"
     return [
         f"{prog} (relayd) version {__version__}",
         f"Compatible with msmtp version {MSMTP_VERSION}",
         f"System configuration file name: {files.system_file()}",
         f"User configuration file name: {files.user_file()}",
         f"Queue: {_redact(queue)}",
-        f"Daemon: {'running' if _daemon_listening(wake) else 'not running'} (wake-up socket {wake})",
+        f"Daemon: {daemon} (wake-up socket {wake})",
     ]
 
 

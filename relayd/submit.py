@@ -57,14 +57,15 @@ def build(
         data=wire,  # the bytearray itself: a copy would double a large message's memory
         smtputf8=message.needs_smtputf8([sender, *recipients]),
         eightbit=message.is_eightbit(wire),
-        config_file=account.conffile,
+        # Only a -C file is recorded: without one, delivery reads the default files again.
+        config_file=os.path.abspath(inv.conffile) if inv.conffile else None,
         uid=os.getuid(),
     )
 
 
 def store(inv: Invocation, new: NewMessage, now: float) -> str:
     """Store the message durably and wake the daemon (unless -odq); return the queue id."""
-    queue_id = fastpath.submit(paths.database_url(), new, now)
+    queue_id = fastpath.submit(paths.database_url(), new, now, timeout=fastpath.lock_timeout())
     if inv.delivery is not Delivery.QUEUE:
         fastpath.wake(paths.wake_socket())
     return queue_id

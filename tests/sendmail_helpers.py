@@ -45,8 +45,10 @@ def run_sendmail(
     env: Mapping[str, str] | None = None,
     prefix: Sequence[str] = (),
     timeout: float = 30,
+    umask: int = 0o022,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run `relayd-sendmail ARGS` (after an optional wrapper `prefix`) with `stdin` as input."""
+    """Run `relayd-sendmail ARGS` (after an optional wrapper `prefix`) with `stdin` as input,
+    under the common umask 022 (so private file modes must come from relayd itself)."""
     environ = dict(env) if env is not None else sendmail_env()
     return subprocess.run(
         [*prefix, SENDMAIL, *args],
@@ -55,6 +57,7 @@ def run_sendmail(
         env=environ,
         cwd=environ["HOME"],
         timeout=timeout,
+        umask=umask,
         check=False,
     )
 
@@ -112,13 +115,27 @@ def stored_messages(db: Path | None = None) -> list[Stored]:
             " created_at, next_attempt_at FROM messages ORDER BY id"
         ).fetchall()
         result = []
-        for row_id, *fields in rows:
+        for row_id, queue_id, state, account, config_file, overrides, *rest in rows:
+            sender, size, data, created_at, next_attempt_at = rest
             recipients = conn.execute(
                 "SELECT address, state FROM recipients WHERE message_id = ? ORDER BY position",
                 (row_id,),
             ).fetchall()
-            fields[4] = json.loads(fields[4])
-            result.append(Stored(*fields, recipients=[(a, s) for a, s in recipients]))
+            result.append(
+                Stored(
+                    queue_id,
+                    state,
+                    account,
+                    config_file,
+                    json.loads(overrides),
+                    sender,
+                    size,
+                    data,
+                    created_at,
+                    next_attempt_at,
+                    [(address, status) for address, status in recipients],
+                )
+            )
         return result
     finally:
         conn.close()
@@ -199,9 +216,9 @@ def can_unshare_mounts() -> bool:
     return probe.returncode == 0
 
 
-def in_private_mounts(setup: str) -> list[str]:
-    """A command prefix: run shell `setup` in a new private mount namespace, then exec the
-    command that follows the prefix. The mounts vanish with the process."""
+def in_private_mounts(setup: str, run: str = 'exec "$@"') -> list[str]:
+    """A command prefix: in a new private mount namespace, run shell `setup`, then `run`, in
+    which "$@" is the command that follows the prefix. The mounts vanish with the process."""
     return [
         "unshare",
         "--mount",
@@ -209,6 +226,6 @@ def in_private_mounts(setup: str) -> list[str]:
         "private",
         "sh",
         "-ec",
-        f'{setup}\nexec "$@"',
+        f"{setup}\n{run}",
         "sh",
     ]

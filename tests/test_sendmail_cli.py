@@ -35,7 +35,8 @@ def test_version_names_the_files_the_queue_and_the_daemon_state(tmp_path: Path) 
     os.makedirs(os.path.dirname(wake), exist_ok=True)
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
         listener.bind(wake)
-        assert any(line.startswith("Daemon: running") for line in run("--version").stdout.splitlines())
+        lines = run("--version").stdout.splitlines()
+        assert any(line.startswith("Daemon: running") for line in lines)
 
 
 def test_version_hides_database_passwords(monkeypatch: object) -> None:

@@ -10,16 +10,34 @@ from __future__ import annotations
 # The C module behind `socket`: `import socket` costs ~2 ms (enum classes, selectors) on a path
 # whose whole budget is ~25 ms, and one sendto needs none of it.
 import _socket
+import os
 import sqlite3
 
 from relayd import paths
-from relayd.errors import QueueError
+from relayd.errors import ConfigError, QueueError
 from relayd.store import SCHEMA_REVISION, failures
 from relayd.store.ids import new_queue_id
 from relayd.store.records import NewMessage
 from relayd.sysexits import ExitCode
 
 DEFAULT_TIMEOUT = 10.0  # seconds to wait for a lock before exit 75
+TIMEOUT_ENV = "RELAYD_LOCK_TIMEOUT"  # seconds; overrides DEFAULT_TIMEOUT for submissions
+
+
+def lock_timeout() -> float:
+    """How long a submission waits for the queue's write lock: $RELAYD_LOCK_TIMEOUT or 10 s."""
+    text = os.environ.get(TIMEOUT_ENV, "")
+    if not text:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 86400:
+        raise ConfigError(f"{TIMEOUT_ENV}: invalid value {text!r} (seconds, greater than 0)")
+    return value
+
+
 _ID_TRIES = 8  # fresh queue ids to try when one collides with a stored one
 _ACTION = "store the message"
 

@@ -1,0 +1,320 @@
+"""What msmtp 1.8.23 records about a delivery attempt: the log line and the stderr report.
+
+Plain formatting plus the writing: the caller hands in the account, the envelope, msmtp's error
+text, the deciding server reply and the exit code (research/msmtp.md §3, §4.3).
+
+The log line, byte for byte as msmtp writes it::
+
+    TIME host=H|socket=S tls=on|off auth=on|off [user=U] from=F recipients=R1,R2
+        [mailsize=N] [smtpstatus=C smtpmsg='…'] [errormsg='…'] exitcode=EX_NAME
+
+`log_info` is the text without the time (what goes to syslog and to the "log info was" line);
+`log_line` puts the time in front; `write` appends to the logfile and/or sends to syslog the way
+msmtp does: a failure to log is reported on stderr and never changes the exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from relayd.sysexits import ExitCode
+
+TYPE_CHECKING = False  # typing costs milliseconds at import: -odi is on the sendmail path
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from typing import TextIO
+
+    from relayd.accounts.account import Account
+    from relayd.delivery.result import Reply
+
+DEFAULT_TIME_FORMAT = "%b %d %H:%M:%S"
+LOCK_TIMEOUT = 10  # seconds msmtp retries the logfile's write lock
+#: msmtp's errormsg for an LMTP attempt where some recipients failed (no smtpstatus then).
+LMTP_LOG_ERROR = "delivery to one or more recipients failed"
+_TIME_BUFFER = 128  # msmtp's time_str[128]: a longer result is "invalid logfile_time_format"
+
+# iscntrl() on single bytes: 0x00-0x1F and 0x7F (bytes >= 0x80 are not controls in C or UTF-8).
+_CONTROL = {c: "?" for c in (*range(0x20), 0x7F)}
+_CONTROL_AND_QUOTE = {**_CONTROL, ord("'"): "?"}
+
+
+def sanitize(text: str) -> str:
+    """msmtp's sanitize_string: every control character becomes `?`."""
+    return text.translate(_CONTROL)
+
+
+def mail_size(message: bytes) -> int:
+    """The `mailsize=` msmtp logs for a message as read (before dot-stuffing).
+
+    Every line end counts as one byte (CRLF and LF alike; a lone CR is an ordinary byte), and a
+    last line without a line end counts one more, for the line end msmtp adds when sending.
+    """
+    unified = message.replace(b"\r\n", b"\n")
+    size = len(unified)
+    if unified and not unified.endswith(b"\n"):
+        size += 1
+    return size
+
+
+def log_info(
+    account: Account,
+    *,
+    envelope_from: str,
+    recipients: Sequence[str],
+    exit_code: ExitCode | int,
+    mailsize: int | None = None,
+    reply: Reply | None = None,
+    error: str | None = None,
+) -> str:
+    """The log line without its time: the text msmtp sends to syslog.
+
+    `tls=` and `auth=` come from the account's settings, as in msmtp (not from what happened on
+    the wire). `mailsize` is printed only for EX_OK; `reply` (the last reply captured, also the
+    one to the final dot on success) whenever given; `error` only when the exit code is not EX_OK.
+    """
+    code = ExitCode(exit_code)
+    if account.host is not None:
+        parts = [f"host={account.host}"]
+    else:
+        parts = [f"socket={account.socket or ''}"]
+    parts.append("tls=on" if account.tls else "tls=off")
+    auth = account.auth is not None
+    parts.append("auth=on" if auth else "auth=off")
+    if auth and account.user is not None:
+        parts.append(f"user={account.user}")
+    parts.append(f"from={envelope_from}")
+    parts.append("recipients=" + ",".join(recipients))
+    if code == ExitCode.OK:
+        parts.append(f"mailsize={mailsize or 0}")
+    if reply is not None:
+        wire = reply.wire_lines() or [str(reply.code)]
+        text = "\\n".join(line.translate(_CONTROL_AND_QUOTE) for line in wire)
+        parts.append(f"smtpstatus={reply.code} smtpmsg='{text}'")
+    if code != ExitCode.OK and error:
+        parts.append(f"errormsg='{error.translate(_CONTROL_AND_QUOTE)}'")
+    parts.append(f"exitcode={code.ex_name}")
+    return " ".join(parts)
+
+
+def log_time(time_format: str | None = None, now: float | None = None) -> str:
+    """The time in front of a logfile line: strftime in local time (`None`/"" = msmtp's default).
+
+    Raises ValueError("invalid logfile_time_format") where msmtp's strftime gives up: an empty
+    result, or one that does not fit msmtp's 128-byte buffer.
+    """
+    stamp = time.strftime(time_format or DEFAULT_TIME_FORMAT, time.localtime(now))
+    if not stamp or len(stamp.encode("utf-8", "surrogateescape")) >= _TIME_BUFFER:
+        raise ValueError("invalid logfile_time_format")
+    return stamp
+
+
+def log_line(
+    account: Account,
+    *,
+    envelope_from: str,
+    recipients: Sequence[str],
+    exit_code: ExitCode | int,
+    mailsize: int | None = None,
+    reply: Reply | None = None,
+    error: str | None = None,
+    now: float | None = None,
+) -> str:
+    """The logfile line (without the newline): time, one space, `log_info`."""
+    info = log_info(
+        account,
+        envelope_from=envelope_from,
+        recipients=recipients,
+        exit_code=exit_code,
+        mailsize=mailsize,
+        reply=reply,
+        error=error,
+    )
+    return f"{log_time(account.logfile_time_format, now)} {info}"
+
+
+def _emit(stream: TextIO, text: str) -> None:
+    """Write text to a stream, passing undecodable input bytes (surrogate escapes) through."""
+    try:
+        stream.write(text)
+    except UnicodeEncodeError:
+        stream.flush()
+        stream.buffer.write(text.encode("utf-8", "surrogateescape"))
+    stream.flush()
+
+
+def _lock(fd: int, timeout: int) -> str | None:
+    """msmtp's lock_file: a POSIX write lock, retried every 0.1 s for `timeout` seconds.
+
+    Returns None when locked, else the failure reason msmtp prints.
+    """
+    import errno
+    import fcntl
+
+    tenths = 0
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return None
+        except OSError as exc:
+            reason = os.strerror(exc.errno or 0)
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                return f"cannot lock: {reason}"
+            if tenths // 10 >= timeout:
+                return f"cannot lock (tried for {timeout} seconds): {reason}"
+        time.sleep(0.1)
+        tenths += 1
+
+
+def write_logfile(
+    path: str,
+    info: str,
+    *,
+    prog: str,
+    time_format: str | None = None,
+    now: float | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    lock_timeout: int = LOCK_TIMEOUT,
+) -> bool:
+    """Append `TIME INFO` to `path` (`-` = standard output) as msmtp does; True if written.
+
+    On failure print `PROG: cannot log to PATH: REASON` and `PROG: log info was: INFO` to stderr.
+    """
+    err = stderr if stderr is not None else sys.stderr
+    try:
+        data = f"{log_time(time_format, now)} {info}\n"
+    except ValueError as exc:
+        return _log_failure(err, prog, path, str(exc), info)
+    if path == "-":
+        _emit(stdout if stdout is not None else sys.stdout, data)
+        return True
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        return _log_failure(err, prog, path, f"cannot open: {os.strerror(exc.errno or 0)}", info)
+    try:
+        reason = _lock(fd, lock_timeout)
+        if reason is None:
+            try:
+                view = memoryview(data.encode("utf-8", "surrogateescape"))
+                while view:
+                    view = view[os.write(fd, view) :]
+            except OSError as exc:
+                reason = os.strerror(exc.errno or 0)
+    finally:
+        os.close(fd)  # also releases the lock
+    if reason is not None:
+        return _log_failure(err, prog, path, reason, info)
+    return True
+
+
+def _log_failure(err: TextIO, prog: str, path: str, reason: str, info: str) -> bool:
+    _emit(err, f"{prog}: cannot log to {path}: {reason}\n{prog}: log info was: {info}\n")
+    return False
+
+
+def syslog_facility(name: str) -> int:
+    """The syslog facility for an account's `syslog` value, decoded the way msmtp does."""
+    import syslog
+
+    if name[4:5] == "M":
+        return syslog.LOG_MAIL
+    if name[4:5] == "U":
+        return syslog.LOG_USER
+    digit = name[9:10]
+    if digit in ("0", "1", "2", "3", "4", "5", "6"):
+        return int(getattr(syslog, f"LOG_LOCAL{digit}"))
+    return syslog.LOG_LOCAL7
+
+
+def write_syslog(facility: str, info: str, *, failed: bool, ident: str = "relayd") -> None:
+    """openlog(ident, 0, facility); LOG_ERR for a failed attempt, else LOG_INFO; closelog()."""
+    import syslog
+
+    message = info.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    syslog.openlog(ident, 0, syslog_facility(facility))
+    syslog.syslog(syslog.LOG_ERR if failed else syslog.LOG_INFO, message)
+    syslog.closelog()
+
+
+def write(
+    account: Account,
+    info: str,
+    *,
+    exit_code: ExitCode | int,
+    prog: str,
+    ident: str = "relayd",
+    now: float | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    lock_timeout: int = LOCK_TIMEOUT,
+) -> None:
+    """Record one attempt (`info` from `log_info`) in the account's logfile and/or syslog.
+
+    Nothing happens when the account has neither. Never raises for a logging failure and never
+    touches the exit code: a logfile failure is reported on stderr, as msmtp does.
+    """
+    if account.logfile:
+        write_logfile(
+            account.logfile,
+            info,
+            prog=prog,
+            time_format=account.logfile_time_format,
+            now=now,
+            stdout=stdout,
+            stderr=stderr,
+            lock_timeout=lock_timeout,
+        )
+    if account.syslog:
+        write_syslog(account.syslog, info, failed=ExitCode(exit_code) != ExitCode.OK, ident=ident)
+
+
+def _account_suffix(account: Account) -> str:
+    if account.id is not None and account.conffile is not None:
+        return f" (account {account.id} from {account.conffile})"
+    return ""
+
+
+def stderr_lines(
+    prog: str,
+    account: Account,
+    error: str | None,
+    reply: Reply | None,
+    *,
+    sendmail: bool = True,
+) -> list[str]:
+    """msmtp's stderr report of a failed attempt, one string per line (no newlines).
+
+    `PROG: ERROR`, one `PROG: server message: LINE` per reply line, then (sending mail only,
+    not --serverinfo/--rmqs) `PROG: could not send mail (account ID from FILE)`, or without the
+    parenthesis for an account from the command line. Control characters become `?`.
+    """
+    lines = []
+    if error is not None:
+        lines.append(f"{prog}: {sanitize(error)}")
+    if reply is not None:
+        lines.extend(f"{prog}: server message: {sanitize(line)}" for line in reply.wire_lines())
+    if sendmail:
+        lines.append(f"{prog}: could not send mail{_account_suffix(account)}")
+    return lines
+
+
+def lmtp_stderr_lines(
+    prog: str, account: Account, failures: Iterable[tuple[str, Reply | None]]
+) -> list[str]:
+    """msmtp's stderr report when an LMTP server refused some recipients.
+
+    `failures` holds (error, final reply) for each refused recipient, in envelope order; the
+    error is msmtp's `the server refuses to send the mail to R`.
+    """
+    lines = []
+    for error, reply in failures:
+        lines.append(f"{prog}: {sanitize(error)}")
+        if reply is not None:
+            lines.extend(
+                f"{prog}: LMTP server message: {sanitize(line)}" for line in reply.wire_lines()
+            )
+    lines.append(f"{prog}: could not send mail to all recipients{_account_suffix(account)}")
+    return lines

@@ -1,0 +1,75 @@
+"""What a delivery attempt produced: replies, per-recipient outcomes, exit code, disposition."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+
+from relayd.sysexits import ExitCode
+
+_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One SMTP reply: the code, the enhanced status code if the text starts with one, the lines."""
+
+    code: int
+    lines: tuple[str, ...]
+
+    @property
+    def enhanced(self) -> str | None:
+        """`5.1.1` from `550 5.1.1 user unknown`, if present."""
+        match = _ENHANCED.match(self.lines[0]) if self.lines else None
+        return match.group(0) if match else None
+
+    @property
+    def text(self) -> str:
+        """The reply lines without the code, joined by newlines."""
+        return "\n".join(self.lines)
+
+    def wire_lines(self) -> list[str]:
+        """The reply as the server sent it: `550-first`, `550 last`."""
+        last = len(self.lines) - 1
+        return [
+            f"{self.code}{' ' if i == last else '-'}{line}" for i, line in enumerate(self.lines)
+        ]
+
+
+class Disposition(enum.Enum):
+    """What relayd does with a message (or a recipient) after an attempt (SPEC §4)."""
+
+    SENT = "sent"
+    RETRY = "retry"  # temporary: try again later
+    FAIL = "fail"  # permanent: give up (bounce if configured)
+    HOLD = "hold"  # only the user can fix it (auth, certificate, missing TLS/AUTH, password)
+
+
+@dataclass(frozen=True)
+class RecipientResult:
+    """One recipient's outcome in an attempt."""
+
+    address: str
+    disposition: Disposition
+    reply: Reply | None = None
+    error: str | None = None  # msmtp's text for this recipient's failure, e.g. LMTP's refusal
+
+
+@dataclass(frozen=True)
+class DeliveryResult:
+    """The outcome of one message's attempt.
+
+    `disposition` and `exit_code` describe the message as a whole (the exit code is the one
+    msmtp gives for the same event, msmtp.md §3); `error` is msmtp's error text (`errormsg=` in
+    the log), `reply` the deciding server reply. `recipients` has one entry per envelope
+    recipient, in order: with a 5xx to one RCPT that one is FAIL while the others are SENT.
+    """
+
+    disposition: Disposition
+    exit_code: ExitCode
+    error: str | None = None
+    reply: Reply | None = None
+    recipients: tuple[RecipientResult, ...] = field(default_factory=tuple)
+    # The connection broke after the final dot before the reply: the server may have the mail.
+    possibly_delivered: bool = False

@@ -1,0 +1,605 @@
+"""`--serverinfo`: what the session learnt about a server, printed as msmtp 1.8.23 prints it.
+
+The session fills in a `ServerInfo` (plain data) and `format_serverinfo` renders msmtp's text
+(research/msmtp.md §4.2): the header line, the first greeting line, the TLS block (GnuTLS's
+session description and certificate facts) and the capabilities, parsed from the EHLO lines
+with msmtp's own rules (prefix matches on the upper-cased line, strtol for SIZE, substring
+matches for AUTH methods).
+
+The certificate is read from its DER bytes here (a small DER walker, no extra dependency), and
+the distinguished names are written the way GnuTLS's gnutls_x509_crt_get_dn writes them.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import struct
+import time
+from dataclasses import dataclass
+
+from relayd.attempt_log import sanitize
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ssl
+    from collections.abc import Sequence
+
+
+@dataclass(frozen=True)
+class TLSInfo:
+    """The TLS facts msmtp prints; every field may be unknown (None).
+
+    `version` and `cipher` are what Python's ssl gives (`version()`, `cipher()[0]`, OpenSSL
+    names); `group` (key exchange group, e.g. `X25519`, `secp256r1`, `ffdhe2048`) and
+    `signature` (GnuTLS's name, e.g. `RSA-PSS-RSAE-SHA256`) are not available from Python 3.11's
+    ssl and are left out of the session description when unknown.
+    """
+
+    version: str | None = None
+    cipher: str | None = None
+    peer_cert_der: bytes | None = None
+    group: str | None = None
+    signature: str | None = None
+
+    @classmethod
+    def from_ssl(cls, obj: ssl.SSLObject | ssl.SSLSocket) -> TLSInfo:
+        """The facts of an established connection (asyncio: `get_extra_info("ssl_object")`)."""
+        cipher = obj.cipher()
+        return cls(
+            version=obj.version(),
+            cipher=cipher[0] if cipher else None,
+            peer_cert_der=obj.getpeercert(binary_form=True),
+        )
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """Everything `--serverinfo` prints.
+
+    `host` is the account's host as given (or its socket path), `port` the account's port.
+    `canonical_name`/`address` are the reverse name and the address connected to, if known.
+    `greeting` holds the greeting's lines without the code (msmtp prints the first one);
+    `capabilities` the text of every line of the last EHLO/LHLO reply without the code, the
+    first (domain) line included, or nothing after a HELO fallback. `tls` is set when the
+    account uses TLS; `starttls` says it was started with STARTTLS rather than implicitly.
+    """
+
+    host: str
+    port: int
+    protocol: str = "smtp"
+    canonical_name: str | None = None
+    address: str | None = None
+    greeting: tuple[str, ...] = ()
+    capabilities: tuple[str, ...] = ()
+    tls: TLSInfo | None = None
+    starttls: bool = False
+
+
+# --- capabilities --------------------------------------------------------------------------
+
+#: The AUTH methods msmtp 1.8.23 recognises, in the order --serverinfo prints them.
+AUTH_METHODS = (
+    "PLAIN",
+    "SCRAM-SHA-1",
+    "SCRAM-SHA-256",
+    "EXTERNAL",
+    "GSSAPI",
+    "CRAM-MD5",
+    "DIGEST-MD5",
+    "LOGIN",
+    "NTLM",
+    "OAUTHBEARER",
+    "XOAUTH2",
+)
+
+_LONG_MAX = 2**63 - 1
+_LONG_MIN = -(2**63)
+_ASCII_UPPER = {c: c - 32 for c in range(ord("a"), ord("z") + 1)}
+_C_SPACE = " \t\n\v\f\r"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """msmtp's capability flags from an EHLO reply (8BITMIME, SMTPUTF8 … are not recorded)."""
+
+    starttls: bool = False
+    dsn: bool = False
+    pipelining: bool = False
+    etrn: bool = False
+    auth: bool = False
+    auth_methods: frozenset[str] = frozenset()
+    size: int | None = None  # None: no (valid) SIZE seen; 0: no limit
+
+    @property
+    def any(self) -> bool:
+        """msmtp's `srv.cap.flags != 0`."""
+        return (
+            self.starttls
+            or self.dsn
+            or self.pipelining
+            or self.etrn
+            or self.auth
+            or self.size is not None
+        )
+
+
+def _strtol(text: str) -> tuple[int, str, bool]:
+    """C strtol(text, &end, 10): (value, rest after the number, overflowed)."""
+    i = 0
+    while i < len(text) and text[i] in _C_SPACE:
+        i += 1
+    sign = 1
+    if i < len(text) and text[i] in "+-":
+        sign = -1 if text[i] == "-" else 1
+        i += 1
+    start = i
+    while i < len(text) and "0" <= text[i] <= "9":
+        i += 1
+    if i == start:
+        return 0, text, False  # no digits: end = the start of the string
+    value = sign * int(text[start:i])
+    if value > _LONG_MAX:
+        return _LONG_MAX, text[i:], True
+    if value < _LONG_MIN:
+        return _LONG_MIN, text[i:], True
+    return value, text[i:], False
+
+
+def parse_capabilities(lines: Sequence[str]) -> Capabilities:
+    """msmtp's smtp_init parsing of EHLO/LHLO reply lines (the text after `250-`/`250 `)."""
+    flags = {"starttls": False, "dsn": False, "pipelining": False, "etrn": False, "auth": False}
+    methods: set[str] = set()
+    size_seen = False
+    size = 0
+    for raw in lines:
+        line = raw.translate(_ASCII_UPPER)
+        if line.startswith("STARTTLS"):
+            flags["starttls"] = True
+        elif line.startswith("DSN"):
+            flags["dsn"] = True
+        elif line.startswith("PIPELINING"):
+            flags["pipelining"] = True
+        elif line.startswith("SIZE"):
+            # The value is stored even when invalid; only a valid one sets the flag.
+            argument = line[4:]
+            size, rest, overflow = _strtol(argument)
+            if argument and not rest and size >= 0 and not overflow:
+                size_seen = True
+        elif line.startswith("AUTH") and line[4:5] in (" ", "="):
+            flags["auth"] = True
+            methods.update(m for m in AUTH_METHODS if m in line[5:])
+        elif line.startswith("ETRN"):
+            flags["etrn"] = True
+    return Capabilities(**flags, auth_methods=frozenset(methods), size=size if size_seen else None)
+
+
+def _f32(value: float) -> float:
+    """Round to C float (msmtp divides in single precision)."""
+    result: float = struct.unpack("f", struct.pack("f", value))[0]
+    return result
+
+
+def _size_lines(size: int) -> list[str]:
+    text = "        Maximum message size is "
+    if size == 0:
+        text += "unlimited"
+    else:
+        text += f"{size} bytes"
+        if size > 1024 * 1024:
+            text += f" = {_f32(_f32(size) / 1048576.0):.2f} MiB"
+        elif size > 1024:
+            text += f" = {_f32(_f32(size) / 1024.0):.2f} KiB"
+    return [f"    SIZE {size}:", text]
+
+
+# --- TLS session description ---------------------------------------------------------------
+
+_PROTOCOLS = {"TLSv1": "TLS1.0", "TLSv1.1": "TLS1.1", "TLSv1.2": "TLS1.2", "TLSv1.3": "TLS1.3"}
+_PROTOCOLS["SSLv3"] = "SSL3.0"
+_TLS13_CIPHERS = {
+    "TLS_AES_256_GCM_SHA384": "AES-256-GCM",
+    "TLS_AES_128_GCM_SHA256": "AES-128-GCM",
+    "TLS_CHACHA20_POLY1305_SHA256": "CHACHA20-POLY1305",
+    "TLS_AES_128_CCM_SHA256": "AES-128-CCM",
+    "TLS_AES_128_CCM_8_SHA256": "AES-128-CCM-8",
+}
+# OpenSSL's TLS 1.2 names: [KX-][AUTH-]CIPHER[-MAC]; cipher part → (GnuTLS name, is AEAD).
+_TLS12_CIPHERS = {
+    "AES256-GCM": ("AES-256-GCM", True),
+    "AES128-GCM": ("AES-128-GCM", True),
+    "AES256-CCM": ("AES-256-CCM", True),
+    "AES128-CCM": ("AES-128-CCM", True),
+    "AES256-CCM8": ("AES-256-CCM-8", True),
+    "AES128-CCM8": ("AES-128-CCM-8", True),
+    "CHACHA20-POLY1305": ("CHACHA20-POLY1305", True),
+    "AES256": ("AES-256-CBC", False),
+    "AES128": ("AES-128-CBC", False),
+    "CAMELLIA256": ("CAMELLIA-256-CBC", False),
+    "CAMELLIA128": ("CAMELLIA-128-CBC", False),
+    "DES-CBC3": ("3DES-CBC", False),
+}
+_MACS = {"SHA": "SHA1", "SHA256": "SHA256", "SHA384": "SHA384", "MD5": "MD5"}
+_GROUPS = {"PRIME256V1": "SECP256R1", "P-256": "SECP256R1", "P-384": "SECP384R1"}
+_GROUPS["P-521"] = "SECP521R1"
+
+
+def _split_tls12(name: str) -> tuple[str | None, str, str | None]:
+    """(key exchange, GnuTLS cipher, GnuTLS MAC or None for AEAD) from an OpenSSL suite name."""
+    tokens = name.split("-")
+    kx = "RSA"  # suites without a key exchange prefix use RSA key transport
+    if tokens[0] in ("ECDHE", "DHE", "EDH"):
+        kx = "DHE" if tokens[0] == "EDH" else tokens[0]
+        tokens = tokens[1:]
+        if tokens and tokens[0] in ("RSA", "ECDSA", "DSS", "PSK"):
+            tokens = tokens[1:]
+    elif tokens[0] == "PSK":
+        kx, tokens = "PSK", tokens[1:]
+    mac = None
+    if len(tokens) > 1 and tokens[-1] in _MACS:
+        mac = tokens.pop()
+    cipher, aead = _TLS12_CIPHERS.get("-".join(tokens), ("-".join(tokens), False))
+    return kx, cipher, None if aead or mac is None else _MACS[mac]
+
+
+def tls_description(tls: TLSInfo) -> str | None:
+    """GnuTLS's gnutls_session_get_desc as far as the facts go, e.g.
+    `(TLS1.3)-(ECDHE-SECP256R1)-(RSA-PSS-RSAE-SHA256)-(AES-256-GCM)`.
+
+    Unknown parts (the group and the signature algorithm with Python's ssl) are left out:
+    `(TLS1.3)-(AES-256-GCM)`; for TLS 1.2 the key exchange comes from the suite name
+    (`(TLS1.2)-(ECDHE)-(AES-128-GCM)`). None when neither version nor cipher is known.
+    """
+    if tls.version is None and tls.cipher is None:
+        return None
+    parts = []
+    if tls.version is not None:
+        parts.append(_PROTOCOLS.get(tls.version, tls.version))
+    group = None
+    if tls.group is not None:
+        group = tls.group.upper()
+        group = _GROUPS.get(group, group)
+    kx: str | None = None
+    cipher: str | None = None
+    mac: str | None = None
+    if tls.cipher is not None:
+        if tls.cipher in _TLS13_CIPHERS:
+            cipher = _TLS13_CIPHERS[tls.cipher]
+        else:
+            kx, cipher, mac = _split_tls12(tls.cipher)
+    if group is not None:
+        kx = "DHE" if group.startswith("FFDHE") else "ECDHE"
+    if kx in ("ECDHE", "DHE"):
+        parts.append(f"{kx}-{group}" if group is not None else kx)
+    elif kx is not None:
+        parts.append(kx)
+    if tls.signature is not None:
+        parts.append(tls.signature)
+    if cipher is not None:
+        parts.append(cipher)
+    if mac is not None:
+        parts.append(mac)
+    return "-".join(f"({part})" for part in parts)
+
+
+# --- the certificate -----------------------------------------------------------------------
+
+
+def _tlv(data: bytes, pos: int) -> tuple[int, int, int]:
+    """One DER element at `pos`: (tag byte, start of the content, end of the element)."""
+    tag = data[pos]
+    pos += 1
+    if tag & 0x1F == 0x1F:  # high tag number form (not in certificates we read; skip it)
+        while data[pos] & 0x80:
+            pos += 1
+        pos += 1
+    length = data[pos]
+    pos += 1
+    if length & 0x80:
+        count = length & 0x7F
+        if count == 0 or count > 8:
+            raise ValueError("unsupported DER length")
+        length = int.from_bytes(data[pos : pos + count], "big")
+        pos += count
+    end = pos + length
+    if end > len(data):
+        raise ValueError("truncated DER")
+    return tag, pos, end
+
+
+def _children(data: bytes, start: int, end: int) -> list[tuple[int, int, int, int]]:
+    """The elements inside a constructed element: (tag, element start, content start, end)."""
+    items = []
+    pos = start
+    while pos < end:
+        tag, content, stop = _tlv(data, pos)
+        items.append((tag, pos, content, stop))
+        pos = stop
+    return items
+
+
+def _oid(content: bytes) -> str:
+    arcs: list[int] = []
+    value = 0
+    for byte in content:
+        value = (value << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            if not arcs:
+                first = min(value // 40, 2)
+                arcs += [first, value - 40 * first]
+            else:
+                arcs.append(value)
+            value = 0
+    return ".".join(map(str, arcs))
+
+
+_UTF8, _PRINTABLE, _TELETEX, _IA5, _UNIVERSAL, _BMP = 0x0C, 0x13, 0x14, 0x16, 0x1C, 0x1E
+_OCTET_STRING = 0x04
+_DIRECTORY = (_TELETEX, _PRINTABLE, _UNIVERSAL, _UTF8, _BMP)  # PKIX1.DirectoryString
+_CHALLENGE = (_PRINTABLE, _UTF8)  # PKIX1.pkcs-9-challengePassword
+# GnuTLS's table of printable DN attributes: OID → (name or None = the OID, string type).
+# A tuple is a CHOICE decoded as a "complex" string; an int is the one DER type expected.
+_DN_ATTRIBUTES: dict[str, tuple[str | None, int | tuple[int, ...]]] = {
+    "1.3.6.1.5.5.7.9.2": ("placeOfBirth", _DIRECTORY),
+    "1.3.6.1.5.5.7.9.3": ("gender", _PRINTABLE),
+    "1.3.6.1.5.5.7.9.4": ("countryOfCitizenship", _PRINTABLE),
+    "1.3.6.1.5.5.7.9.5": ("countryOfResidence", _PRINTABLE),
+    "2.5.4.6": ("C", _PRINTABLE),
+    "2.5.4.9": ("street", _DIRECTORY),
+    "2.5.4.12": ("title", _DIRECTORY),
+    "2.5.4.10": ("O", _DIRECTORY),
+    "2.5.4.11": ("OU", _DIRECTORY),
+    "2.5.4.3": ("CN", _DIRECTORY),
+    "2.5.4.7": ("L", _DIRECTORY),
+    "2.5.4.8": ("ST", _DIRECTORY),
+    "2.5.4.13": ("description", _DIRECTORY),
+    "2.5.4.5": ("serialNumber", _PRINTABLE),
+    "2.5.4.20": ("telephoneNumber", _PRINTABLE),
+    "2.5.4.4": ("surName", _DIRECTORY),
+    "2.5.4.43": ("initials", _DIRECTORY),
+    "2.5.4.44": ("generationQualifier", _DIRECTORY),
+    "2.5.4.42": ("givenName", _DIRECTORY),
+    "2.5.4.65": ("pseudonym", _DIRECTORY),
+    "2.5.4.46": ("dnQualifier", _PRINTABLE),
+    "2.5.4.17": ("postalCode", _DIRECTORY),
+    "2.5.4.41": ("name", _DIRECTORY),
+    "2.5.4.15": ("businessCategory", _DIRECTORY),
+    "0.9.2342.19200300.100.1.25": ("DC", _IA5),
+    "0.9.2342.19200300.100.1.1": ("UID", _DIRECTORY),
+    "1.2.840.113556.1.4.656": ("userPrincipalName", _DIRECTORY),
+    "1.3.6.1.4.1.311.60.2.1.1": ("jurisdictionOfIncorporationLocalityName", _DIRECTORY),
+    "1.3.6.1.4.1.311.60.2.1.2": ("jurisdictionOfIncorporationStateOrProvinceName", _DIRECTORY),
+    "1.3.6.1.4.1.311.60.2.1.3": ("jurisdictionOfIncorporationCountryName", _PRINTABLE),
+    "1.2.840.113549.1.9.1": ("EMAIL", _IA5),
+    "1.2.840.113549.1.9.7": (None, _CHALLENGE),
+    "1.2.840.113549.1.9.20": (None, _BMP),
+    "1.2.840.113549.1.9.21": (None, _OCTET_STRING),
+    "1.3.6.1.5.5.7.8.5": ("XmppAddr", _UTF8),
+}
+
+
+class _DNUnavailable(Exception):
+    """GnuTLS could not produce the DN at all; msmtp then prints `(null)`."""
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+def _escape(value: str) -> str:
+    """GnuTLS's str_escape (RFC 4514): `,+"\\<>;` always, `#`/space first, space last."""
+    out = []
+    last = len(value) - 1
+    for i, char in enumerate(value):
+        if char in ',+"\\<>;' or (i == 0 and char in "# ") or (i == last and char == " "):
+            out.append("\\")
+        out.append(char)
+    return "".join(out)
+
+
+def _bmp(raw: bytes) -> str | None:
+    if len(raw) % 2:
+        return None
+    try:
+        return raw.decode("utf-16-be")
+    except UnicodeDecodeError:
+        return None
+
+
+def _attribute_value(oid: str, tag: int, element: bytes, raw: bytes) -> str:
+    """One attribute's value as GnuTLS writes it (hex `#…` of the element when it can't)."""
+    entry = _DN_ATTRIBUTES.get(oid)
+    fallback = "#" + element.hex()
+    if entry is None:
+        return fallback
+    kind = entry[1]
+    if isinstance(kind, int):  # a simple string of one DER type
+        if tag != kind or not raw:
+            return fallback
+        decoded = _bmp(raw) if kind == _BMP else _text(raw)
+        return fallback if decoded is None or "\0" in decoded else _escape(decoded)
+    if tag not in kind:
+        return fallback
+    if not raw:
+        raise _DNUnavailable
+    value: str | None
+    if tag == _TELETEX:
+        value = _text(raw) if raw.isascii() else "#" + raw.hex()
+    elif tag == _BMP:
+        value = _bmp(raw)
+        if value is None:
+            value = "#" + raw.hex()
+    elif tag == _UNIVERSAL:
+        value = "#" + raw.hex()
+    else:
+        value = _text(raw)
+    if "\0" in value:
+        return fallback
+    return _escape(value)
+
+
+def _distinguished_name(data: bytes, start: int, end: int) -> str | None:
+    """gnutls_x509_crt_get_dn: RDNs in certificate order, `,` between, `+` inside; None = fail."""
+    rdns = []
+    try:
+        for _tag, _at, rdn_start, rdn_end in _children(data, start, end):
+            values = []
+            for _t, _a, atv_start, atv_end in _children(data, rdn_start, rdn_end):
+                (_ot, _oa, oid_start, oid_end), (tag, at, content, stop) = _children(
+                    data, atv_start, atv_end
+                )[:2]
+                oid = _oid(data[oid_start:oid_end])
+                name = _DN_ATTRIBUTES.get(oid, (oid, 0))[0] or oid
+                value = _attribute_value(oid, tag, data[at:stop], data[content:stop])
+                values.append(f"{name}={value}")
+            rdns.append("+".join(values))
+    except (_DNUnavailable, ValueError, IndexError):
+        return None
+    return ",".join(rdns) if rdns else None
+
+
+def _time(data: bytes, tag: int, start: int, end: int) -> int:
+    """UTCTime/GeneralizedTime → time_t as GnuTLS gives it (before 1970 → 0)."""
+    text = data[start:end].decode("ascii")
+    if tag == 0x17:  # UTCTime YYMMDDHHMMSSZ
+        year = int(text[:2])
+        year += 2000 if year < 50 else 1900
+        rest = text[2:]
+    else:  # GeneralizedTime YYYYMMDDHHMMSSZ
+        year = int(text[:4])
+        rest = text[4:]
+    if year < 1970:
+        return 0
+    month, day, hour, minute = (int(rest[i : i + 2]) for i in range(0, 8, 2))
+    second = int(rest[8:10]) if rest[8:10].isdigit() else 0
+    return calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def ctime_text(timestamp: int) -> str:
+    """`Tue Nov 24 15:36:06 2026`: strftime("%c") in the C locale, local time."""
+    tm = time.localtime(timestamp)
+    return (
+        f"{_DAYS[tm.tm_wday]} {_MONTHS[tm.tm_mon - 1]} {tm.tm_mday:2d} "
+        f"{tm.tm_hour:02d}:{tm.tm_min:02d}:{tm.tm_sec:02d} {tm.tm_year}"
+    )
+
+
+@dataclass(frozen=True)
+class CertificateInfo:
+    """The certificate facts msmtp prints (subject/issuer None = GnuTLS failed: `(null)`)."""
+
+    subject: str | None
+    issuer: str | None
+    activation: int
+    expiration: int
+    sha256: bytes
+    sha1: bytes
+
+    @classmethod
+    def from_der(cls, der: bytes) -> CertificateInfo:
+        """Read a DER certificate (ValueError if it is not one)."""
+        try:
+            _tag, tbs_start, tbs_end = _tlv(der, _tlv(der, 0)[1])
+            fields = _children(der, tbs_start, tbs_end)
+            if fields and fields[0][0] == 0xA0:  # [0] EXPLICIT version
+                fields = fields[1:]
+            _serial, _sigalg, issuer, validity, subject = fields[:5]
+            (nb_tag, _, nb_start, nb_end), (na_tag, _, na_start, na_end) = _children(
+                der, validity[2], validity[3]
+            )[:2]
+            return cls(
+                subject=_distinguished_name(der, subject[2], subject[3]),
+                issuer=_distinguished_name(der, issuer[2], issuer[3]),
+                activation=_time(der, nb_tag, nb_start, nb_end),
+                expiration=_time(der, na_tag, na_start, na_end),
+                sha256=hashlib.sha256(der).digest(),
+                sha1=hashlib.sha1(der).digest(),
+            )
+        except (IndexError, UnicodeDecodeError) as exc:
+            raise ValueError(f"not a DER certificate: {exc}") from exc
+
+
+def fingerprint_text(digest: bytes) -> str:
+    """`97:C2:1D:…`: upper-case hex bytes joined by colons."""
+    return ":".join(f"{byte:02X}" for byte in digest)
+
+
+def _tls_lines(tls: TLSInfo) -> list[str]:
+    lines = ["TLS session parameters:", f"    {tls_description(tls) or 'not available'}"]
+    if tls.peer_cert_der is None:
+        return lines
+    cert = CertificateInfo.from_der(tls.peer_cert_der)
+    lines += [
+        "TLS certificate information:",
+        "    Subject:",
+        f"        {cert.subject if cert.subject is not None else '(null)'}",
+        "    Issuer:",
+        f"        {cert.issuer if cert.issuer is not None else '(null)'}",
+        "    Validity:",
+        f"        Activation time: {ctime_text(cert.activation)}",
+        f"        Expiration time: {ctime_text(cert.expiration)}",
+        "    Fingerprints:",
+        f"        SHA256: {fingerprint_text(cert.sha256)}",
+    ]
+    if any(cert.sha1):
+        lines.append(f"        SHA1 (deprecated): {fingerprint_text(cert.sha1)}")
+    return lines
+
+
+# --- the whole text ------------------------------------------------------------------------
+
+
+def format_serverinfo(info: ServerInfo) -> str:
+    """msmtp 1.8.23's `--serverinfo` output for `info`, newline-terminated."""
+    kind = "SMTP" if info.protocol == "smtp" else "LMTP"
+    if info.canonical_name is not None and info.address is not None:
+        where = f" ({info.canonical_name} [{info.address}])"
+    elif info.canonical_name is not None:
+        where = f" ({info.canonical_name})"
+    elif info.address is not None:
+        where = f" ([{info.address}])"
+    else:
+        where = ""
+    lines = [f"{kind} server at {info.host}{where}, port {info.port}:"]
+    if info.greeting and info.greeting[0]:
+        lines.append(f"    {sanitize(info.greeting[0])}")
+    if info.tls is not None:
+        lines += _tls_lines(info.tls)
+    caps = parse_capabilities(info.capabilities)
+    starttls_account = info.tls is not None and info.starttls
+    if not caps.any and not starttls_account:
+        lines.append("No special capabilities.")
+    else:
+        lines.append("Capabilities:")
+        if caps.size is not None:
+            lines += _size_lines(caps.size)
+        if caps.pipelining:
+            lines += [
+                "    PIPELINING:",
+                "        Support for command grouping for faster transmission",
+            ]
+        if caps.etrn:
+            lines += ["    ETRN:", "        Support for RMQS (Remote Message Queue Starting)"]
+        if caps.dsn:
+            lines += ["    DSN:", "        Support for Delivery Status Notifications"]
+        if starttls_account or caps.starttls:
+            lines += [
+                "    STARTTLS:",
+                "        Support for TLS encryption via the STARTTLS command",
+            ]
+        if caps.auth:
+            methods = "".join(f"{m} " for m in AUTH_METHODS if m in caps.auth_methods)
+            lines += [
+                "    AUTH:",
+                "        Supported authentication methods:",
+                f"        {methods}",
+            ]
+        if caps.starttls and info.tls is None:
+            lines.append(
+                "This server might advertise more or other capabilities when TLS is active."
+            )
+    return "\n".join(lines) + "\n"

@@ -28,6 +28,7 @@ import math
 import os
 import platform
 import pwd
+import select
 import shutil
 import socket
 import sqlite3
@@ -163,6 +164,29 @@ def filesystem_type(path: Path) -> str:
         if inside and len(mount_point) >= len(best):
             best, kind = mount_point, right.split()[0]
     return kind
+
+
+def fsync_probe(directory: Path, count: int = 20) -> float:
+    """Median milliseconds of `count` fsync()s after a 4 KiB write: the disk's durability price,
+    which moves with other I/O on the machine (it explains a slow bare insert)."""
+    path = directory / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    times = []
+    try:
+        for n in range(count):
+            os.pwrite(fd, os.urandom(4096), (n % 4) * 4096)
+            start = time.perf_counter_ns()
+            os.fsync(fd)
+            times.append((time.perf_counter_ns() - start) / 1e6)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return statistics.median(times)
+
+
+def conditions(directory: Path) -> str:
+    """Load average and fsync latency now, to print beside the figures."""
+    return f"load {os.getloadavg()[0]:.2f}, fsync {fsync_probe(directory):.2f} ms"
 
 
 def cpu_model() -> str:
@@ -375,50 +399,81 @@ def make_home(work: Path, port: int | None) -> dict[str, str]:
 # --- timing ----------------------------------------------------------------------------------
 
 
-def run_once(contender: Contender) -> float:
-    """Run the command once; its wall-clock milliseconds. RuntimeError if it fails."""
-    stdin: IO[bytes] | int
+def run_once(contender: Contender, errors: IO[bytes]) -> float:
+    """Run the command once; its wall-clock milliseconds. RuntimeError if it fails.
+
+    Not `subprocess.run(timeout=...)`: with a timeout, Popen.wait polls with sleeps of 1, 2,
+    4 ... ms, which would round every figure up. Here a pidfd (Linux) wakes us the moment the
+    process exits, and a process outliving RUN_TIMEOUT is killed. stderr goes to `errors`.
+    """
+    errors.seek(0)
+    errors.truncate()
     with contextlib.ExitStack() as stack:
-        stdin = subprocess.DEVNULL
+        stdin: IO[bytes] | int = subprocess.DEVNULL
         if contender.stdin is not None:
             stdin = stack.enter_context(contender.stdin.open("rb"))
         start = time.perf_counter_ns()
-        try:
-            done = subprocess.run(
-                contender.argv,
-                env=contender.env,
-                stdin=stdin,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                timeout=RUN_TIMEOUT,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise RuntimeError(f"timed out after {RUN_TIMEOUT:g} s") from None
+        proc = subprocess.Popen(
+            contender.argv,
+            env=contender.env,
+            stdin=stdin,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+        )
+        exited = wait_for_exit(proc, RUN_TIMEOUT)
         elapsed = time.perf_counter_ns() - start
-    if done.returncode != 0:
-        err = done.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"exit {done.returncode}: {err[0]}")
+        if not exited:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"still running after {RUN_TIMEOUT:g} s: killed")
+    if proc.returncode != 0:
+        errors.seek(0)
+        lines = errors.read().decode("utf-8", "replace").strip().splitlines()
+        raise RuntimeError(f"exit {proc.returncode}: {lines[-1] if lines else 'no output'}")
     return elapsed / 1e6
+
+
+def wait_for_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Reap `proc` as soon as it exits; False if it is still running after `timeout` seconds."""
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # not Linux >= 5.3: a polling wait (1 ms steps at first)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        if not poller.poll(timeout * 1000):
+            return False
+    finally:
+        os.close(pidfd)
+    proc.wait()  # it has exited: this waitpid() returns at once
+    return True
 
 
 def measure(contenders: Sequence[Contender], runs: int, progress: Callable[[int], None]) -> None:
     """One untimed warm-up each, then `runs` rounds; each round starts at another contender."""
-    for contender in contenders:
-        try:
-            run_once(contender)
-        except RuntimeError as exc:
-            contender.failed = f"warm-up run failed: {exc}"
-    for round_number in range(runs):
-        shift = round_number % len(contenders)
-        for contender in [*contenders[shift:], *contenders[:shift]]:
+    with tempfile.TemporaryFile() as errors:
+        for contender in contenders:
             if not contender.active:
                 continue
             try:
-                contender.samples_ms.append(run_once(contender))
+                run_once(contender, errors)
             except RuntimeError as exc:
-                contender.failed = f"run {round_number + 1} failed: {exc}"
-        progress(round_number + 1)
+                contender.failed = f"warm-up run failed: {exc}"
+        for round_number in range(runs):
+            shift = round_number % len(contenders)
+            for contender in [*contenders[shift:], *contenders[:shift]]:
+                if not contender.active:
+                    continue
+                try:
+                    contender.samples_ms.append(run_once(contender, errors))
+                except RuntimeError as exc:
+                    contender.failed = f"run {round_number + 1} failed: {exc}"
+            progress(round_number + 1)
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -551,7 +606,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     command = " ".join(
-        ["python", "benchmarks/submit.py", *(sys.argv[1:] if argv is None else argv)]
+        [shown(sys.executable), shown(__file__), *(sys.argv[1:] if argv is None else argv)]
     )
     try:
         python = ensure_venv(args.rebuild)
@@ -602,10 +657,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if sink_skip is not None:
                 contenders[3].skipped = sink_skip
             facts = machine_facts(python, work)
+            before = conditions(work)
             log(f"timing {args.runs} rounds of {sum(c.active for c in contenders)} contenders ...")
             measure(
                 contenders, args.runs, lambda n: log(f"  {n}/{args.runs}") if n % 10 == 0 else None
             )
+        facts["conditions"] = f"before: {before}; after: {conditions(work)}"
         stored = count_rows(work / "queue.sqlite3")
         facts["queued messages"] = f"{stored} in relayd's queue after the run (1 + runs expected)"
         result = report(contenders, args.runs, facts, command)
@@ -622,11 +679,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def shown(path: str) -> str:
+    """`path` relative to the current directory when it is below it, else absolute."""
+    relative = os.path.relpath(path)
+    return os.path.abspath(path) if relative.startswith("..") else relative
+
+
 def count_rows(db: Path) -> int | None:
     if not db.exists():
         return None
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        row = conn.execute("SELECT count(*) FROM messages").fetchone()
+    try:
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            row = conn.execute("SELECT count(*) FROM messages").fetchone()
+    except sqlite3.Error:
+        return None
     return int(row[0])
 
 

@@ -1,0 +1,768 @@
+"""One upstream SMTP/LMTP connection as msmtp makes it: connect, TLS, EHLO, AUTH, mail, QUIT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import inspect
+import os
+import re
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+
+from relayd.accounts.account import Account
+from relayd.delivery import auth, tls
+from relayd.delivery.classify import (
+    Event,
+    Failure,
+    classify,
+    combine,
+    for_all,
+    host_not_found,
+    io_failure,
+    strerror,
+)
+from relayd.delivery.result import DeliveryResult, Disposition, RecipientResult, Reply
+from relayd.errors import RelaydError
+
+MAX_REPLY_LINES = 50  # msmtp's SMTP_MAXLINES
+MAX_COMMAND = 4094  # msmtp's SMTP_MAXCMDLEN in 1.8.23
+PIPELINE_LIMIT = 100  # commands in flight, as msmtp
+CHUNK = 64 * 1024  # message bytes per write
+_READ_LIMIT = 64 * 1024
+_CLOSE_WAIT = 1.0
+
+PasswordSource = Callable[[Account], Awaitable[str | None] | str | None]
+DebugSink = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """One message to send: the envelope and the stored bytes (CRLF line ends, not dot-stuffed).
+
+    `smtputf8`/`eightbit` default to detection: a non-ASCII address / a byte ≥ 0x80.
+    """
+
+    sender: str
+    recipients: Sequence[str]
+    data: bytes
+    smtputf8: bool | None = None
+    eightbit: bool | None = None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an EHLO/LHLO reply offers, parsed as msmtp parses it (plus 8BITMIME and SMTPUTF8)."""
+
+    starttls: bool = False
+    dsn: bool = False
+    pipelining: bool = False
+    etrn: bool = False
+    eightbitmime: bool = False
+    smtputf8: bool = False
+    size: int | None = None  # the maximum (0 = none); None when not advertised or not a number
+    auth: frozenset[str] | None = None  # None when there is no AUTH line
+
+    @classmethod
+    def parse(cls, ehlo: Reply) -> Capabilities:
+        """msmtp's rules: prefix matches on the upper-cased lines, SIZE read with strtol (a
+        missing, negative or malformed number counts as no SIZE), AUTH methods by substring."""
+        found: set[str] = set()
+        size: int | None = None
+        for line in ehlo.lines[1:]:
+            text = line.upper()
+            keyword = next((k for k in _KEYWORDS if text.startswith(k)), None)
+            if keyword == "SIZE":
+                number = _SIZE.fullmatch(text[4:])
+                size = int(number.group(1)) if number and int(number.group(1)) >= 0 else size
+            elif keyword is not None:
+                found.add(keyword)
+        return cls(
+            starttls="STARTTLS" in found,
+            dsn="DSN" in found,
+            pipelining="PIPELINING" in found,
+            etrn="ETRN" in found,
+            eightbitmime="8BITMIME" in found,
+            smtputf8="SMTPUTF8" in found,
+            size=size,
+            auth=auth.offered_methods(ehlo),
+        )
+
+
+_KEYWORDS = ("STARTTLS", "DSN", "PIPELINING", "SIZE", "ETRN", "8BITMIME", "SMTPUTF8")
+_SIZE = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)")
+
+
+@dataclass
+class ServerFacts:
+    """What the session learnt about the server, for --serverinfo and the logs."""
+
+    address: str | None = None  # the numeric address connected to (not via a proxy or socket)
+    greeting: Reply | None = None
+    ehlo: Reply | None = None  # the EHLO/LHLO reply in force (None after a HELO fallback)
+    helo: Reply | None = None  # the HELO reply when EHLO was refused
+    ehlo_before_tls: Reply | None = None  # with STARTTLS: the reply before it
+    capabilities: Capabilities = field(default_factory=Capabilities)
+    tls_version: str | None = None
+    tls_cipher: str | None = None
+    peer_certificate: bytes | None = None  # DER
+    auth_method: str | None = None
+
+
+class _Abort(Exception):
+    """The connection cannot go on; `quit` says whether msmtp would still say QUIT."""
+
+    def __init__(self, failure: Failure, *, quit: bool = False) -> None:
+        super().__init__(failure.error)
+        self.failure = failure
+        self.quit = quit
+
+
+def _encode(line: str) -> bytes:
+    return line.encode("utf-8", "surrogateescape")
+
+
+def _stuffed(data: bytes) -> Iterator[bytes]:
+    """The data dot-stuffed in chunks, ending in CRLF (a missing one added, a bare LF at the very
+    end made CRLF as msmtp would) and the terminating dot line."""
+    end = len(data) - 1 if data.endswith(b"\n") and not data.endswith(b"\r\n") else len(data)
+    view = memoryview(data)[:end]
+    at_line_start = True
+    for start in range(0, end, CHUNK):
+        chunk = bytes(view[start : start + CHUNK])
+        out = chunk.replace(b"\n.", b"\n..")
+        yield b"." + out if at_line_start and chunk.startswith(b".") else out
+        at_line_start = chunk.endswith(b"\n")
+    yield b".\r\n" if at_line_start else b"\r\n.\r\n"
+
+
+class _Wire:
+    """The byte stream to the server: replies read and commands written as msmtp does, bounded
+    by the timeout, with the dialogue traced like msmtp -d."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        timeout: float | None,
+        debug: DebugSink | None,
+    ) -> None:
+        self.reader, self.writer, self.timeout, self.debug = reader, writer, timeout, debug
+
+    async def read_reply(self) -> Reply:
+        lines: list[bytes] = []
+        while len(lines) <= MAX_REPLY_LINES:
+            try:
+                raw = await asyncio.wait_for(self.reader.readuntil(b"\n"), self.timeout)
+            except asyncio.IncompleteReadError as exc:
+                raw = exc.partial
+            except (asyncio.LimitOverrunError, ValueError):
+                raise _Abort(classify(Event.INVALID_REPLY)) from None
+            except OSError as exc:
+                raise _Abort(io_failure(exc, writing=False)) from None
+            valid = raw[:3].isdigit() and raw[3:4] in (b" ", b"-") and raw.endswith(b"\n")
+            if not valid:
+                empty = not lines and not raw
+                raise _Abort(classify(Event.EMPTY_REPLY if empty else Event.INVALID_REPLY))
+            line = raw[:-1].removesuffix(b"\r")
+            if self.debug:
+                self.debug("<-- " + line.decode("utf-8", "surrogateescape"))
+            lines.append(line)
+            if raw[3:4] == b" ":
+                break
+        else:
+            raise _Abort(classify(Event.LONG_REPLY))
+        text = tuple(line[4:].decode("utf-8", "surrogateescape") for line in lines)
+        return Reply(int(lines[0][:3]), text)
+
+    async def write(self, payload: bytes) -> None:
+        try:
+            self.writer.write(payload)
+            await asyncio.wait_for(self.writer.drain(), self.timeout)
+        except OSError as exc:
+            raise _Abort(io_failure(exc, writing=True)) from None
+
+    def trace(self, lines: Sequence[str]) -> None:
+        if self.debug:
+            for line in lines:
+                self.debug("--> " + line)
+
+    async def send(self, lines: Sequence[str], shown: str | None = None) -> None:
+        """Write commands in one buffer (pipelining, and no Nagle stall); `shown` replaces a
+        single secret line in the trace."""
+        self.trace([shown] if shown is not None else lines)
+        await self.write(b"".join(_encode(line) + b"\r\n" for line in lines))
+
+    async def command(self, line: str, shown: str | None = None) -> Reply:
+        await self.send([line], shown)
+        return await self.read_reply()
+
+    async def send_data(self, data: bytes) -> None:
+        if self.debug:
+            text = b"".join(_stuffed(data)).decode("utf-8", "surrogateescape")
+            self.trace([line.removesuffix("\r") for line in text.split("\n")[:-1]])
+        for chunk in _stuffed(data):
+            await self.write(chunk)
+
+    async def start_tls(self, context: ssl.SSLContext, hostname: str | None) -> None:
+        try:
+            await asyncio.wait_for(
+                self.writer.start_tls(context, server_hostname=hostname), self.timeout
+            )
+        except OSError as exc:
+            raise _Abort(tls.handshake_failure(exc)) from None
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):  # the connection is gone either way
+            await asyncio.wait_for(self.writer.wait_closed(), _CLOSE_WAIT)
+
+
+# -- connecting ----------------------------------------------------------------------------------
+
+
+def _bind(sock: socket.socket, source_ip: str) -> None:
+    """msmtp's bind: the address must parse as IPv6 or IPv4 and suit the socket."""
+    for family in (socket.AF_INET6, socket.AF_INET):
+        try:
+            socket.inet_pton(family, source_ip)
+        except OSError:
+            continue
+        if family == sock.family:
+            sock.bind((source_ip, 0))
+            return
+        break
+    raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+
+async def _tcp(host: str, port: int, source_ip: str | None, timeout: float | None) -> socket.socket:
+    """Connect to the first address of `host` that answers, as msmtp's net_open_socket."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise _Abort(host_not_found(exc, host)) from None
+    failure: Failure | None = None
+    connect_error = 0
+    for family, kind, proto, _, address in infos:
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError as exc:
+            failure = classify(Event.SOCKET, reason=strerror(exc))
+            continue
+        try:
+            if source_ip:
+                _bind(sock, source_ip)
+        except OSError as exc:
+            sock.close()
+            failure = classify(Event.BIND, ip=source_ip, reason=strerror(exc))
+            continue
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, address), timeout)
+        except OSError as exc:
+            sock.close()
+            code = errno.ETIMEDOUT if isinstance(exc, TimeoutError) else exc.errno or 0
+            connect_error = connect_error if code == errno.ENETUNREACH else code
+            reason = os.strerror(connect_error or errno.ENETUNREACH)
+            failure = classify(Event.CONNECT, target=f"{host}, port {port}", reason=reason)
+            continue
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    assert failure is not None  # getaddrinfo returns at least one address
+    raise _Abort(failure)
+
+
+_SOCKS_ERRORS = (
+    "general server failure",
+    "connection not allowed",
+    "network unreachable",
+    "host unreachable",
+    "connection refused",
+    "time-to-live expired",
+    "command not supported",
+    "address type not supported",
+)
+
+
+async def _socks5(wire: _Wire, host: str, port: int) -> None:
+    """A SOCKS5 CONNECT with the host name (no local DNS), as msmtp's net_socks5_connect."""
+    name = host.encode("utf-8")
+    if len(name) > 0xFF:
+        raise _Abort(classify(Event.PROXY, reason="host name too long"))
+
+    async def read(count: int) -> bytes:
+        try:
+            return await asyncio.wait_for(wire.reader.readexactly(count), wire.timeout)
+        except asyncio.IncompleteReadError:
+            raise _Abort(io_failure(None, writing=False)) from None
+        except OSError as exc:
+            raise _Abort(io_failure(exc, writing=False)) from None
+
+    await wire.write(b"\x05\x01\x00")
+    if await read(2) != b"\x05\x00":
+        raise _Abort(classify(Event.PROXY, reason="unexpected reply"))
+    await wire.write(b"\x05\x01\x00\x03" + bytes([len(name)]) + name + port.to_bytes(2, "big"))
+    head = await read(5)
+    if head[0] != 5 or head[2] != 0 or head[3] not in (1, 3, 4):
+        raise _Abort(classify(Event.PROXY, reason="unexpected reply"))
+    await read({1: 3, 4: 15, 3: head[4]}[head[3]] + 2)
+    if head[1] != 0:
+        reason = _SOCKS_ERRORS[head[1] - 1] if head[1] <= len(_SOCKS_ERRORS) else "unknown error"
+        raise _Abort(classify(Event.PROXY, reason=reason))
+
+
+async def _connect(account: Account, timeout: float | None, debug: DebugSink | None) -> _Wire:
+    if account.socket:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(account.socket, limit=_READ_LIMIT), timeout
+            )
+        except OSError as exc:
+            reason = strerror(exc)
+            raise _Abort(classify(Event.CONNECT, target=account.socket, reason=reason)) from None
+        return _Wire(reader, writer, timeout, debug)
+    host, port = account.host or "", account.port
+    if account.proxy_host:
+        sock = await _tcp(account.proxy_host, account.proxy_port, None, timeout)
+    else:
+        sock = await _tcp(host, port, account.source_ip, timeout)
+    reader, writer = await asyncio.open_connection(sock=sock, limit=_READ_LIMIT)
+    wire = _Wire(reader, writer, timeout, debug)
+    if account.proxy_host:
+        try:
+            await _socks5(wire, host, port)
+        except _Abort:
+            await wire.close()
+            raise
+    return wire
+
+
+# -- the session ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Attempt:
+    """One message's transaction in progress: each recipient's outcome so far (by position, as
+    msmtp sends duplicates too)."""
+
+    recipients: tuple[str, ...]
+    results: dict[int, RecipientResult] = field(default_factory=dict)
+    first: Failure | None = None
+    final: Reply | None = None
+    dot_sent: bool = False
+
+    def sent(self, index: int, reply: Reply) -> None:
+        self.results[index] = RecipientResult(self.recipients[index], Disposition.SENT, reply)
+        self.final = reply
+
+    def fail(self, index: int, failure: Failure) -> None:
+        self.results[index] = RecipientResult(
+            self.recipients[index], failure.disposition, failure.reply, failure.error
+        )
+        self.first = self.first or failure
+
+    def fail_rest(self, failure: Failure) -> None:
+        for index in range(len(self.recipients)):
+            if index not in self.results:
+                self.fail(index, failure)
+
+    def result(self) -> DeliveryResult:
+        ordered = [self.results[i] for i in range(len(self.recipients))]
+        return combine(ordered, self.first, self.final)
+
+
+class Session:
+    """One connection to the account's server, carrying any number of messages.
+
+    ``async with Session(account) as s: result = await s.send(message)``. Nothing the network or
+    the server does raises: a failure to connect, secure or log in is kept in `failure` and
+    every `send()` returns it as that message's result. A connection that breaks ends the
+    session the same way; `alive` tells whether to open a new one for the next message.
+    `password` is asked (once, only if the AUTH method needs it) instead of `account.password`;
+    it may raise RelaydError to hold the mail with its text and code. `timeout` bounds the
+    connect and every read and write when the account has no `timeout` of its own. `debug`
+    receives the dialogue as msmtp -d prints it (`--> `, `<-- `, no line ends), AUTH masked.
+    """
+
+    def __init__(
+        self,
+        account: Account,
+        *,
+        password: PasswordSource | None = None,
+        timeout: float | None = None,
+        debug: DebugSink | None = None,
+    ) -> None:
+        self.account = account
+        self.facts = ServerFacts()
+        self.failure: Failure | None = None
+        self._password = password
+        self._timeout = float(account.timeout) if account.timeout else timeout
+        self._debug = debug
+        self._wire: _Wire | None = None
+        self._context: ssl.SSLContext | None = None
+        self._state = "new"  # → "open" → "closed"
+        self._busy = False  # in the middle of a dialogue: cancelled there, say no QUIT
+
+    @property
+    def alive(self) -> bool:
+        return self._wire is not None and self.failure is None
+
+    async def __aenter__(self) -> Session:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self, *, login: bool = True) -> Failure | None:
+        """Connect, secure, greet; with `login` also check DSN and authenticate (--serverinfo
+        does not). Returns the failure, if any."""
+        if self._state != "new":
+            raise RuntimeError("a session is opened once")
+        self._state, self._busy = "open", True
+        try:
+            await self._connect()
+            await self._greet()
+            if login:
+                await self._login()
+        except _Abort as abort:
+            await self._end(abort.failure, quit=abort.quit)
+        self._busy = False
+        return self.failure
+
+    async def send(self, message: OutgoingMessage) -> DeliveryResult:
+        """Deliver one message on this connection (opening it first if needed)."""
+        if not message.recipients:
+            raise ValueError("a message without recipients")  # refused at submission (64)
+        if self._state == "new":
+            await self.open()
+        if self._state == "closed":
+            raise RuntimeError("send() on a closed session")
+        attempt = _Attempt(tuple(message.recipients))
+        if self.failure is not None:
+            return for_all(self.failure, attempt.recipients)
+        self._busy = True  # stays set if cancelled in the middle
+        try:
+            await self._transaction(message, attempt)
+        except _Abort as abort:
+            attempt.fail_rest(abort.failure)
+            await self._end(abort.failure, quit=False)
+            self._busy = False
+            return replace(attempt.result(), possibly_delivered=attempt.dot_sent)
+        self._busy = False
+        return attempt.result()
+
+    async def etrn(self, argument: str) -> Reply | Failure:
+        """msmtp --rmqs: `ETRN argument` on the open session; the reply, or the failure."""
+        if self._state == "new":
+            await self.open()
+        if self.failure is not None or self._wire is None:
+            return self.failure or classify(Event.ETRN)
+        if not self.facts.capabilities.etrn:
+            failure = classify(Event.NO_ETRN)
+            await self._end(failure, quit=True)
+            return failure
+        try:
+            reply = await self._wire.command(f"ETRN {argument}")
+        except _Abort as abort:
+            await self._end(abort.failure, quit=False)
+            return abort.failure
+        if 250 <= reply.code <= 253:
+            return reply
+        if reply.code in (458, 459):
+            return classify(Event.ETRN_UNABLE, reply)
+        return classify(Event.ETRN_INVALID if reply.code in (500, 501) else Event.ETRN, reply)
+
+    async def close(self) -> None:
+        """QUIT (if the connection is healthy and idle, not cancelled mid-dialogue) and close."""
+        if self._state != "closed":
+            self._state = "closed"
+            await self._end(None, quit=self.failure is None and not self._busy)
+
+    # -- opening --------------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        account = self.account
+        failure = auth.not_compiled_in(account.auth)
+        if failure is None and account.tls:
+            context = tls.client_context(account)
+            if isinstance(context, Failure):
+                failure = context
+            else:
+                self._context = context
+        if failure is not None:
+            raise _Abort(failure)
+        self._wire = await _connect(account, self._timeout, self._debug)
+        if not account.socket and not account.proxy_host:
+            peer = self._wire.writer.get_extra_info("peername")
+            self.facts.address = str(peer[0]) if peer else None
+        if self._context is not None and not account.tls_starttls:
+            await self._secure(self._context)
+
+    async def _secure(self, context: ssl.SSLContext) -> None:
+        assert self._wire is not None
+        await self._wire.start_tls(context, tls.server_name(self.account))
+        ssl_object = self._wire.writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        failure = tls.check_pin(self.account, der)
+        if failure is not None:
+            raise _Abort(failure)
+        if ssl_object is not None:
+            self.facts.tls_version = ssl_object.version()
+            self.facts.tls_cipher = ssl_object.cipher()[0]
+            self.facts.peer_certificate = der
+
+    async def _greet(self) -> None:
+        assert self._wire is not None
+        greeting = self.facts.greeting = await self._wire.read_reply()
+        if greeting.code != 220:
+            raise _Abort(classify(Event.GREETING, greeting))
+        await self._hello()
+        if self._context is None or not self.account.tls_starttls:
+            return
+        if not self.facts.capabilities.starttls:
+            raise _Abort(classify(Event.NO_STARTTLS), quit=True)
+        reply = await self._wire.command("STARTTLS")
+        if reply.code != 220:
+            raise _Abort(classify(Event.STARTTLS, reply))
+        if getattr(self._wire.reader, "_buffer", b""):  # plaintext after the 220: an injection
+            raise _Abort(classify(Event.STARTTLS))
+        self.facts.ehlo_before_tls = self.facts.ehlo
+        await self._secure(self._context)
+        await self._hello()
+
+    async def _hello(self) -> None:
+        assert self._wire is not None
+        domain = self.account.domain
+        if self.account.protocol == "lmtp":
+            reply = await self._wire.command(f"LHLO {domain}")
+            if reply.code != 250:
+                raise _Abort(classify(Event.LHLO, reply))
+        else:
+            reply = await self._wire.command(f"EHLO {domain}")
+            if reply.code != 250:
+                reply = await self._wire.command(f"HELO {domain}")
+                if reply.code != 250:
+                    raise _Abort(classify(Event.HELO, reply))
+                self.facts.ehlo, self.facts.helo = None, reply
+                self.facts.capabilities = Capabilities()
+                return
+        self.facts.ehlo, self.facts.capabilities = reply, Capabilities.parse(reply)
+
+    async def _login(self) -> None:
+        account, caps = self.account, self.facts.capabilities
+        if (account.dsn_return or account.dsn_notify) and not caps.dsn:
+            raise _Abort(classify(Event.NO_DSN), quit=True)
+        if account.auth is None:
+            return
+        if caps.auth is None:
+            raise _Abort(classify(Event.NO_AUTH), quit=True)
+        method = auth.choose(account.auth, caps.auth, self.facts.tls_version is not None)
+        if isinstance(method, Failure):
+            raise _Abort(method)
+        if method != "EXTERNAL" and not account.user:
+            raise _Abort(classify(Event.AUTH_NO_USER, method=method))
+        password = ""
+        if auth.needs_password(method):
+            found = await self._lookup_password()
+            if found is None:
+                raise _Abort(classify(Event.AUTH_NO_PASSWORD, method=method))
+            password = found
+        mech = auth.mechanism(
+            method, account.user or "", password, account.host or "", account.port
+        )
+        failure = await auth.authenticate(mech, self._exchange)
+        if failure is not None:
+            raise _Abort(failure)
+        self.facts.auth_method = method
+
+    async def _exchange(self, line: str, secret: bool) -> Reply:
+        assert self._wire is not None
+        if not secret:
+            return await self._wire.command(line)
+        shown = line.rsplit(" ", 1)[0] + " ********" if line.startswith("AUTH ") else "********"
+        return await self._wire.command(line, shown)
+
+    async def _lookup_password(self) -> str | None:
+        source = self._password
+        if source is None:
+            return self.account.password
+        try:
+            if inspect.iscoroutinefunction(source):
+                value = await source(self.account)
+            else:  # passwordeval, keyrings and prompts block: keep the loop free
+                value = await asyncio.to_thread(source, self.account)
+            if inspect.isawaitable(value):
+                value = await value
+        except RelaydError as exc:
+            failure = classify(Event.PASSWORD_LOOKUP, reason=exc.message)
+            raise _Abort(replace(failure, exit_code=exc.exit_code)) from None
+        return value if isinstance(value, str) else None
+
+    async def _end(self, failure: Failure | None, *, quit: bool) -> None:
+        """Record why the session ended and close the connection (after QUIT if asked)."""
+        self.failure = self.failure or failure
+        wire, self._wire = self._wire, None
+        if wire is None:
+            return
+        if quit:
+            with contextlib.suppress(_Abort):  # closing anyway
+                await wire.command("QUIT")
+        await wire.close()
+
+    # -- one message ----------------------------------------------------------------------------
+
+    def _mail_line(self, message: OutgoingMessage, smtputf8: bool) -> str:
+        sender = "" if message.sender.upper() == "MAILER-DAEMON" else message.sender
+        line = f"MAIL FROM:<{sender}>"
+        if self.account.dsn_return:
+            line += f" RET={self.account.dsn_return}"
+        eightbit = message.eightbit if message.eightbit is not None else not message.data.isascii()
+        if eightbit and self.facts.capabilities.eightbitmime:
+            line += " BODY=8BITMIME"
+        return line + (" SMTPUTF8" if smtputf8 else "")
+
+    def _rcpt_line(self, recipient: str) -> str:
+        notify = self.account.dsn_notify
+        return f"RCPT TO:<{recipient}>" + (f" NOTIFY={notify}" if notify else "")
+
+    def _precheck(
+        self, message: OutgoingMessage, lines: Sequence[str], smtputf8: bool
+    ) -> Failure | None:
+        """What fails before anything is sent: SMTPUTF8 missing, SIZE exceeded, long commands."""
+        caps, data = self.facts.capabilities, message.data
+        if smtputf8 and not caps.smtputf8:
+            return classify(Event.NO_SMTPUTF8)
+        size = len(data) + (2 if data and not data.endswith(b"\n") else 0)
+        if caps.size and size > caps.size:
+            return classify(Event.SIZE_EXCEEDED, size=size, limit=caps.size)
+        if any(len(_encode(line)) > MAX_COMMAND for line in lines):
+            return classify(Event.COMMAND_TOO_LONG)
+        return None
+
+    async def _transaction(self, message: OutgoingMessage, attempt: _Attempt) -> None:
+        wire = self._wire
+        assert wire is not None
+        smtputf8 = message.smtputf8
+        if smtputf8 is None:
+            smtputf8 = not all(a.isascii() for a in (message.sender, *attempt.recipients))
+        rcpts = [self._rcpt_line(r) for r in attempt.recipients]
+        lines = [self._mail_line(message, smtputf8), *rcpts]
+        early = self._precheck(message, lines, smtputf8)
+        if early is not None:
+            attempt.fail_rest(early)
+            return
+        ask: Callable[[str], Awaitable[Reply]] = wire.command
+        pipelined = self.facts.capabilities.pipelining
+        if pipelined:  # MAIL, every RCPT and DATA in one burst; the replies are then taken in turn
+            got, abort = await self._pipeline([*lines, "DATA"])
+            pending = iter(got)
+
+            async def ask(line: str) -> Reply:
+                reply = next(pending, None)
+                if reply is None:
+                    raise abort or _Abort(classify(Event.INVALID_REPLY))
+                return reply
+
+        reply = await ask(lines[0])
+        if reply.code != 250:
+            attempt.fail_rest(classify(Event.MAIL, reply, address=message.sender))
+            if pipelined and len(got) == len(lines) + 1 and got[-1].code == 354:
+                await self._abandon_data()
+            await self._recover()
+            return
+        accepted: list[int] = []
+        for index, line in enumerate(rcpts):
+            reply = await ask(line)
+            if reply.code in (250, 251):
+                accepted.append(index)
+            else:
+                address = attempt.recipients[index]
+                attempt.fail(index, classify(Event.RCPT, reply, address=address))
+        if not accepted:
+            if pipelined and (await ask("DATA")).code == 354:
+                await self._abandon_data()
+            await self._recover()
+            return
+        reply = await ask("DATA")
+        if reply.code != 354:
+            attempt.fail_rest(classify(Event.DATA, reply))
+            await self._recover()
+            return
+        await wire.send_data(message.data)
+        attempt.dot_sent = True
+        await self._finish(attempt, accepted)
+
+    async def _finish(self, attempt: _Attempt, accepted: Sequence[int]) -> None:
+        """Read the reply to the final dot (LMTP: one per accepted recipient)."""
+        assert self._wire is not None
+        if self.account.protocol == "lmtp":
+            for index in accepted:
+                reply = await self._wire.read_reply()
+                if reply.code == 250:
+                    attempt.sent(index, reply)
+                else:
+                    address = attempt.recipients[index]
+                    attempt.fail(index, classify(Event.LMTP_RECIPIENT, reply, address=address))
+            return
+        reply = await self._wire.read_reply()
+        if reply.code != 250:
+            attempt.fail_rest(classify(Event.END, reply))
+            return
+        for index in accepted:
+            attempt.sent(index, reply)
+
+    async def _pipeline(self, lines: Sequence[str]) -> tuple[list[Reply], _Abort | None]:
+        """Send in bursts of PIPELINE_LIMIT and read every reply; stop at a broken connection."""
+        assert self._wire is not None
+        replies: list[Reply] = []
+        try:
+            for start in range(0, len(lines), PIPELINE_LIMIT):
+                batch = lines[start : start + PIPELINE_LIMIT]
+                await self._wire.send(batch)
+                for _ in batch:
+                    replies.append(await self._wire.read_reply())
+        except _Abort as abort:
+            return replies, abort
+        return replies, None
+
+    async def _abandon_data(self) -> None:
+        """A 354 nobody wanted (pipelining): end the empty data and ignore the reply."""
+        assert self._wire is not None
+        await self._wire.send_data(b"")
+        await self._wire.read_reply()
+
+    async def _recover(self) -> None:
+        """RSET after a refused transaction so the connection can carry the next message."""
+        assert self._wire is not None
+        try:
+            reply = await self._wire.command("RSET")
+        except _Abort as abort:
+            await self._end(abort.failure, quit=False)
+            return
+        if reply.code != 250:
+            await self._end(classify(Event.RSET, reply), quit=False)
+
+
+async def deliver(
+    account: Account,
+    messages: Sequence[OutgoingMessage],
+    *,
+    password: PasswordSource | None = None,
+    timeout: float | None = None,
+    debug: DebugSink | None = None,
+) -> list[DeliveryResult]:
+    """Send `messages` through the account, in order, on as few connections as possible: a new
+    one only when the previous broke after it had carried mail. One result per message."""
+    results: list[DeliveryResult] = []
+    remaining = list(messages)
+    while remaining:
+        async with Session(account, password=password, timeout=timeout, debug=debug) as session:
+            opened = session.failure is None
+            while remaining and (session.alive or not opened):
+                results.append(await session.send(remaining.pop(0)))
+    return results

@@ -11,7 +11,7 @@ from relayd import __version__, message
 from relayd.accounts import files, pretend, resolve
 from relayd.accounts.account import Account
 from relayd.accounts.select import Selection, select
-from relayd.cmdline import Invocation, Mode, parse
+from relayd.cmdline import Delivery, Invocation, Mode, parse
 from relayd.errors import DataError, RelaydError, UsageError
 from relayd.sysexits import ExitCode
 
@@ -96,10 +96,13 @@ def run(inv: Invocation, prog: str) -> int:
         recipients = message.expand_aliases(recipients, account.aliases)
     if inv.pretend:
         return ExitCode.OK
+    debug = emit if inv.debug else None
     if not sendmail_mode:
-        raise RelaydError(
-            f"{inv.mode.value} is not available in this version", ExitCode.UNAVAILABLE
-        )
+        from relayd import interactive  # the delivery engine: only when talking to a server
+
+        if inv.mode is Mode.SERVERINFO:
+            return interactive.serverinfo(account, prog=prog, debug=debug)
+        return interactive.rmqs(account, inv.rmqs or "", prog=prog, debug=debug)
     from relayd import submit
 
     now = time.time()
@@ -107,6 +110,10 @@ def run(inv: Invocation, prog: str) -> int:
     del data  # the wire copy replaces the input: a large message is held once, not twice
     queue_id = submit.store(inv, new, now)
     emit(f"queued as {queue_id}")
+    if inv.delivery is Delivery.INTERACTIVE:
+        from relayd import interactive
+
+        return interactive.deliver_now(account, queue_id, prog=prog, debug=debug)
     return ExitCode.OK
 
 

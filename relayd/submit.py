@@ -64,8 +64,8 @@ def build(
 
 
 def store(inv: Invocation, new: NewMessage, now: float) -> str:
-    """Store the message durably and wake the daemon (unless -odq); return the queue id."""
+    """Store the message durably and wake the daemon (-odb, the default); return the queue id."""
     queue_id = fastpath.submit(paths.database_url(), new, now, timeout=fastpath.lock_timeout())
-    if inv.delivery is not Delivery.QUEUE:
+    if inv.delivery is Delivery.BACKGROUND:  # -odi delivers it itself, -odq leaves it
         fastpath.wake(paths.wake_socket())
     return queue_id

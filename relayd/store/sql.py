@@ -178,9 +178,17 @@ class SqlStore:
     # --- the runner's side ------------------------------------------------------------------
 
     def claim_due(
-        self, account: str | None, now: float, lease_seconds: float, owner: str, limit: int = 100
+        self,
+        account: str | None,
+        now: float,
+        lease_seconds: float,
+        owner: str,
+        limit: int = 100,
+        *,
+        queue_ids: Sequence[str] | None = None,
     ) -> Sequence[QueuedMessage]:
-        """Lease up to `limit` queued messages due at `now` (of `account`, or any if None).
+        """Lease up to `limit` queued messages due at `now` (of `account`, or any if None;
+        only those of `queue_ids` when given, as `relayd-sendmail -odi` does for its own).
 
         Atomic across processes and hosts: SQLite's BEGIN IMMEDIATE, PostgreSQL's
         FOR UPDATE SKIP LOCKED (two runners never get the same message, nor wait on each other).
@@ -190,6 +198,8 @@ class SqlStore:
         )
         if account is not None:
             due = due.where(messages.c.account == account)
+        if queue_ids is not None:
+            due = due.where(messages.c.queue_id.in_(list(queue_ids)))
         due = (
             due.order_by(messages.c.next_attempt_at, messages.c.id)
             .limit(limit)

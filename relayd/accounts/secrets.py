@@ -26,7 +26,8 @@ method other than EXTERNAL/GSSAPI, and a user. `password` and `passwordeval` fol
 the literal password is used and passwordeval runs whenever auth is on.
 
 No password ever appears in an exception message, a repr or the result's notes; nothing here logs.
-keyring and secretstorage are imported only when those sources are consulted.
+keyring and secretstorage are imported only when those sources are consulted. Sources 3 and 4
+live in `keyrings`, source 5 in `netrc`; their names are re-exported here.
 """
 
 from __future__ import annotations
@@ -35,43 +36,31 @@ import enum
 import os
 
 from relayd.accounts import msmtprc, values
+from relayd.accounts.keyrings import SERVICE as SERVICE
+from relayd.accounts.keyrings import keyring_password as keyring_password
+from relayd.accounts.keyrings import run_with_deadline as run_with_deadline
+from relayd.accounts.keyrings import search_secret_service as search_secret_service
+from relayd.accounts.keyrings import secret_service_password as secret_service_password
+from relayd.accounts.keyrings import secret_service_queries as secret_service_queries
+from relayd.accounts.keyrings import session_bus_address as session_bus_address
+from relayd.accounts.keyrings import usable_backend as usable_backend
+from relayd.accounts.netrc import NetrcEntry as NetrcEntry
+from relayd.accounts.netrc import netrc_password as netrc_password
+from relayd.accounts.netrc import parse_netrc as parse_netrc
+from relayd.accounts.netrc import search_netrc as search_netrc
 from relayd.errors import ConfigError
 from relayd.sysexits import ExitCode
 
 TYPE_CHECKING = False  # typing costs milliseconds at import
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
-    from typing import Any, Protocol, TypeVar
-
     from relayd.accounts.account import Account
-
-    T = TypeVar("T")
-
-    class SecretItemLike(Protocol):
-        """What relayd uses of a `secretstorage.Item`."""
-
-        def is_locked(self) -> bool: ...
-
-        def unlock(self, timeout: float | None = None) -> bool: ...
-
-        def get_secret(self) -> bytes: ...
-
-    class SecretStorageLike(Protocol):
-        """What relayd uses of the `secretstorage` module (tests inject a fake)."""
-
-        def dbus_init(self) -> Any: ...
-
-        def search_items(
-            self, connection: Any, attributes: dict[str, str]
-        ) -> Iterable[SecretItemLike]: ...
+    from relayd.accounts.keyrings import SecretItemLike as SecretItemLike
+    from relayd.accounts.keyrings import SecretStorageLike as SecretStorageLike
 
 
 SYSTEM_NETRC = "/etc/netrc"  # msmtp: SYSCONFDIR "/netrc"; Debian builds with sysconfdir=/etc
 TTY = "/dev/tty"
-SERVICE = "smtp"  # msmtp's password_service_smtp
 NO_PASSWORD_METHODS = frozenset({"EXTERNAL", "GSSAPI"})  # these never ask for a password
-
-_NOTE_LIMIT = 200
 
 
 class Source(enum.Enum):
@@ -195,294 +184,6 @@ def lookup_password(
             return PasswordResult(password, Source.PROMPT, tuple(notes))
         notes.append(f"prompt: cannot open {tty}")
     return PasswordResult(None, Source.NOT_FOUND, tuple(notes))
-
-
-# --- deadlines ---------------------------------------------------------------------------------
-
-
-def _describe(exc: BaseException) -> str:
-    """An exception for a note: its type and message, never a decoded secret's bytes."""
-    if isinstance(exc, UnicodeError):
-        return type(exc).__name__  # its message quotes bytes of the data it failed on
-    text = str(exc)
-    if len(text) > _NOTE_LIMIT:
-        text = text[:_NOTE_LIMIT] + "…"
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def run_with_deadline(func: Callable[[], T], timeout: float, name: str) -> tuple[T | None, str]:
-    """`func()` in a daemon thread: (value, "") or (None, why) when it raised or overran.
-
-    A thread that overruns is abandoned (a daemon thread does not hold up interpreter exit).
-    """
-    import threading
-
-    outcome: list[tuple[T | None, BaseException | None]] = []
-
-    def target() -> None:
-        try:
-            outcome.append((func(), None))
-        except BaseException as exc:  # reported to the caller, who moves on
-            outcome.append((None, exc))
-
-    thread = threading.Thread(target=target, name=f"relayd-{name}", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if not outcome:
-        return None, f"timed out after {timeout:g}s"
-    value, error = outcome[0]
-    if error is not None:
-        return None, _describe(error)
-    return value, ""
-
-
-# --- Secret Service ----------------------------------------------------------------------------
-
-
-def secret_service_queries(host: str, user: str) -> tuple[dict[str, str], ...]:
-    """The attribute sets msmtp's libsecret lookups use, in order."""
-    return (
-        {"host": host, "service": SERVICE, "user": user},  # de.marlam.msmtp.password
-        {"user": user, "protocol": SERVICE, "server": host},  # compat network schema
-    )
-
-
-def session_bus_address() -> str | None:
-    """The session bus address jeepney (secretstorage's D-Bus library) connects to."""
-    return os.environ.get("DBUS_SESSION_BUS_ADDRESS") or None
-
-
-def search_secret_service(
-    module: SecretStorageLike,
-    host: str,
-    user: str,
-    *,
-    unlock: bool,
-    unlock_timeout: float | None,
-    notes: list[str],
-) -> str | None:
-    """The first secret matching msmtp's attributes, or None.
-
-    An unlocked item is preferred; a locked one is unlocked only when `unlock` (that may show
-    the desktop's unlock prompt). A dismissed prompt ends the Secret Service lookup.
-    """
-    connection = module.dbus_init()
-    try:
-        for attributes in secret_service_queries(host, user):
-            items = list(module.search_items(connection, attributes))
-            if not items:
-                continue
-            item = next((i for i in items if not i.is_locked()), None)
-            if item is None:
-                if not unlock:
-                    notes.append("secret service: matching item is locked")
-                    continue
-                if items[0].unlock(unlock_timeout):
-                    notes.append("secret service: unlock prompt dismissed")
-                    return None
-                item = items[0]
-            try:
-                return item.get_secret().decode("utf-8")
-            except UnicodeDecodeError:
-                notes.append("secret service: secret is not UTF-8 text")
-                continue
-        return None
-    finally:
-        close = getattr(connection, "close", None)
-        if callable(close):
-            close()
-
-
-def secret_service_password(
-    host: str,
-    user: str,
-    *,
-    unlock: bool,
-    timeout: float,
-    notes: list[str],
-    module: SecretStorageLike | None = None,
-) -> str | None:
-    """msmtp's Secret Service lookup, skipped at once without a session bus, within `timeout`."""
-    if session_bus_address() is None:
-        notes.append("secret service: no session bus (DBUS_SESSION_BUS_ADDRESS unset)")
-        return None
-
-    def search() -> str | None:
-        found = module
-        if found is None:
-            import secretstorage
-
-            found = secretstorage
-        return search_secret_service(
-            found, host, user, unlock=unlock, unlock_timeout=timeout, notes=notes
-        )
-
-    password, why = run_with_deadline(search, timeout, "secret-service")
-    if why:
-        notes.append(f"secret service: {why}")
-    return password
-
-
-# --- python keyring ----------------------------------------------------------------------------
-
-# Backends that never hold a usable password: the failing and null ones, and keyrings.alt, whose
-# file backends either keep base64 "plaintext" or prompt on stdin (the mail) for a key.
-_UNUSABLE_BACKENDS = ("keyring.backends.fail", "keyring.backends.null", "keyrings.alt")
-
-
-def usable_backend(backend: object) -> bool:
-    """Whether a python keyring backend may be asked."""
-    module = type(backend).__module__
-    return not any(module == bad or module.startswith(bad + ".") for bad in _UNUSABLE_BACKENDS)
-
-
-def _backend_name(backend: object) -> str:
-    return f"{type(backend).__module__}.{type(backend).__qualname__}"
-
-
-def keyring_password(host: str, user: str, *, timeout: float, notes: list[str]) -> str | None:
-    """python keyring's password for service `smtp://HOST`, username USER, within `timeout`."""
-
-    def search() -> str | None:
-        import keyring
-        from keyring.backends.chainer import ChainerBackend
-
-        chosen = keyring.get_keyring()
-        backends = list(chosen.backends) if isinstance(chosen, ChainerBackend) else [chosen]
-        usable = [b for b in backends if usable_backend(b)]
-        if not usable:
-            names = ", ".join(_backend_name(b) for b in backends) or "none"
-            notes.append(f"python keyring: no usable backend ({names})")
-            return None
-        for backend in usable:
-            try:
-                password = backend.get_password(f"{SERVICE}://{host}", user)
-            except Exception as exc:  # KeyringError and whatever a backend lets escape
-                notes.append(f"python keyring: {_backend_name(backend)}: {_describe(exc)}")
-                continue
-            if password is not None:
-                return password
-        return None
-
-    password, why = run_with_deadline(search, timeout, "keyring")
-    if why:
-        notes.append(f"python keyring: {why}")
-    return password
-
-
-# --- netrc (msmtp's netrc.c, from fetchmail) ---------------------------------------------------
-
-_SPACE = " \t\n\v\f\r"  # C isspace() in the C locale
-_KEYWORDS = {
-    "login": "login",
-    "user": "login",
-    "password": "password",
-    "passwd": "password",
-    "machine": "machine",
-    "macdef": "macdef",
-    "account": "account",
-}
-
-
-class NetrcEntry:
-    """One `machine` (host set) or `default` (host None) entry."""
-
-    __slots__ = ("host", "login", "password")
-
-    def __init__(self) -> None:
-        self.host: str | None = None
-        self.login: str | None = None
-        self.password: str | None = None
-
-    def __repr__(self) -> str:
-        shown = "None" if self.password is None else "<hidden>"
-        return f"NetrcEntry(host={self.host!r}, login={self.login!r}, password={shown})"
-
-
-def _netrc_token(line: str, pos: int) -> tuple[str, int]:
-    """The token starting at `pos` and the position after it: quotes (" or ') group and vanish."""
-    out: list[str] = []
-    quote = ""
-    while pos < len(line) and (quote or line[pos] not in _SPACE):
-        char = line[pos]
-        if quote:
-            if char == quote:
-                quote = ""
-            else:
-                out.append(char)
-        elif char in "\"'":
-            quote = char
-        else:
-            out.append(char)
-        pos += 1
-    return "".join(out), pos
-
-
-def parse_netrc(text: str) -> list[NetrcEntry]:
-    """The entries of a netrc file, in file order, as msmtp's parser keeps them.
-
-    Entries without a login are dropped; `default` starts an entry with no host (never matched);
-    keywords `login`/`user`, `password`/`passwd`, `account` (ignored), `macdef` (the rest of its
-    line and the following lines up to a blank line are skipped); `#` at the start of a token
-    ends the line; a keyword's value may be on the next line. Unknown tokens are ignored.
-    """
-    entries: list[NetrcEntry] = []
-    current: NetrcEntry | None = None
-    expecting = ""  # the keyword whose value comes next; "macdef" while skipping a macro
-
-    def finish() -> NetrcEntry:
-        if current is not None and current.login is not None:
-            entries.append(current)
-        return NetrcEntry()
-
-    for raw in text.split("\n"):
-        line = raw.rstrip(_SPACE)
-        if not line:
-            if expecting == "macdef":
-                expecting = ""
-            continue
-        pos = 0
-        while pos < len(line) and expecting != "macdef":
-            while pos < len(line) and line[pos] in _SPACE:
-                pos += 1
-            if pos >= len(line) or line[pos] == "#":
-                break
-            token, pos = _netrc_token(line, pos)
-            if expecting:
-                if expecting == "machine":
-                    current = finish()
-                    current.host = token
-                elif current is not None and expecting == "login":
-                    current.login = token
-                elif current is not None and expecting == "password":
-                    current.password = token
-                expecting = ""  # a value for account, or one before any machine: ignored
-            elif token == "default":
-                current = finish()
-            else:
-                expecting = _KEYWORDS.get(token, "")
-    finish()
-    return entries
-
-
-def search_netrc(entries: Iterable[NetrcEntry], host: str, user: str) -> NetrcEntry | None:
-    """The first entry for `host` with login `user` (exact, case-sensitive), as msmtp searches."""
-    return next((e for e in entries if e.host == host and e.login == user), None)
-
-
-def netrc_password(path: str, host: str, user: str) -> str | None:
-    """The password of the first matching entry in the netrc file `path`, or None.
-
-    An unreadable or missing file is no answer; its permissions are not checked (msmtp does
-    not). A first match without a password is no answer from this file.
-    """
-    try:
-        with open(path, "rb") as fp:
-            data = fp.read()
-    except OSError:
-        return None
-    entry = search_netrc(parse_netrc(data.decode("utf-8", "surrogateescape")), host, user)
-    return entry.password if entry is not None else None
 
 
 # --- the prompt --------------------------------------------------------------------------------

@@ -4,39 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import inspect
-import os
 import re
-import socket
 import ssl
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from relayd.accounts.account import Account
 from relayd.delivery import auth, tls
-from relayd.delivery.classify import (
-    Event,
-    Failure,
-    classify,
-    combine,
-    for_all,
-    host_not_found,
-    io_failure,
-    strerror,
-)
+from relayd.delivery.classify import Event, Failure, classify, combine, for_all
 from relayd.delivery.result import DeliveryResult, Disposition, RecipientResult, Reply
+from relayd.delivery.wire import CHUNK as CHUNK
+from relayd.delivery.wire import MAX_REPLY_LINES as MAX_REPLY_LINES
+from relayd.delivery.wire import Abort, Wire, connect, encode
+from relayd.delivery.wire import DebugSink as DebugSink
 from relayd.errors import RelaydError
 
-MAX_REPLY_LINES = 50  # msmtp's SMTP_MAXLINES
 MAX_COMMAND = 4094  # msmtp's SMTP_MAXCMDLEN in 1.8.23
 PIPELINE_LIMIT = 100  # commands in flight, as msmtp
-CHUNK = 64 * 1024  # message bytes per write
-_READ_LIMIT = 64 * 1024
-_CLOSE_WAIT = 1.0
 
 PasswordSource = Callable[[Account], Awaitable[str | None] | str | None]
-DebugSink = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -112,235 +99,6 @@ class ServerFacts:
     auth_method: str | None = None
 
 
-class _Abort(Exception):
-    """The connection cannot go on; `quit` says whether msmtp would still say QUIT."""
-
-    def __init__(self, failure: Failure, *, quit: bool = False) -> None:
-        super().__init__(failure.error)
-        self.failure = failure
-        self.quit = quit
-
-
-def _encode(line: str) -> bytes:
-    return line.encode("utf-8", "surrogateescape")
-
-
-def _stuffed(data: bytes) -> Iterator[bytes]:
-    """The data dot-stuffed in chunks, ending in CRLF (a missing one added, a bare LF at the very
-    end made CRLF as msmtp would) and the terminating dot line."""
-    end = len(data) - 1 if data.endswith(b"\n") and not data.endswith(b"\r\n") else len(data)
-    view = memoryview(data)[:end]
-    at_line_start = True
-    for start in range(0, end, CHUNK):
-        chunk = bytes(view[start : start + CHUNK])
-        out = chunk.replace(b"\n.", b"\n..")
-        yield b"." + out if at_line_start and chunk.startswith(b".") else out
-        at_line_start = chunk.endswith(b"\n")
-    yield b".\r\n" if at_line_start else b"\r\n.\r\n"
-
-
-class _Wire:
-    """The byte stream to the server: replies read and commands written as msmtp does, bounded
-    by the timeout, with the dialogue traced like msmtp -d."""
-
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        timeout: float | None,
-        debug: DebugSink | None,
-    ) -> None:
-        self.reader, self.writer, self.timeout, self.debug = reader, writer, timeout, debug
-
-    async def read_reply(self) -> Reply:
-        lines: list[bytes] = []
-        while len(lines) <= MAX_REPLY_LINES:
-            try:
-                raw = await asyncio.wait_for(self.reader.readuntil(b"\n"), self.timeout)
-            except asyncio.IncompleteReadError as exc:
-                raw = exc.partial
-            except (asyncio.LimitOverrunError, ValueError):
-                raise _Abort(classify(Event.INVALID_REPLY)) from None
-            except OSError as exc:
-                raise _Abort(io_failure(exc, writing=False)) from None
-            valid = raw[:3].isdigit() and raw[3:4] in (b" ", b"-") and raw.endswith(b"\n")
-            if not valid:
-                empty = not lines and not raw
-                raise _Abort(classify(Event.EMPTY_REPLY if empty else Event.INVALID_REPLY))
-            line = raw[:-1].removesuffix(b"\r")
-            if self.debug:
-                self.debug("<-- " + line.decode("utf-8", "surrogateescape"))
-            lines.append(line)
-            if raw[3:4] == b" ":
-                break
-        else:
-            raise _Abort(classify(Event.LONG_REPLY))
-        text = tuple(line[4:].decode("utf-8", "surrogateescape") for line in lines)
-        return Reply(int(lines[0][:3]), text)
-
-    async def write(self, payload: bytes) -> None:
-        try:
-            self.writer.write(payload)
-            await asyncio.wait_for(self.writer.drain(), self.timeout)
-        except OSError as exc:
-            raise _Abort(io_failure(exc, writing=True)) from None
-
-    def trace(self, lines: Sequence[str]) -> None:
-        if self.debug:
-            for line in lines:
-                self.debug("--> " + line)
-
-    async def send(self, lines: Sequence[str], shown: str | None = None) -> None:
-        """Write commands in one buffer (pipelining, and no Nagle stall); `shown` replaces a
-        single secret line in the trace."""
-        self.trace([shown] if shown is not None else lines)
-        await self.write(b"".join(_encode(line) + b"\r\n" for line in lines))
-
-    async def command(self, line: str, shown: str | None = None) -> Reply:
-        await self.send([line], shown)
-        return await self.read_reply()
-
-    async def send_data(self, data: bytes) -> None:
-        if self.debug:
-            text = b"".join(_stuffed(data)).decode("utf-8", "surrogateescape")
-            self.trace([line.removesuffix("\r") for line in text.split("\n")[:-1]])
-        for chunk in _stuffed(data):
-            await self.write(chunk)
-
-    async def start_tls(self, context: ssl.SSLContext, hostname: str | None) -> None:
-        try:
-            await asyncio.wait_for(
-                self.writer.start_tls(context, server_hostname=hostname), self.timeout
-            )
-        except OSError as exc:
-            raise _Abort(tls.handshake_failure(exc)) from None
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(OSError):  # the connection is gone either way
-            await asyncio.wait_for(self.writer.wait_closed(), _CLOSE_WAIT)
-
-
-# -- connecting ----------------------------------------------------------------------------------
-
-
-def _bind(sock: socket.socket, source_ip: str) -> None:
-    """msmtp's bind: the address must parse as IPv6 or IPv4 and suit the socket."""
-    for family in (socket.AF_INET6, socket.AF_INET):
-        try:
-            socket.inet_pton(family, source_ip)
-        except OSError:
-            continue
-        if family == sock.family:
-            sock.bind((source_ip, 0))
-            return
-        break
-    raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-
-
-async def _tcp(host: str, port: int, source_ip: str | None, timeout: float | None) -> socket.socket:
-    """Connect to the first address of `host` that answers, as msmtp's net_open_socket."""
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise _Abort(host_not_found(exc, host)) from None
-    failure: Failure | None = None
-    connect_error = 0
-    for family, kind, proto, _, address in infos:
-        try:
-            sock = socket.socket(family, kind, proto)
-        except OSError as exc:
-            failure = classify(Event.SOCKET, reason=strerror(exc))
-            continue
-        try:
-            if source_ip:
-                _bind(sock, source_ip)
-        except OSError as exc:
-            sock.close()
-            failure = classify(Event.BIND, ip=source_ip, reason=strerror(exc))
-            continue
-        sock.setblocking(False)
-        try:
-            await asyncio.wait_for(loop.sock_connect(sock, address), timeout)
-        except OSError as exc:
-            sock.close()
-            code = errno.ETIMEDOUT if isinstance(exc, TimeoutError) else exc.errno or 0
-            connect_error = connect_error if code == errno.ENETUNREACH else code
-            reason = os.strerror(connect_error or errno.ENETUNREACH)
-            failure = classify(Event.CONNECT, target=f"{host}, port {port}", reason=reason)
-            continue
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-    assert failure is not None  # getaddrinfo returns at least one address
-    raise _Abort(failure)
-
-
-_SOCKS_ERRORS = (
-    "general server failure",
-    "connection not allowed",
-    "network unreachable",
-    "host unreachable",
-    "connection refused",
-    "time-to-live expired",
-    "command not supported",
-    "address type not supported",
-)
-
-
-async def _socks5(wire: _Wire, host: str, port: int) -> None:
-    """A SOCKS5 CONNECT with the host name (no local DNS), as msmtp's net_socks5_connect."""
-    name = host.encode("utf-8")
-    if len(name) > 0xFF:
-        raise _Abort(classify(Event.PROXY, reason="host name too long"))
-
-    async def read(count: int) -> bytes:
-        try:
-            return await asyncio.wait_for(wire.reader.readexactly(count), wire.timeout)
-        except asyncio.IncompleteReadError:
-            raise _Abort(io_failure(None, writing=False)) from None
-        except OSError as exc:
-            raise _Abort(io_failure(exc, writing=False)) from None
-
-    await wire.write(b"\x05\x01\x00")
-    if await read(2) != b"\x05\x00":
-        raise _Abort(classify(Event.PROXY, reason="unexpected reply"))
-    await wire.write(b"\x05\x01\x00\x03" + bytes([len(name)]) + name + port.to_bytes(2, "big"))
-    head = await read(5)
-    if head[0] != 5 or head[2] != 0 or head[3] not in (1, 3, 4):
-        raise _Abort(classify(Event.PROXY, reason="unexpected reply"))
-    await read({1: 3, 4: 15, 3: head[4]}[head[3]] + 2)
-    if head[1] != 0:
-        reason = _SOCKS_ERRORS[head[1] - 1] if head[1] <= len(_SOCKS_ERRORS) else "unknown error"
-        raise _Abort(classify(Event.PROXY, reason=reason))
-
-
-async def _connect(account: Account, timeout: float | None, debug: DebugSink | None) -> _Wire:
-    if account.socket:
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(account.socket, limit=_READ_LIMIT), timeout
-            )
-        except OSError as exc:
-            reason = strerror(exc)
-            raise _Abort(classify(Event.CONNECT, target=account.socket, reason=reason)) from None
-        return _Wire(reader, writer, timeout, debug)
-    host, port = account.host or "", account.port
-    if account.proxy_host:
-        sock = await _tcp(account.proxy_host, account.proxy_port, None, timeout)
-    else:
-        sock = await _tcp(host, port, account.source_ip, timeout)
-    reader, writer = await asyncio.open_connection(sock=sock, limit=_READ_LIMIT)
-    wire = _Wire(reader, writer, timeout, debug)
-    if account.proxy_host:
-        try:
-            await _socks5(wire, host, port)
-        except _Abort:
-            await wire.close()
-            raise
-    return wire
-
-
 # -- the session ---------------------------------------------------------------------------------
 
 
@@ -402,7 +160,7 @@ class Session:
         self._password = password
         self._timeout = float(account.timeout) if account.timeout else timeout
         self._debug = debug
-        self._wire: _Wire | None = None
+        self._wire: Wire | None = None
         self._context: ssl.SSLContext | None = None
         self._state = "new"  # → "open" → "closed"
         self._busy = False  # in the middle of a dialogue: cancelled there, say no QUIT
@@ -429,7 +187,7 @@ class Session:
             await self._greet()
             if login:
                 await self._login()
-        except _Abort as abort:
+        except Abort as abort:
             await self._end(abort.failure, quit=abort.quit)
         self._busy = False
         return self.failure
@@ -448,7 +206,7 @@ class Session:
         self._busy = True  # stays set if cancelled in the middle
         try:
             await self._transaction(message, attempt)
-        except _Abort as abort:
+        except Abort as abort:
             attempt.fail_rest(abort.failure)
             await self._end(abort.failure, quit=False)
             self._busy = False
@@ -468,7 +226,7 @@ class Session:
             return failure
         try:
             reply = await self._wire.command(f"ETRN {argument}")
-        except _Abort as abort:
+        except Abort as abort:
             await self._end(abort.failure, quit=False)
             return abort.failure
         if 250 <= reply.code <= 253:
@@ -495,8 +253,8 @@ class Session:
             else:
                 self._context = context
         if failure is not None:
-            raise _Abort(failure)
-        self._wire = await _connect(account, self._timeout, self._debug)
+            raise Abort(failure)
+        self._wire = await connect(account, self._timeout, self._debug)
         if not account.socket and not account.proxy_host:
             peer = self._wire.writer.get_extra_info("peername")
             self.facts.address = str(peer[0]) if peer else None
@@ -510,7 +268,7 @@ class Session:
         der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
         failure = tls.check_pin(self.account, der)
         if failure is not None:
-            raise _Abort(failure)
+            raise Abort(failure)
         if ssl_object is not None:
             self.facts.tls_version = ssl_object.version()
             self.facts.tls_cipher = ssl_object.cipher()[0]
@@ -520,17 +278,17 @@ class Session:
         assert self._wire is not None
         greeting = self.facts.greeting = await self._wire.read_reply()
         if greeting.code != 220:
-            raise _Abort(classify(Event.GREETING, greeting))
+            raise Abort(classify(Event.GREETING, greeting))
         await self._hello()
         if self._context is None or not self.account.tls_starttls:
             return
         if not self.facts.capabilities.starttls:
-            raise _Abort(classify(Event.NO_STARTTLS), quit=True)
+            raise Abort(classify(Event.NO_STARTTLS), quit=True)
         reply = await self._wire.command("STARTTLS")
         if reply.code != 220:
-            raise _Abort(classify(Event.STARTTLS, reply))
+            raise Abort(classify(Event.STARTTLS, reply))
         if getattr(self._wire.reader, "_buffer", b""):  # plaintext after the 220: an injection
-            raise _Abort(classify(Event.STARTTLS))
+            raise Abort(classify(Event.STARTTLS))
         self.facts.ehlo_before_tls = self.facts.ehlo
         await self._secure(self._context)
         await self._hello()
@@ -541,13 +299,13 @@ class Session:
         if self.account.protocol == "lmtp":
             reply = await self._wire.command(f"LHLO {domain}")
             if reply.code != 250:
-                raise _Abort(classify(Event.LHLO, reply))
+                raise Abort(classify(Event.LHLO, reply))
         else:
             reply = await self._wire.command(f"EHLO {domain}")
             if reply.code != 250:
                 reply = await self._wire.command(f"HELO {domain}")
                 if reply.code != 250:
-                    raise _Abort(classify(Event.HELO, reply))
+                    raise Abort(classify(Event.HELO, reply))
                 self.facts.ehlo, self.facts.helo = None, reply
                 self.facts.capabilities = Capabilities()
                 return
@@ -556,28 +314,28 @@ class Session:
     async def _login(self) -> None:
         account, caps = self.account, self.facts.capabilities
         if (account.dsn_return or account.dsn_notify) and not caps.dsn:
-            raise _Abort(classify(Event.NO_DSN), quit=True)
+            raise Abort(classify(Event.NO_DSN), quit=True)
         if account.auth is None:
             return
         if caps.auth is None:
-            raise _Abort(classify(Event.NO_AUTH), quit=True)
+            raise Abort(classify(Event.NO_AUTH), quit=True)
         method = auth.choose(account.auth, caps.auth, self.facts.tls_version is not None)
         if isinstance(method, Failure):
-            raise _Abort(method)
+            raise Abort(method)
         if method != "EXTERNAL" and not account.user:
-            raise _Abort(classify(Event.AUTH_NO_USER, method=method))
+            raise Abort(classify(Event.AUTH_NO_USER, method=method))
         password = ""
         if auth.needs_password(method):
             found = await self._lookup_password()
             if found is None:
-                raise _Abort(classify(Event.AUTH_NO_PASSWORD, method=method))
+                raise Abort(classify(Event.AUTH_NO_PASSWORD, method=method))
             password = found
         mech = auth.mechanism(
             method, account.user or "", password, account.host or "", account.port
         )
         failure = await auth.authenticate(mech, self._exchange)
         if failure is not None:
-            raise _Abort(failure)
+            raise Abort(failure)
         self.facts.auth_method = method
 
     async def _exchange(self, line: str, secret: bool) -> Reply:
@@ -600,7 +358,7 @@ class Session:
                 value = await value
         except RelaydError as exc:
             failure = classify(Event.PASSWORD_LOOKUP, reason=exc.message)
-            raise _Abort(replace(failure, exit_code=exc.exit_code)) from None
+            raise Abort(replace(failure, exit_code=exc.exit_code)) from None
         return value if isinstance(value, str) else None
 
     async def _end(self, failure: Failure | None, *, quit: bool) -> None:
@@ -610,7 +368,7 @@ class Session:
         if wire is None:
             return
         if quit:
-            with contextlib.suppress(_Abort):  # closing anyway
+            with contextlib.suppress(Abort):  # closing anyway
                 await wire.command("QUIT")
         await wire.close()
 
@@ -640,7 +398,7 @@ class Session:
         size = len(data) + (2 if data and not data.endswith(b"\n") else 0)
         if caps.size and size > caps.size:
             return classify(Event.SIZE_EXCEEDED, size=size, limit=caps.size)
-        if any(len(_encode(line)) > MAX_COMMAND for line in lines):
+        if any(len(encode(line)) > MAX_COMMAND for line in lines):
             return classify(Event.COMMAND_TOO_LONG)
         return None
 
@@ -665,7 +423,7 @@ class Session:
             async def ask(line: str) -> Reply:
                 reply = next(pending, None)
                 if reply is None:
-                    raise abort or _Abort(classify(Event.INVALID_REPLY))
+                    raise abort or Abort(classify(Event.INVALID_REPLY))
                 return reply
 
         reply = await ask(lines[0])
@@ -716,7 +474,7 @@ class Session:
         for index in accepted:
             attempt.sent(index, reply)
 
-    async def _pipeline(self, lines: Sequence[str]) -> tuple[list[Reply], _Abort | None]:
+    async def _pipeline(self, lines: Sequence[str]) -> tuple[list[Reply], Abort | None]:
         """Send in bursts of PIPELINE_LIMIT and read every reply; stop at a broken connection."""
         assert self._wire is not None
         replies: list[Reply] = []
@@ -726,7 +484,7 @@ class Session:
                 await self._wire.send(batch)
                 for _ in batch:
                     replies.append(await self._wire.read_reply())
-        except _Abort as abort:
+        except Abort as abort:
             return replies, abort
         return replies, None
 
@@ -741,7 +499,7 @@ class Session:
         assert self._wire is not None
         try:
             reply = await self._wire.command("RSET")
-        except _Abort as abort:
+        except Abort as abort:
             await self._end(abort.failure, quit=False)
             return
         if reply.code != 250:

@@ -1,0 +1,252 @@
+"""The byte stream to the server: connecting (TCP, UNIX socket, SOCKS5), replies and data."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import socket
+import ssl
+from collections.abc import Callable, Iterator, Sequence
+
+from relayd.accounts.account import Account
+from relayd.delivery import tls
+from relayd.delivery.classify import Event, Failure, classify, host_not_found, io_failure, strerror
+from relayd.delivery.result import Reply
+
+MAX_REPLY_LINES = 50  # msmtp's SMTP_MAXLINES
+CHUNK = 64 * 1024  # message bytes per write
+_READ_LIMIT = 64 * 1024
+_CLOSE_WAIT = 1.0
+
+DebugSink = Callable[[str], None]
+
+
+class Abort(Exception):
+    """The connection cannot go on; `quit` says whether msmtp would still say QUIT."""
+
+    def __init__(self, failure: Failure, *, quit: bool = False) -> None:
+        super().__init__(failure.error)
+        self.failure = failure
+        self.quit = quit
+
+
+def encode(line: str) -> bytes:
+    return line.encode("utf-8", "surrogateescape")
+
+
+def _stuffed(data: bytes) -> Iterator[bytes]:
+    """The data dot-stuffed in chunks, ending in CRLF (a missing one added, a bare LF at the very
+    end made CRLF as msmtp would) and the terminating dot line."""
+    end = len(data) - 1 if data.endswith(b"\n") and not data.endswith(b"\r\n") else len(data)
+    view = memoryview(data)[:end]
+    at_line_start = True
+    for start in range(0, end, CHUNK):
+        chunk = bytes(view[start : start + CHUNK])
+        out = chunk.replace(b"\n.", b"\n..")
+        yield b"." + out if at_line_start and chunk.startswith(b".") else out
+        at_line_start = chunk.endswith(b"\n")
+    yield b".\r\n" if at_line_start else b"\r\n.\r\n"
+
+
+class Wire:
+    """The byte stream to the server: replies read and commands written as msmtp does, bounded
+    by the timeout, with the dialogue traced like msmtp -d."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        timeout: float | None,
+        debug: DebugSink | None,
+    ) -> None:
+        self.reader, self.writer, self.timeout, self.debug = reader, writer, timeout, debug
+
+    async def read_reply(self) -> Reply:
+        lines: list[bytes] = []
+        while len(lines) <= MAX_REPLY_LINES:
+            try:
+                raw = await asyncio.wait_for(self.reader.readuntil(b"\n"), self.timeout)
+            except asyncio.IncompleteReadError as exc:
+                raw = exc.partial
+            except (asyncio.LimitOverrunError, ValueError):
+                raise Abort(classify(Event.INVALID_REPLY)) from None
+            except OSError as exc:
+                raise Abort(io_failure(exc, writing=False)) from None
+            valid = raw[:3].isdigit() and raw[3:4] in (b" ", b"-") and raw.endswith(b"\n")
+            if not valid:
+                empty = not lines and not raw
+                raise Abort(classify(Event.EMPTY_REPLY if empty else Event.INVALID_REPLY))
+            line = raw[:-1].removesuffix(b"\r")
+            if self.debug:
+                self.debug("<-- " + line.decode("utf-8", "surrogateescape"))
+            lines.append(line)
+            if raw[3:4] == b" ":
+                break
+        else:
+            raise Abort(classify(Event.LONG_REPLY))
+        text = tuple(line[4:].decode("utf-8", "surrogateescape") for line in lines)
+        return Reply(int(lines[0][:3]), text)
+
+    async def write(self, payload: bytes) -> None:
+        try:
+            self.writer.write(payload)
+            await asyncio.wait_for(self.writer.drain(), self.timeout)
+        except OSError as exc:
+            raise Abort(io_failure(exc, writing=True)) from None
+
+    def trace(self, lines: Sequence[str]) -> None:
+        if self.debug:
+            for line in lines:
+                self.debug("--> " + line)
+
+    async def send(self, lines: Sequence[str], shown: str | None = None) -> None:
+        """Write commands in one buffer (pipelining, and no Nagle stall); `shown` replaces a
+        single secret line in the trace."""
+        self.trace([shown] if shown is not None else lines)
+        await self.write(b"".join(encode(line) + b"\r\n" for line in lines))
+
+    async def command(self, line: str, shown: str | None = None) -> Reply:
+        await self.send([line], shown)
+        return await self.read_reply()
+
+    async def send_data(self, data: bytes) -> None:
+        if self.debug:
+            text = b"".join(_stuffed(data)).decode("utf-8", "surrogateescape")
+            self.trace([line.removesuffix("\r") for line in text.split("\n")[:-1]])
+        for chunk in _stuffed(data):
+            await self.write(chunk)
+
+    async def start_tls(self, context: ssl.SSLContext, hostname: str | None) -> None:
+        try:
+            await asyncio.wait_for(
+                self.writer.start_tls(context, server_hostname=hostname), self.timeout
+            )
+        except OSError as exc:
+            raise Abort(tls.handshake_failure(exc)) from None
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):  # the connection is gone either way
+            await asyncio.wait_for(self.writer.wait_closed(), _CLOSE_WAIT)
+
+
+# -- connecting ----------------------------------------------------------------------------------
+
+
+def _bind(sock: socket.socket, source_ip: str) -> None:
+    """msmtp's bind: the address must parse as IPv6 or IPv4 and suit the socket."""
+    for family in (socket.AF_INET6, socket.AF_INET):
+        try:
+            socket.inet_pton(family, source_ip)
+        except OSError:
+            continue
+        if family == sock.family:
+            sock.bind((source_ip, 0))
+            return
+        break
+    raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+
+
+async def _tcp(host: str, port: int, source_ip: str | None, timeout: float | None) -> socket.socket:
+    """Connect to the first address of `host` that answers, as msmtp's net_open_socket."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise Abort(host_not_found(exc, host)) from None
+    failure: Failure | None = None
+    connect_error = 0
+    for family, kind, proto, _, address in infos:
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError as exc:
+            failure = classify(Event.SOCKET, reason=strerror(exc))
+            continue
+        try:
+            if source_ip:
+                _bind(sock, source_ip)
+        except OSError as exc:
+            sock.close()
+            failure = classify(Event.BIND, ip=source_ip, reason=strerror(exc))
+            continue
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, address), timeout)
+        except OSError as exc:
+            sock.close()
+            code = errno.ETIMEDOUT if isinstance(exc, TimeoutError) else exc.errno or 0
+            connect_error = connect_error if code == errno.ENETUNREACH else code
+            reason = os.strerror(connect_error or errno.ENETUNREACH)
+            failure = classify(Event.CONNECT, target=f"{host}, port {port}", reason=reason)
+            continue
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    assert failure is not None  # getaddrinfo returns at least one address
+    raise Abort(failure)
+
+
+_SOCKS_ERRORS = (
+    "general server failure",
+    "connection not allowed",
+    "network unreachable",
+    "host unreachable",
+    "connection refused",
+    "time-to-live expired",
+    "command not supported",
+    "address type not supported",
+)
+
+
+async def _socks5(wire: Wire, host: str, port: int) -> None:
+    """A SOCKS5 CONNECT with the host name (no local DNS), as msmtp's net_socks5_connect."""
+    name = host.encode("utf-8")
+    if len(name) > 0xFF:
+        raise Abort(classify(Event.PROXY, reason="host name too long"))
+
+    async def read(count: int) -> bytes:
+        try:
+            return await asyncio.wait_for(wire.reader.readexactly(count), wire.timeout)
+        except asyncio.IncompleteReadError:
+            raise Abort(io_failure(None, writing=False)) from None
+        except OSError as exc:
+            raise Abort(io_failure(exc, writing=False)) from None
+
+    await wire.write(b"\x05\x01\x00")
+    if await read(2) != b"\x05\x00":
+        raise Abort(classify(Event.PROXY, reason="unexpected reply"))
+    await wire.write(b"\x05\x01\x00\x03" + bytes([len(name)]) + name + port.to_bytes(2, "big"))
+    head = await read(5)
+    if head[0] != 5 or head[2] != 0 or head[3] not in (1, 3, 4):
+        raise Abort(classify(Event.PROXY, reason="unexpected reply"))
+    await read({1: 3, 4: 15, 3: head[4]}[head[3]] + 2)
+    if head[1] != 0:
+        reason = _SOCKS_ERRORS[head[1] - 1] if head[1] <= len(_SOCKS_ERRORS) else "unknown error"
+        raise Abort(classify(Event.PROXY, reason=reason))
+
+
+async def connect(account: Account, timeout: float | None, debug: DebugSink | None) -> Wire:
+    if account.socket:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(account.socket, limit=_READ_LIMIT), timeout
+            )
+        except OSError as exc:
+            reason = strerror(exc)
+            raise Abort(classify(Event.CONNECT, target=account.socket, reason=reason)) from None
+        return Wire(reader, writer, timeout, debug)
+    host, port = account.host or "", account.port
+    if account.proxy_host:
+        sock = await _tcp(account.proxy_host, account.proxy_port, None, timeout)
+    else:
+        sock = await _tcp(host, port, account.source_ip, timeout)
+    reader, writer = await asyncio.open_connection(sock=sock, limit=_READ_LIMIT)
+    wire = Wire(reader, writer, timeout, debug)
+    if account.proxy_host:
+        try:
+            await _socks5(wire, host, port)
+        except Abort:
+            await wire.close()
+            raise
+    return wire

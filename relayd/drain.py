@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from relayd import attempt_log, retry
 from relayd.accounts.account import Account
-from relayd.delivery.result import DeliveryResult, Disposition
+from relayd.delivery.result import DeliveryResult, Disposition, Reply
 from relayd.delivery.session import DebugSink, OutgoingMessage, PasswordSource, Session
 from relayd.settings import Settings
 from relayd.store.queued import Attempt, Outcome, QueuedMessage, Recipient
@@ -97,7 +98,8 @@ async def deliver_claimed(
     ) as session:
         for message in messages:
             todo = pending(message)
-            data = store.read_data(message.queue_id) or b""
+            # Store calls block on fsync: keep them off the event loop (other accounts go on).
+            data = await asyncio.to_thread(store.read_data, message.queue_id) or b""
             started = clock()
             result = await session.send(
                 OutgoingMessage(
@@ -122,11 +124,25 @@ async def deliver_claimed(
                 reply=result.reply.text if result.reply else result.error,
                 recipients=updates,
             )
-            store.record_attempt(message.queue_id, attempt, outcome, owner=owner)
+            await asyncio.to_thread(
+                store.record_attempt, message.queue_id, attempt, outcome, owner=owner
+            )
             addresses = tuple(r.address for r in todo)
             _log(account, message.sender, addresses, data, result, prog)
             done.append(Delivered(message, result, outcome, addresses))
     return done
+
+
+def lmtp_refusals(account: Account, result: DeliveryResult) -> list[tuple[str, Reply | None]]:
+    """(msmtp's error, final reply) for each recipient an LMTP server refused after the data."""
+    if account.protocol != "lmtp":
+        return []
+    return [
+        (r.error, r.reply)
+        for r in result.recipients
+        if r.disposition is not Disposition.SENT
+        and r.error == f"the server refuses to send the mail to {r.address}"
+    ]
 
 
 def _log(
@@ -141,13 +157,18 @@ def _log(
     if not (account.logfile or account.syslog):
         return
     ok = result.disposition is Disposition.SENT
+    refused = lmtp_refusals(account, result)
+    # msmtp logs no server reply for an LMTP delivery's end, and one summary error.
+    lmtp_end = account.protocol == "lmtp" and (ok or bool(refused))
+    summary = attempt_log.LMTP_LOG_ERROR if refused else result.error
+    error = None if ok else summary
     info = attempt_log.log_info(
         account,
         envelope_from=sender,
         recipients=recipients,
         exit_code=result.exit_code,
         mailsize=attempt_log.mail_size(data) if ok else None,
-        reply=result.reply,
-        error=None if ok else result.error,
+        reply=None if lmtp_end else result.reply,
+        error=error,
     )
     attempt_log.write(account, info, exit_code=result.exit_code, prog=prog)

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from relayd import attempt_log, drain, paths, settings
+from relayd import attempt_log, drain, paths, retry, settings
 from relayd.accounts import secrets
 from relayd.accounts.account import Account
 from relayd.delivery.classify import Failure
@@ -19,8 +19,6 @@ from relayd.store import fastpath
 from relayd.store.records import State
 from relayd.store.sql import SqlStore
 from relayd.sysexits import ExitCode
-
-LEASE_FACTOR = 4  # a lease lasts a few delivery timeouts (SPEC §4)
 
 
 def _stderr(lines: list[str]) -> None:
@@ -48,7 +46,7 @@ def deliver_now(
         claimed = store.claim_due(
             None,
             now,
-            LEASE_FACTOR * config.delivery.timeout,
+            retry.lease_seconds(config),
             f"sendmail-{socket.gethostname()}-{os.getpid()}",
             limit=1,
             queue_ids=[queue_id],
@@ -70,7 +68,11 @@ def deliver_now(
     result, state = delivered.result, delivered.outcome.state
     if state is State.SENT:
         return ExitCode.OK
-    _stderr(attempt_log.stderr_lines(prog, account, result.error, result.reply))
+    refused = drain.lmtp_refusals(account, result)
+    if refused:
+        _stderr(attempt_log.lmtp_stderr_lines(prog, account, refused))
+    else:
+        _stderr(attempt_log.stderr_lines(prog, account, result.error, result.reply))
     if state is State.QUEUED:
         _stderr([f"{prog}: message {queue_id} stays queued; relayd will retry it"])
         fastpath.wake(paths.wake_socket())

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from relayd.settings import Retry
+from relayd.settings import Retry, Settings
+
+LEASE_FACTOR = 4  # a lease lasts a few delivery timeouts (SPEC §4), never hours
 
 
 def backoff(created_at: float, now: float, policy: Retry) -> float:
@@ -22,3 +24,8 @@ def next_attempt(created_at: float, now: float, policy: Retry) -> float | None:
     if expired(created_at, now, policy):
         return None
     return now + backoff(created_at, now, policy)
+
+
+def lease_seconds(settings: Settings) -> float:
+    """How long a claimed message stays leased to its runner before it may be claimed again."""
+    return float(LEASE_FACTOR * settings.delivery.timeout)

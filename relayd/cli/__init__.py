@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 
 from relayd import __version__
+from relayd.cli import queue
+from relayd.cli.daemon import daemon_command
 
 app = typer.Typer(
     name="relayd",
@@ -33,6 +35,10 @@ def _root(
 def version_command() -> None:
     """Print the version."""
     typer.echo(f"relayd version {__version__}")
+
+
+app.command("daemon")(daemon_command)
+app.add_typer(queue.app, name="queue")
 
 
 def main() -> None:

@@ -1,0 +1,44 @@
+"""`relayd daemon`: run the queue runner in the foreground (systemd runs this)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import typer
+
+from relayd import daemon, settings
+from relayd.errors import RelaydError
+
+
+def daemon_command(
+    scan_interval: float = typer.Option(
+        daemon.SCAN_INTERVAL,
+        "--scan-interval",
+        min=0.05,
+        max=daemon.SCAN_INTERVAL,
+        help="Seconds between queue scans (recovers lost wake-ups and due retries).",
+    ),
+    grace: float = typer.Option(
+        daemon.SHUTDOWN_GRACE,
+        "--shutdown-grace",
+        min=0.0,
+        max=9.0,
+        help="Seconds in-flight transactions get after SIGTERM before they are abandoned.",
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every pass."),
+) -> None:
+    """Deliver the queue: wake on submissions, scan periodically, retry as relayd.toml says."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="relayd: %(message)s",
+    )
+    try:
+        config = settings.load()
+        code = asyncio.run(daemon.run_daemon(config, scan_interval=scan_interval, grace=grace))
+    except RelaydError as exc:
+        typer.echo(f"relayd: {exc.message}", err=True)
+        raise typer.Exit(int(exc.exit_code)) from None
+    raise typer.Exit(code)

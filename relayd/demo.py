@@ -1,14 +1,20 @@
-"""`make demo`: relayd-sendmail on a throw-away HOME (msmtprc → --pretend → a queued message)."""
+"""`make demo`: a throw-away HOME, a local SMTP sink, relayd daemon and relayd-sendmail at work."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
 
 MSMTPRC = """\
 # An ordinary msmtp configuration: relayd reads it unchanged.
@@ -19,7 +25,7 @@ logfile ~/.msmtp.log
 
 account demo
 host 127.0.0.1
-port 2525
+port {port}
 from demo@example.org
 
 account default : demo
@@ -43,6 +49,46 @@ def _run(title: str, argv: list[str], env: dict[str, str], stdin: bytes = b"") -
     print(f"(exit status {result.returncode})", flush=True)
 
 
+class _Sink:
+    """A local SMTP server standing in for your provider: it prints what it receives."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.received += 1
+        print(f"\n[sink] received from <{envelope.mail_from}> for {envelope.rcpt_tos}:")
+        print(envelope.original_content.decode(errors="replace").replace("\r\n", "\n"))
+        return "250 2.0.0 Ok: delivered by the demo sink"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _state(queue: Path) -> str:
+    with sqlite3.connect(queue) as db:
+        row = db.execute("SELECT state FROM messages ORDER BY id DESC LIMIT 1").fetchone()
+    return str(row[0]) if row else "(none)"
+
+
+def _deliver_with_daemon(relayd: str, env: dict[str, str], queue: Path, sink: _Sink) -> None:
+    """Start `relayd daemon`, submit one more message, wait until the sink has both, stop."""
+    print("\n$ relayd daemon   (in the background)", flush=True)
+    daemon = subprocess.Popen([relayd, "daemon"], env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while sink.received < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        print(f"Queued message now: {_state(queue)}")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=15)
+    print(f"(daemon stopped, exit status {daemon.returncode})")
+
+
 def main() -> int:
     """Run the demo in a temporary HOME; nothing outside it is read or written."""
     sendmail = shutil.which("relayd-sendmail") or str(
@@ -50,8 +96,12 @@ def main() -> int:
     )
     with tempfile.TemporaryDirectory(prefix="relayd-demo-") as tmp:
         home = Path(tmp)
+        sink = _Sink()
+        port = _free_port()
+        controller = Controller(sink, hostname="127.0.0.1", port=port)
+        controller.start()
         rc = home / ".msmtprc"
-        rc.write_text(MSMTPRC)
+        rc.write_text(MSMTPRC.format(port=port))
         rc.chmod(0o600)
         queue = home / "state" / "relayd" / "queue.sqlite3"
         env = {
@@ -60,10 +110,12 @@ def main() -> int:
             "XDG_CONFIG_HOME": str(home / "config"),
             "XDG_STATE_HOME": str(home / "state"),
             "XDG_RUNTIME_DIR": str(home / "run"),
+            "RELAYD_RUNTIME_DIR": str(home / "run" / "relayd"),
             "RELAYD_DATABASE_URL": f"sqlite:///{queue}",
             "LANG": "C.UTF-8",
         }
-        print(f"A throw-away HOME: {home}\n\n~/.msmtprc:\n{MSMTPRC}")
+        print(f"A throw-away HOME: {home}\nA local SMTP sink on 127.0.0.1:{port}\n")
+        print(f"~/.msmtprc:\n{rc.read_text()}")
         _run("relayd-sendmail --pretend -t", [sendmail, "--pretend", "-t"], env, MESSAGE)
         _run(
             "relayd-sendmail -t -odq < message   (store only)",
@@ -85,6 +137,9 @@ def main() -> int:
         file_mode = oct(queue.stat().st_mode & 0o777)
         dir_mode = oct(queue.parent.stat().st_mode & 0o777)
         print(f"Queue file mode: {file_mode}, directory {dir_mode}")
+        relayd = str(Path(sendmail).with_name("relayd"))
+        _deliver_with_daemon(relayd, env, queue, sink)
+        controller.stop()
     return 0
 
 

@@ -35,6 +35,8 @@ def daemon_command(
         level=logging.DEBUG if verbose else logging.INFO,
         format="relayd: %(message)s",
     )
+    # Alembic narrates every migration at INFO; only relayd's own lines belong in this log.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         config = settings.load()
         code = asyncio.run(daemon.run_daemon(config, scan_interval=scan_interval, grace=grace))

@@ -131,7 +131,7 @@ def main() -> int:
                 print(f"from=<{sender}> {size} bytes")
             for (address,) in db.execute("SELECT address FROM recipients ORDER BY position"):
                 print(f"  to <{address}>")
-            (data,) = db.execute("SELECT data FROM messages").fetchone()
+            (data,) = db.execute("SELECT data FROM bodies").fetchone()
         print("\nStored bytes (exactly what goes on the wire; Bcc removed, Date/Message-ID added):")
         print(bytes(data).decode(errors="replace").replace("\r\n", "\n"))
         file_mode = oct(queue.stat().st_mode & 0o777)

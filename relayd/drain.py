@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, MutableSet, Sequence
+from dataclasses import dataclass, replace
 
 from relayd import attempt_log, retry
 from relayd.accounts.account import Account
 from relayd.delivery.result import DeliveryResult, Disposition, Reply
 from relayd.delivery.session import DebugSink, OutgoingMessage, PasswordSource, Session
+from relayd.recorder import Recorder
 from relayd.settings import Settings
-from relayd.store.queued import Attempt, Outcome, QueuedMessage, Recipient
+from relayd.store.queued import Attempt, AttemptRecord, Outcome, QueuedMessage, Recipient
 from relayd.store.records import RecipientState, State
 from relayd.store.sql import SqlStore
 
@@ -20,6 +22,11 @@ _RECIPIENT_STATES = {
     Disposition.SENT: RecipientState.SENT,
     Disposition.FAIL: RecipientState.FAILED,
 }
+# Bodies are read from the store a group at a time, at most this many bytes (and at least one
+# message) per read: a batch of 100 big messages must not sit in memory at once.
+READ_AHEAD_BYTES = 4 << 20
+
+log = logging.getLogger("relayd.drain")
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,8 @@ class Delivered:
     result: DeliveryResult
     outcome: Outcome
     recipients: tuple[str, ...]
+    data: bytes  # what was sent (bounces quote its headers)
+    changed: bool = True  # False: the record did not move the message (lease lost, deleted)
 
 
 def pending(message: QueuedMessage) -> tuple[Recipient, ...]:
@@ -69,10 +78,46 @@ def outcome_for(
     if RecipientState.PENDING not in states.values():
         done = RecipientState.FAILED in states.values()
         return Outcome(State.FAILED if done else State.SENT, reason=result.error if done else None)
-    when = retry.next_attempt(message.created_at, now, settings.retry)
+    policy = settings.retry
+    when = retry.next_attempt(
+        message.created_at, now, policy, network=result.network, previous=message.last_attempt_at
+    )
     if when is None:
         return Outcome(State.FAILED, reason=f"lifetime expired: {result.error}")
-    return Outcome(State.QUEUED, next_attempt_at=when, reason=result.error)
+    return Outcome(
+        State.QUEUED,
+        next_attempt_at=when,
+        reason=result.error,
+        network_failure=result.network,
+        delay_notified=retry.needs_delay_notice(
+            message.created_at, now, policy, sent=message.delay_notified
+        ),
+    )
+
+
+class _Bodies:
+    """The claimed messages' stored bytes, read a bounded group ahead of the one being sent."""
+
+    def __init__(self, store: SqlStore, messages: Sequence[QueuedMessage]) -> None:
+        self._store = store
+        self._messages = messages
+        self._read: dict[str, bytes] = {}
+        self._next = 0  # the first message not read yet
+
+    async def get(self, index: int) -> bytes | None:
+        """Message `index`'s bytes (None: deleted meanwhile); forgets the ones before it."""
+        queue_id = self._messages[index].queue_id
+        if index >= self._next:
+            group: list[str] = []
+            size = 0
+            for message in self._messages[index:]:
+                if group and size + message.size > READ_AHEAD_BYTES:
+                    break
+                group.append(message.queue_id)
+                size += message.size
+            self._next = index + len(group)
+            self._read = await asyncio.to_thread(self._store.read_data_many, group)
+        return self._read.pop(queue_id, None)
 
 
 async def deliver_claimed(
@@ -82,6 +127,8 @@ async def deliver_claimed(
     settings: Settings,
     *,
     owner: str,
+    recorder: Recorder | None = None,
+    on_wire: MutableSet[str] | None = None,
     password: PasswordSource | None = None,
     debug: DebugSink | None = None,
     prog: str = "relayd",
@@ -89,17 +136,31 @@ async def deliver_claimed(
 ) -> list[Delivered]:
     """Deliver claimed messages of one account on one connection; record and log every attempt.
 
-    Each message's recipients and state are committed right after its final reply, before the
-    next message is sent, so a crash repeats at most the message in flight.
+    Each result goes to the `recorder` as soon as the server's final reply is in, and is
+    committed with whatever other results arrived meanwhile (a group commit); the next message
+    is sent while it commits. Returns once every result is committed. A crash repeats only
+    messages whose results were not committed: their lease is lost, so their next attempt is
+    logged as a possible duplicate. `on_wire` (if given) holds the ids of the messages sent or
+    being sent whose results are not committed yet.
     """
-    done: list[Delivered] = []
+    recorder = recorder or Recorder(store)
+    bodies = _Bodies(store, messages)
+    sent: list[tuple[Delivered, asyncio.Future[bool]]] = []
     async with Session(
         account, password=password, timeout=settings.delivery.timeout, debug=debug
     ) as session:
-        for message in messages:
+        for index, message in enumerate(messages):
+            data = await bodies.get(index)
+            if data is None:  # deleted by the user since the claim
+                continue
+            if message.lease_lost:
+                log.warning(
+                    "%s: possible duplicate: an earlier attempt ended without a result",
+                    message.queue_id,
+                )
             todo = pending(message)
-            # Store calls block on fsync: keep them off the event loop (other accounts go on).
-            data = await asyncio.to_thread(store.read_data, message.queue_id) or b""
+            if on_wire is not None:
+                on_wire.add(message.queue_id)
             started = clock()
             result = await session.send(
                 OutgoingMessage(
@@ -123,14 +184,23 @@ async def deliver_claimed(
                 reply_code=result.reply.code if result.reply else None,
                 reply=result.reply.text if result.reply else result.error,
                 recipients=updates,
+                possible_duplicate=message.lease_lost,
             )
-            await asyncio.to_thread(
-                store.record_attempt, message.queue_id, attempt, outcome, owner=owner
-            )
+            committed = recorder.record(AttemptRecord(message.queue_id, attempt, outcome, owner))
+            if on_wire is not None:
+                committed.add_done_callback(_forget(on_wire, message.queue_id))
             addresses = tuple(r.address for r in todo)
             _log(account, message.sender, addresses, data, result, prog)
-            done.append(Delivered(message, result, outcome, addresses))
-    return done
+            sent.append((Delivered(message, result, outcome, addresses, data), committed))
+    changed = await asyncio.gather(*(future for _, future in sent))
+    return [replace(item, changed=ok) for (item, _), ok in zip(sent, changed, strict=True)]
+
+
+def _forget(on_wire: MutableSet[str], queue_id: str) -> Callable[[asyncio.Future[bool]], None]:
+    def forget(_: asyncio.Future[bool]) -> None:
+        on_wire.discard(queue_id)
+
+    return forget
 
 
 def lmtp_refusals(account: Account, result: DeliveryResult) -> list[tuple[str, Reply | None]]:

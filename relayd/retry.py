@@ -19,11 +19,32 @@ def expired(created_at: float, now: float, policy: Retry) -> bool:
     return now - created_at >= policy.lifetime
 
 
-def next_attempt(created_at: float, now: float, policy: Retry) -> float | None:
-    """When to try again after a temporary failure at `now`; None once the lifetime is over."""
-    if expired(created_at, now, policy):
+def next_attempt(
+    created_at: float,
+    now: float,
+    policy: Retry,
+    *,
+    network: bool = False,
+    previous: float | None = None,
+) -> float | None:
+    """When to try again after a temporary failure at `now`; None once the lifetime is over.
+
+    A `network` failure (DNS, connect: no server was reached) ends a message's life only if
+    its `previous` attempt was already past the lifetime too. So a machine that was asleep or
+    offline past the lifetime never fails its mail at the first attempt after it: the mail
+    gets another backoff of wall time (with the network watch, a retry as soon as the network
+    is back), and being offline never ends a message sooner than the lifetime.
+    """
+    if expired(created_at, now, policy) and (
+        not network or (previous is not None and expired(created_at, previous, policy))
+    ):
         return None
     return now + backoff(created_at, now, policy)
+
+
+def needs_delay_notice(created_at: float, now: float, policy: Retry, *, sent: bool) -> bool:
+    """Is a temporary failure at `now` the one that sends the message's delay notice?"""
+    return policy.warn_after is not None and not sent and now - created_at >= policy.warn_after
 
 
 def lease_seconds(settings: Settings) -> float:

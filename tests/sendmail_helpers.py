@@ -112,7 +112,7 @@ def stored_messages(db: Path | None = None) -> list[Stored]:
             return []
         rows = conn.execute(
             "SELECT id, queue_id, state, account, config_file, overrides, sender, size, data,"
-            " created_at, next_attempt_at FROM messages ORDER BY id"
+            " created_at, next_attempt_at FROM messages JOIN bodies ON message_id = id ORDER BY id"
         ).fetchall()
         result = []
         for row_id, queue_id, state, account, config_file, overrides, *rest in rows:
@@ -182,7 +182,8 @@ def check_consistent(db: Path | None = None) -> None:
         ).fetchall()
         assert gaps == [], f"messages with missing recipient positions: {gaps}"
         wrong_size = conn.execute(
-            "SELECT queue_id FROM messages WHERE length(data) != size"
+            "SELECT queue_id FROM messages LEFT JOIN bodies ON message_id = id"
+            " WHERE data IS NULL OR length(data) != size"
         ).fetchall()
         assert wrong_size == [], f"messages whose data is not `size` bytes long: {wrong_size}"
     finally:

@@ -212,7 +212,8 @@ def test_sigkill_around_the_commit_leaves_whole_messages_or_none(crash_db: Path)
             queue_id: (size, data, rcpts)
             for queue_id, size, data, rcpts in conn.execute(
                 "SELECT queue_id, size, data,"
-                " (SELECT count(*) FROM recipients r WHERE r.message_id = m.id) FROM messages m"
+                " (SELECT count(*) FROM recipients r WHERE r.message_id = m.id)"
+                " FROM messages m JOIN bodies b ON b.message_id = m.id"
             )
         }
     finally:

@@ -1,4 +1,4 @@
-"""`relayd queue …`: for now `flush` (make mail due; wake the daemon or deliver in-process)."""
+"""`relayd queue …`: flush (make mail due; wake the daemon or deliver in-process), hold, release."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
 
-from relayd import daemon, paths, settings
+from relayd import paths, runner, settings
 from relayd.errors import RelaydError
 from relayd.store import fastpath
 from relayd.store.records import State
@@ -34,7 +35,7 @@ def _flush(queue_ids: list[str], account: str | None) -> int:
             typer.echo(f"relayd: {len(flushed)} message(s) due now; the daemon delivers them")
             return 0
         # No daemon listens: one pass in this process, over exactly the flushed messages.
-        runner = daemon.Runner(
+        drainer = runner.Runner(
             store,
             config,
             owner=f"flush-{socket.gethostname()}-{os.getpid()}",
@@ -42,8 +43,8 @@ def _flush(queue_ids: list[str], account: str | None) -> int:
         )
         wanted = set(flushed)
         accounts = {m.account for m in store.list(State.QUEUED) if m.queue_id in wanted}
-        asyncio.run(runner.drain(sorted(accounts)))
-        typer.echo(f"relayd: no daemon running; delivered in-process: {runner.tally}")
+        asyncio.run(drainer.drain(sorted(accounts)))
+        typer.echo(f"relayd: no daemon running; delivered in-process: {drainer.tally}")
     return 0
 
 
@@ -62,3 +63,51 @@ def flush_command(
         typer.echo(f"relayd: {exc.message}", err=True)
         raise typer.Exit(int(exc.exit_code)) from None
     raise typer.Exit(code)
+
+
+def _change(action: str, queue_ids: list[str], *, hold: bool) -> int:
+    """Hold or release `queue_ids`; a release wakes the daemon. Exit 69 if any was not found
+    in the state the action needs (Postfix's postsuper reports and goes on the same way)."""
+    config = settings.load()
+    with SqlStore.open(config.database, timeout=fastpath.lock_timeout()) as store:
+        if hold:
+            changed = store.hold(queue_ids, "held by the user")
+        else:
+            changed = store.release(queue_ids, time.time())
+    for queue_id in changed:
+        typer.echo(f"relayd: {queue_id}: {action}")
+    missing = sorted(set(queue_ids) - set(changed))
+    need = "queued or being sent" if hold else "held"
+    for queue_id in missing:
+        typer.echo(f"relayd: {queue_id}: no such message {need}", err=True)
+    if changed and not hold:
+        fastpath.wake(paths.wake_socket())
+    return 69 if missing else 0
+
+
+def _run(action: Callable[[], int]) -> None:
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="relayd: %(message)s")
+    try:
+        code = action()
+    except RelaydError as exc:
+        typer.echo(f"relayd: {exc.message}", err=True)
+        raise typer.Exit(int(exc.exit_code)) from None
+    raise typer.Exit(code)
+
+
+@app.command("hold")
+def hold_command(
+    queue_ids: Annotated[list[str], typer.Argument(metavar="ID…", help="The messages to hold.")],
+) -> None:
+    """Hold messages: they stay in the queue, untried, until released (postsuper -h)."""
+    _run(lambda: _change("placed on hold", queue_ids, hold=True))
+
+
+@app.command("release")
+def release_command(
+    queue_ids: Annotated[
+        list[str], typer.Argument(metavar="ID…", help="The held messages to release.")
+    ],
+) -> None:
+    """Release held messages: due now, and the daemon is woken (postsuper -H)."""
+    _run(lambda: _change("released from hold", queue_ids, hold=False))

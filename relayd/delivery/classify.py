@@ -137,6 +137,10 @@ RULES: dict[Event, Rule] = {
 # fmt: on
 
 
+# Failures before any server answered: what an offline machine sees (SPEC §4 "network-down").
+NETWORK_EVENTS = frozenset({Event.HOST_NOT_FOUND, Event.SOCKET, Event.CONNECT})
+
+
 @dataclass(frozen=True)
 class Failure:
     """One classified event: what msmtp would exit with and say, and what relayd does."""
@@ -202,6 +206,7 @@ def for_all(failure: Failure, recipients: Sequence[str]) -> DeliveryResult:
             RecipientResult(r, failure.disposition, failure.reply, failure.error)
             for r in recipients
         ),
+        network=failure.event in NETWORK_EVENTS,
     )
 
 

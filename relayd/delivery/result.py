@@ -73,3 +73,6 @@ class DeliveryResult:
     recipients: tuple[RecipientResult, ...] = field(default_factory=tuple)
     # The connection broke after the final dot before the reply: the server may have the mail.
     possibly_delivered: bool = False
+    # No server was reached (host not found, connect refused or timed out, unreachable): the
+    # network may be down; such a failure is retried when it comes back (SPEC §4).
+    network: bool = False

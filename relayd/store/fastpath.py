@@ -42,10 +42,11 @@ _ID_TRIES = 8  # fresh queue ids to try when one collides with a stored one
 _ACTION = "store the message"
 
 _INSERT_MESSAGE = (
-    "INSERT INTO messages (queue_id, state, account, config_file, overrides, sender, size, data,"
+    "INSERT INTO messages (queue_id, state, account, config_file, overrides, sender, size,"
     " needs_smtputf8, needs_8bitmime, created_at, next_attempt_at, attempts, submitted_uid)"
-    " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)"
+    " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)"
 )
+_INSERT_BODY = "INSERT INTO bodies (message_id, data) VALUES (?, ?)"
 _INSERT_RECIPIENT = (
     "INSERT INTO recipients (message_id, position, address, state) VALUES (?, ?, ?, 'pending')"
 )
@@ -147,7 +148,6 @@ def _insert(conn: sqlite3.Connection, message: NewMessage, now: float) -> str:
             overrides,
             message.sender,
             len(message.data),
-            message.data,
             int(message.smtputf8),
             int(message.eightbit),
             now,
@@ -162,6 +162,7 @@ def _insert(conn: sqlite3.Connection, message: NewMessage, now: float) -> str:
                 raise
             continue
         message_id = cursor.lastrowid
+        conn.execute(_INSERT_BODY, (message_id, message.data))
         conn.executemany(
             _INSERT_RECIPIENT,
             [

@@ -6,7 +6,16 @@ from dataclasses import dataclass
 
 from relayd.store.records import RecipientState, State
 
-__all__ = ["Attempt", "Outcome", "QueuedMessage", "Recipient", "RecipientState", "State"]
+__all__ = [
+    "AccountDue",
+    "Attempt",
+    "AttemptRecord",
+    "Outcome",
+    "QueuedMessage",
+    "Recipient",
+    "RecipientState",
+    "State",
+]
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,10 @@ class QueuedMessage:
     reason: str | None
     uid: int | None
     recipients: tuple[Recipient, ...]
+    last_attempt_at: float | None = None
+    network_failure: bool = False  # the last attempt never reached a server (DNS, connect)
+    lease_lost: bool = False  # a lease ended without a result: the next attempt may duplicate
+    delay_notified: bool = False  # the one delay notice (`warn_after`) has been sent
 
 
 @dataclass(frozen=True)
@@ -73,3 +86,26 @@ class Outcome:
     state: State
     next_attempt_at: float | None = None
     reason: str | None = None
+    network_failure: bool = False  # the attempt failed before reaching a server
+    delay_notified: bool = False  # this attempt sends the message's delay notice
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    """One attempt to commit: its row, the message's new state, and the lease it ran under
+    (None: unconditional, as for `relayd-sendmail -odi`'s own message)."""
+
+    queue_id: str
+    attempt: Attempt
+    outcome: Outcome
+    owner: str | None = None
+
+
+@dataclass(frozen=True)
+class AccountDue:
+    """One account's queued mail as a scan sees it: how many, how many due, the next time."""
+
+    account: str
+    queued: int
+    due: int
+    next_at: float | None

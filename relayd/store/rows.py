@@ -31,6 +31,10 @@ _SUMMARY = (
     messages.c.attempts,
     messages.c.reason,
     messages.c.submitted_uid,
+    messages.c.last_attempt_at,
+    messages.c.network_failure,
+    messages.c.lease_lost,
+    messages.c.delay_notified,
 )
 _RECIPIENT = (
     recipients.c.message_id,
@@ -76,6 +80,10 @@ def message_from_row(row: Sequence[Any], recipients: tuple[Recipient, ...]) -> Q
         attempts,
         reason,
         uid,
+        last_attempt_at,
+        network_failure,
+        lease_lost,
+        delay_notified,
     ) = row
     return QueuedMessage(
         queue_id=queue_id,
@@ -95,6 +103,10 @@ def message_from_row(row: Sequence[Any], recipients: tuple[Recipient, ...]) -> Q
         reason=reason,
         uid=uid,
         recipients=recipients,
+        last_attempt_at=last_attempt_at,
+        network_failure=bool(network_failure),
+        lease_lost=bool(lease_lost),
+        delay_notified=bool(delay_notified),
     )
 
 
@@ -157,8 +169,24 @@ def find_message_id(conn: sa.Connection, queue_id: str) -> int | None:
     return None if found is None else int(found)
 
 
-def update_recipients(conn: sa.Connection, message_id: int, results: Iterable[Recipient]) -> None:
-    rows = [
+# One recipient's result; its parameters come from `recipient_rows`.
+RECIPIENT_UPDATE = (
+    recipients.update()
+    .where(
+        recipients.c.message_id == sa.bindparam("b_message"),
+        recipients.c.position == sa.bindparam("b_position"),
+    )
+    .values(
+        state=sa.bindparam("b_state"),
+        reply_code=sa.bindparam("b_code"),
+        reply_text=sa.bindparam("b_text"),
+    )
+)
+
+
+def recipient_rows(message_id: int, results: Iterable[Recipient]) -> list[dict[str, Any]]:
+    """Parameters for `update_recipient_rows`: one dict per recipient result."""
+    return [
         {
             "b_message": message_id,
             "b_position": result.position,
@@ -168,21 +196,16 @@ def update_recipients(conn: sa.Connection, message_id: int, results: Iterable[Re
         }
         for result in results
     ]
-    if not rows:
-        return
-    statement = (
-        recipients.update()
-        .where(
-            recipients.c.message_id == sa.bindparam("b_message"),
-            recipients.c.position == sa.bindparam("b_position"),
-        )
-        .values(
-            state=sa.bindparam("b_state"),
-            reply_code=sa.bindparam("b_code"),
-            reply_text=sa.bindparam("b_text"),
-        )
-    )
-    conn.execute(statement, rows)
+
+
+def update_recipients(conn: sa.Connection, message_id: int, results: Iterable[Recipient]) -> None:
+    update_recipient_rows(conn, recipient_rows(message_id, results))
+
+
+def update_recipient_rows(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Apply recipient results of any number of messages in one executemany."""
+    if rows:
+        conn.execute(RECIPIENT_UPDATE, rows)
 
 
 def load_messages(

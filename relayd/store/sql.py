@@ -7,7 +7,9 @@ rows are leased (state `sending`, owner, expiry), never deleted; an expired leas
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import builtins
+import json
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
@@ -18,16 +20,26 @@ from relayd.store import failures
 from relayd.store.dialects import describe, from_dbapi, make_engine, reader
 from relayd.store.ids import new_queue_id
 from relayd.store.migrate import ensure_schema
-from relayd.store.queued import Attempt, Outcome, QueuedMessage, Recipient
+from relayd.store.prepared import Prepared
+from relayd.store.queued import (
+    AccountDue,
+    Attempt,
+    AttemptRecord,
+    Outcome,
+    QueuedMessage,
+    Recipient,
+)
 from relayd.store.records import NewMessage, RecipientState, State
 from relayd.store.rows import (
+    RECIPIENT_UPDATE,
     attempt_from_row,
     attempt_row,
     find_message_id,
     load_messages,
+    recipient_rows,
     update_recipients,
 )
-from relayd.store.tables import attempts, messages, recipients
+from relayd.store.tables import attempts, bodies, messages, recipients
 
 _ID_TRIES = 8
 _BUGS = (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.DataError)
@@ -41,6 +53,7 @@ class SqlStore:
         self._reader = reader(engine)
         self._where = where
         self._timeout = timeout
+        self._hot: _HotStatements | None = None
 
     @classmethod
     def open(cls, url: str, *, timeout: float = 10.0, migrate: bool = True) -> SqlStore:
@@ -102,6 +115,25 @@ class SqlStore:
                     raise
         raise AssertionError("unreachable")
 
+    def enqueue_many(self, batch: Iterable[NewMessage], now: float) -> list[str]:
+        """Store many messages in one transaction (imports, benchmarks); their queue ids.
+
+        Ids come from the clock and a random part, like `enqueue`'s; within the batch they
+        are kept distinct, and the id's time part moves on a millisecond every 4,096 messages
+        so its random part never runs short. All are due and arrived at `now`.
+        """
+        ids: list[str] = []
+        seen: set[str] = set()
+        with self._transaction("store the messages") as conn:
+            for index, message in enumerate(batch):
+                queue_id = new_queue_id(now + (index >> 12) / 1000)
+                while queue_id in seen:
+                    queue_id = new_queue_id(now + (index >> 12) / 1000)
+                seen.add(queue_id)
+                self._insert(conn, queue_id, message, now)
+                ids.append(queue_id)
+        return ids
+
     @staticmethod
     def _insert(conn: sa.Connection, queue_id: str, message: NewMessage, now: float) -> None:
         result = conn.execute(
@@ -113,7 +145,6 @@ class SqlStore:
                 overrides=[list(pair) for pair in message.overrides],
                 sender=message.sender,
                 size=len(message.data),
-                data=message.data,
                 needs_smtputf8=message.smtputf8,
                 needs_8bitmime=message.eightbit,
                 created_at=now,
@@ -123,6 +154,7 @@ class SqlStore:
             )
         )
         (message_id,) = result.inserted_primary_key or (None,)
+        conn.execute(bodies.insert().values(message_id=message_id, data=bytes(message.data)))
         conn.execute(
             recipients.insert(),
             [
@@ -148,7 +180,9 @@ class SqlStore:
         """The stored wire bytes of `queue_id`, or None if there is no such message."""
         with self._transaction("read the queue", write=False) as conn:
             data = conn.execute(
-                sa.select(messages.c.data).where(messages.c.queue_id == queue_id)
+                sa.select(bodies.c.data)
+                .join(messages, messages.c.id == bodies.c.message_id)
+                .where(messages.c.queue_id == queue_id)
             ).scalar_one_or_none()
         return None if data is None else bytes(data)
 
@@ -163,6 +197,49 @@ class SqlStore:
             conditions.append(messages.c.account == account)
         with self._transaction("read the queue", write=False) as conn:
             return load_messages(conn, sa.and_(sa.true(), *conditions))
+
+    def read_data_many(self, queue_ids: Collection[str]) -> dict[str, bytes]:
+        """The stored wire bytes of several messages in one read (a runner's batch)."""
+        if not queue_ids:
+            return {}
+        query = (
+            sa.select(messages.c.queue_id, bodies.c.data)
+            .join(bodies, bodies.c.message_id == messages.c.id)
+            .where(messages.c.queue_id.in_(list(queue_ids)))
+        )
+        with self._transaction("read the queue", write=False) as conn:
+            return {queue_id: bytes(data) for queue_id, data in conn.execute(query)}
+
+    def due_summary(self, now: float) -> Sequence[AccountDue]:
+        """Per account with queued mail: how much, how much is due at `now`, the next due time.
+
+        One aggregate over the due index, so a scan costs the same memory with 100,000 queued
+        messages as with ten.
+        """
+        due = sa.func.sum(sa.case((messages.c.next_attempt_at <= now, 1), else_=0))
+        query = (
+            sa.select(
+                messages.c.account,
+                sa.func.count(),
+                due,
+                sa.func.min(messages.c.next_attempt_at),
+            )
+            .where(messages.c.state == State.QUEUED.value)
+            .group_by(messages.c.account)
+        )
+        with self._transaction("read the queue", write=False) as conn:
+            return [
+                AccountDue(account, int(count), int(due_count or 0), next_at)
+                for account, count, due_count, next_at in conn.execute(query)
+            ]
+
+    def counts(self) -> dict[tuple[str, State], int]:
+        """How many messages each (account, state) has."""
+        query = sa.select(messages.c.account, messages.c.state, sa.func.count()).group_by(
+            messages.c.account, messages.c.state
+        )
+        with self._transaction("read the queue", write=False) as conn:
+            return {(account, State(state)): int(n) for account, state, n in conn.execute(query)}
 
     def attempts(self, queue_id: str) -> Sequence[Attempt]:
         """Every attempt logged for `queue_id`, oldest first."""
@@ -217,14 +294,41 @@ class SqlStore:
                 return []
             return load_messages(conn, messages.c.id.in_(claimed), by_due=True)
 
-    def release_stale(self, now: float) -> tuple[str, ...]:
-        """Return messages whose lease expired by `now` (a runner died) to `queued`."""
+    def release_stale(
+        self, now: float, *, possibly_sent: Collection[str] | None = None
+    ) -> tuple[str, ...]:
+        """Return messages whose lease expired by `now` (a runner died) to `queued`.
+
+        Each is marked `lease_lost`, so its next attempt is logged as a possible duplicate: the
+        runner may have had the server's final reply and died before committing it. A runner
+        that knows which of its messages were on the wire (a daemon stopping) passes them as
+        `possibly_sent`; then only those are marked.
+        """
+        lost: Any = sa.true()
+        if possibly_sent is not None:
+            lost = sa.or_(messages.c.lease_lost, messages.c.queue_id.in_(list(possibly_sent)))
         return self._update(
             "release expired leases",
             sa.and_(messages.c.state == State.SENDING.value, messages.c.lease_until <= now),
             state=State.QUEUED.value,
             lease_owner=None,
             lease_until=None,
+            lease_lost=lost,
+        )
+
+    def release_owned(self, prefix: str, *, possibly_sent: Collection[str] = ()) -> tuple[str, ...]:
+        """Return every message leased by an owner starting with `prefix` (one stopping
+        runner's claims, on any database) to `queued`; only `possibly_sent` are marked
+        `lease_lost`."""
+        owned = sa.func.substr(messages.c.lease_owner, 1, len(prefix)) == prefix
+        lost = sa.or_(messages.c.lease_lost, messages.c.queue_id.in_(list(possibly_sent)))
+        return self._update(
+            "return leases",
+            sa.and_(messages.c.state == State.SENDING.value, owned),
+            state=State.QUEUED.value,
+            lease_owner=None,
+            lease_until=None,
+            lease_lost=lost,
         )
 
     def mark_recipients(self, queue_id: str, results: Iterable[Recipient]) -> None:
@@ -243,33 +347,44 @@ class SqlStore:
         leased by `owner` (when given): a runner whose lease expired, or whose message was held
         or deleted meanwhile, does not overwrite the newer state. Returns whether it changed.
         """
-        if outcome.state is State.SENDING:
-            raise ValueError("an attempt cannot end in state 'sending'")
-        if outcome.state is State.QUEUED and outcome.next_attempt_at is None:
-            raise ValueError("a retry needs next_attempt_at")
+        return self.record_attempts([AttemptRecord(queue_id, attempt, outcome, owner)])[0]
+
+    def record_attempts(self, records: Sequence[AttemptRecord]) -> builtins.list[bool]:
+        """`record_attempt` for many messages in one transaction (a group commit: the results
+        that arrived while the previous commit was being fsynced); whether each changed.
+
+        The writes run as prepared statements on the driver's cursor (`prepared.py`): this is
+        the one transaction per fsync of a runner delivering thousands of messages a second.
+        """
+        for record in records:
+            _check_outcome(record.outcome)
+        if not records:
+            return []
         with self._transaction("record the attempt") as conn:
-            message_id = find_message_id(conn, queue_id)
-            if message_id is None:
-                return False
-            conn.execute(attempts.insert().values(attempt_row(message_id, attempt)))
-            update_recipients(conn, message_id, attempt.recipients)
-            update = (
-                messages.update()
-                .where(messages.c.id == message_id)
-                .values(
-                    state=outcome.state.value,
-                    next_attempt_at=outcome.next_attempt_at,
-                    reason=outcome.reason,
-                    lease_owner=None,
-                    lease_until=None,
-                    attempts=messages.c.attempts + 1,
-                )
-            )
-            if owner is not None:
-                update = update.where(
-                    messages.c.state == State.SENDING.value, messages.c.lease_owner == owner
-                )
-            return conn.execute(update).rowcount == 1
+            hot = self._hot or _HotStatements(conn.dialect)
+            self._hot = hot
+            attempt_params: builtins.list[dict[str, Any]] = []
+            recipient_params: builtins.list[dict[str, Any]] = []
+            changed: builtins.list[bool] = []
+            for record in records:
+                params = _message_params(record)
+                finish = hot.finish_any if record.owner is None else hot.finish_leased
+                row = finish.execute(conn, params).fetchone()
+                if row is None:  # not ours any more (or gone): log the attempt all the same
+                    row = hot.find.execute(conn, params).fetchone()
+                    changed.append(False)
+                    if row is None:
+                        continue
+                else:
+                    changed.append(True)
+                message_id = int(row[0])
+                attempt = attempt_row(message_id, record.attempt)
+                attempt["recipient_replies"] = json.dumps(attempt["recipient_replies"])
+                attempt_params.append(attempt)
+                recipient_params.extend(recipient_rows(message_id, record.attempt.recipients))
+            hot.attempt.executemany(conn, attempt_params)
+            hot.recipients.executemany(conn, recipient_params)
+        return changed
 
     # --- the user's side (relayd queue …) ---------------------------------------------------
 
@@ -300,10 +415,19 @@ class SqlStore:
         )
 
     def make_due(
-        self, now: float, queue_ids: Iterable[str] | None = None, account: str | None = None
+        self,
+        now: float,
+        queue_ids: Iterable[str] | None = None,
+        account: str | None = None,
+        *,
+        network_only: bool = False,
     ) -> tuple[str, ...]:
-        """Make queued messages (all, some, or one account's) due at `now` (`queue flush`)."""
+        """Make queued messages (all, some, or one account's) due at `now` (`queue flush`);
+        with `network_only`, those whose last attempt never reached a server (the network is
+        back)."""
         condition = messages.c.state == State.QUEUED.value
+        if network_only:
+            condition = sa.and_(condition, messages.c.network_failure)
         if queue_ids is not None:
             condition = sa.and_(condition, messages.c.queue_id.in_(tuple(queue_ids)))
         if account is not None:
@@ -326,3 +450,72 @@ class SqlStore:
         )
         with self._transaction(action) as conn:
             return tuple(conn.execute(statement).scalars())
+
+
+def _check_outcome(outcome: Outcome) -> None:
+    if outcome.state is State.SENDING:
+        raise ValueError("an attempt cannot end in state 'sending'")
+    if outcome.state is State.QUEUED and outcome.next_attempt_at is None:
+        raise ValueError("a retry needs next_attempt_at")
+
+
+def _message_params(record: AttemptRecord) -> dict[str, Any]:
+    outcome = record.outcome
+    return {
+        "b_queue_id": record.queue_id,
+        "b_owner": record.owner,
+        "b_state": outcome.state.value,
+        "b_next": outcome.next_attempt_at,
+        "b_reason": outcome.reason,
+        "b_last": record.attempt.started_at,
+        "b_network": outcome.network_failure,
+        "b_delay": outcome.delay_notified,
+    }
+
+
+def _finish(*, leased: bool) -> sa.ClauseElement:
+    """The message's new state after an attempt, only while `b_owner` holds its lease when
+    `leased`; RETURNING its id, so no row means "not ours any more"."""
+    condition = messages.c.queue_id == sa.bindparam("b_queue_id")
+    if leased:
+        condition = sa.and_(
+            condition,
+            messages.c.state == State.SENDING.value,
+            messages.c.lease_owner == sa.bindparam("b_owner"),
+        )
+    return (
+        messages.update()
+        .where(condition)
+        .values(
+            state=sa.bindparam("b_state"),
+            next_attempt_at=sa.bindparam("b_next"),
+            reason=sa.bindparam("b_reason"),
+            last_attempt_at=sa.bindparam("b_last"),
+            network_failure=sa.bindparam("b_network"),
+            delay_notified=sa.or_(
+                messages.c.delay_notified, sa.bindparam("b_delay", type_=sa.Boolean())
+            ),
+            lease_owner=None,
+            lease_until=None,
+            lease_lost=False,
+            attempts=messages.c.attempts + 1,
+        )
+        .returning(messages.c.id)
+    )
+
+
+class _HotStatements:
+    """The statements of `record_attempts`, compiled once per store for its dialect."""
+
+    def __init__(self, dialect: sa.Dialect) -> None:
+        self.finish_leased = Prepared(_finish(leased=True), dialect)
+        self.finish_any = Prepared(_finish(leased=False), dialect)
+        self.find = Prepared(
+            sa.select(messages.c.id).where(messages.c.queue_id == sa.bindparam("b_queue_id")),
+            dialect,
+        )
+        columns = [c.name for c in attempts.columns if c.name != "id"]
+        self.attempt = Prepared(
+            attempts.insert().values({name: sa.bindparam(name) for name in columns}), dialect
+        )
+        self.recipients = Prepared(RECIPIENT_UPDATE, dialect)

@@ -1,4 +1,4 @@
-"""The one queue schema as SQLAlchemy Core tables: messages, recipients, attempts.
+"""The one queue schema as SQLAlchemy Core tables: messages, bodies, recipients, attempts.
 
 Times are float Unix seconds (UTC) in DOUBLE columns everywhere. Migrations in
 `relayd/migrations` must produce exactly this; `tests/test_migrate.py` compares them.
@@ -23,6 +23,7 @@ metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
 # SQLite only aliases the rowid for a column spelled exactly INTEGER PRIMARY KEY.
 RowId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+FALSE = sa.text("false")  # SQLite (3.23+) and PostgreSQL both read it
 
 
 def _one_of(column: str, values: type[State] | type[RecipientState]) -> str:
@@ -40,7 +41,6 @@ messages = sa.Table(
     sa.Column("overrides", sa.JSON(), nullable=False),  # [[option, value], ...]
     sa.Column("sender", sa.Text(), nullable=False),  # '' for <>
     sa.Column("size", sa.BigInteger(), nullable=False),
-    sa.Column("data", sa.LargeBinary(), nullable=False),  # exactly the wire bytes
     sa.Column("needs_smtputf8", sa.Boolean(), nullable=False),
     sa.Column("needs_8bitmime", sa.Boolean(), nullable=False),
     sa.Column("created_at", sa.Double(), nullable=False),
@@ -50,11 +50,33 @@ messages = sa.Table(
     sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("reason", sa.Text(), nullable=True),  # last error or hold reason
     sa.Column("submitted_uid", sa.Integer(), nullable=True),
+    # Revision 0002: what the retry policy and the runner need to remember between attempts.
+    sa.Column("last_attempt_at", sa.Double(), nullable=True),
+    # The last attempt failed before reaching a server (DNS, connect): retried when the
+    # network comes back, and never failed on its lifetime by such an attempt alone.
+    sa.Column("network_failure", sa.Boolean(), nullable=False, server_default=FALSE),
+    # A lease ended without a result (runner killed): the next attempt may send it twice.
+    sa.Column("lease_lost", sa.Boolean(), nullable=False, server_default=FALSE),
+    sa.Column("delay_notified", sa.Boolean(), nullable=False, server_default=FALSE),
     sa.CheckConstraint(_one_of("state", State), name="state"),
 )
 # Claiming: state = 'queued' AND account = ? AND next_attempt_at <= now ORDER BY next_attempt_at;
 # the same index serves expired-lease scans (state = 'sending') and listing by state.
 sa.Index("ix_messages_due", messages.c.state, messages.c.account, messages.c.next_attempt_at)
+
+# The wire bytes apart from the message row (revision 0002): SQLite rewrites a whole record on
+# every UPDATE, so a 10 KB body inside `messages` would be copied at each claim and each result.
+bodies = sa.Table(
+    "bodies",
+    metadata,
+    sa.Column(
+        "message_id",
+        RowId,
+        sa.ForeignKey("messages.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("data", sa.LargeBinary(), nullable=False),  # exactly the wire bytes
+)
 
 recipients = sa.Table(
     "recipients",

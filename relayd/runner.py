@@ -1,0 +1,211 @@
+"""The queue runner: per-account drain tasks, each with its connections, and what they did."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from relayd import drain, retry
+from relayd.accounts import secrets
+from relayd.accounts.account import Account
+from relayd.accounts.stored import account_for
+from relayd.errors import ConfigError, RelaydError
+from relayd.notices import Notices
+from relayd.notify import Notifier
+from relayd.recorder import Recorder
+from relayd.settings import Settings
+from relayd.store.queued import QueuedMessage
+from relayd.store.records import State
+from relayd.store.sql import SqlStore
+
+log = logging.getLogger("relayd.daemon")
+
+
+@dataclass
+class Tally:
+    """What the attempts of a pass did to their messages, by the state each moved to."""
+
+    states: dict[State, int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, state: State, count: int = 1) -> None:
+        self.states[state] += count
+
+    def __str__(self) -> str:
+        order = (State.SENT, State.QUEUED, State.HELD, State.FAILED)
+        return ", ".join(f"{self.states[s]} {s.value}" for s in order)
+
+
+async def _daemon_password(account: Account) -> str | None:
+    """msmtp's password order without any prompt (keyring lookups may block: a thread)."""
+    return (await asyncio.to_thread(secrets.lookup_password, account)).password
+
+
+class Runner:
+    """Drains accounts: one task per account, `connections_per_account` connections in each.
+
+    A connection claims up to `messages_per_connection` due messages, resolves their account
+    from the current msmtprc (gone or invalid: the messages are held with the reason) and
+    delivers them with `drain.deliver_claimed`; it claims again until nothing is due. A kick
+    while an account's drain runs marks it dirty, and the drain runs once more. Results of all
+    connections share one group-committing Recorder; `on_wire` holds the messages sent or being
+    sent whose results are not committed yet.
+    """
+
+    def __init__(
+        self,
+        store: SqlStore,
+        settings: Settings,
+        *,
+        owner: str,
+        clock: Callable[[], float] = time.time,
+        queue_ids: Sequence[str] | None = None,
+        on_idle: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.owner = owner
+        self.tally = Tally()
+        self.stopping = False
+        self.on_wire: set[str] = set()
+        self.recorder = Recorder(store)
+        self.notifier = Notifier(settings.notify_command)
+        self.notices = Notices(store, lambda: self.settings, self.notifier, self.kick, clock=clock)
+        self._clock = clock
+        self._queue_ids = queue_ids
+        self._on_idle = on_idle
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._dirty: set[str] = set()
+        self._claims = itertools.count(1)
+
+    @property
+    def lease_seconds(self) -> float:
+        return retry.lease_seconds(self.settings)
+
+    @property
+    def busy(self) -> tuple[str, ...]:
+        return tuple(self._workers)
+
+    def kick(self, account: str) -> None:
+        """Drain `account` now (or once more after its running drain)."""
+        if self.stopping:
+            return
+        if account in self._workers:
+            self._dirty.add(account)
+        else:
+            self._workers[account] = asyncio.create_task(self._account(account))
+
+    async def drain(self, accounts: Iterable[str]) -> None:
+        """Drain `accounts` and wait until every drain has ended (`queue flush` in-process)."""
+        for account in accounts:
+            self.kick(account)
+        while self._workers:
+            await asyncio.wait(list(self._workers.values()))
+        await self.recorder.drain()
+        await self.notifier.wait(timeout=10.0)
+
+    async def stop(self, grace: float) -> None:
+        """Claim nothing more; give in-flight deliveries `grace` seconds, then abandon them.
+
+        Results already in are committed before this returns.
+        """
+        self.stopping = True
+        tasks = list(self._workers.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("abandoned %d account drain(s) in flight", len(pending))
+                await asyncio.wait(pending)
+        await self.recorder.drain()
+
+    async def _account(self, account: str) -> None:
+        worked = False
+        try:
+            while True:
+                self._dirty.discard(account)
+                count = self.settings.delivery.connections_per_account
+                results = await asyncio.gather(*(self._connection(account) for _ in range(count)))
+                worked = worked or any(n > 0 for n in results)
+                if min(results) < 0 or self.stopping or account not in self._dirty:
+                    break
+        finally:
+            del self._workers[account]  # no await since the dirty check: no kick is lost
+        if worked and self._on_idle is not None:
+            self._on_idle()  # retries were scheduled: let the scheduler see their times
+
+    async def _connection(self, account: str) -> int:
+        """Claim and deliver until nothing is due; how many messages it claimed, -1 when it
+        stopped on an error."""
+        claimed_total = 0
+        try:
+            while not self.stopping:
+                # Each claim its own owner: if a lease ran out and the message was claimed
+                # again, the late result of the first claim cannot overwrite the second's.
+                owner = f"{self.owner}/{next(self._claims)}"
+                claimed = await asyncio.to_thread(
+                    self.store.claim_due,
+                    account,
+                    self._clock(),
+                    self.lease_seconds,
+                    owner,
+                    self.settings.delivery.messages_per_connection,
+                    queue_ids=self._queue_ids,
+                )
+                if not claimed:
+                    break
+                claimed_total += len(claimed)
+                await self._deliver(claimed, owner)
+        except RelaydError as exc:  # the queue cannot be read or written: the next scan retries
+            log.error("account %r: %s", account, exc.message)
+            return -1
+        except Exception:  # a bug: report it, keep the other accounts running
+            log.exception("account %r: delivery stopped by an internal error", account)
+            return -1
+        return claimed_total
+
+    async def _deliver(self, claimed: Sequence[QueuedMessage], owner: str) -> None:
+        # One account name may carry several command-line variants (-a work --port 2525):
+        # each resolves to its own Account and connection.
+        groups: dict[tuple[object, ...], list[QueuedMessage]] = {}
+        for message in claimed:
+            key = (message.account, message.config_file, message.overrides)
+            groups.setdefault(key, []).append(message)
+        for messages in groups.values():
+            first = messages[0]
+            try:
+                account = await asyncio.to_thread(
+                    account_for, first.account, first.config_file, first.overrides
+                )
+            except ConfigError as exc:
+                await self._hold(messages, exc.message)
+                continue
+            delivered = await drain.deliver_claimed(
+                self.store,
+                account,
+                messages,
+                self.settings,
+                owner=owner,
+                recorder=self.recorder,
+                on_wire=self.on_wire,
+                password=_daemon_password,
+                prog="relayd",
+                clock=self._clock,
+            )
+            for item in delivered:
+                if item.changed:
+                    self.tally.add(item.outcome.state)
+            await self.notices.after(account.host or account.socket, delivered)
+
+    async def _hold(self, messages: Sequence[QueuedMessage], reason: str) -> None:
+        held = set(await asyncio.to_thread(self.store.hold, [m.queue_id for m in messages], reason))
+        log.warning("held %s: %s", " ".join(sorted(held)), reason)
+        self.tally.add(State.HELD, len(held))
+        for message in messages:
+            if message.queue_id in held:
+                self.notices.held(message, reason)

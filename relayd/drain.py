@@ -145,6 +145,8 @@ async def deliver_claimed(
     """
     recorder = recorder or Recorder(store)
     bodies = _Bodies(store, messages)
+    lease = retry.lease_seconds(settings)
+    expiry = min((m.lease_until for m in messages if m.lease_until is not None), default=None)
     sent: list[tuple[Delivered, asyncio.Future[bool]]] = []
     async with Session(
         account, password=password, timeout=settings.delivery.timeout, debug=debug
@@ -158,6 +160,11 @@ async def deliver_claimed(
                     "%s: possible duplicate: an earlier attempt ended without a result",
                     message.queue_id,
                 )
+            if expiry is not None and clock() >= expiry - lease / 2:
+                # A slow server and a long batch: keep the rest leased, or a sweep would give
+                # them to another connection while this one still means to send them.
+                expiry = clock() + lease
+                await asyncio.to_thread(store.extend_lease, owner, expiry)
             todo = pending(message)
             if on_wire is not None:
                 on_wire.add(message.queue_id)

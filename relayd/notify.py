@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 
 NOTIFY_TIMEOUT = 30.0  # a notification that takes longer is killed
@@ -63,7 +64,7 @@ class Notifier:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **facts},
-                start_new_session=True,  # a SIGTERM to the daemon's group does not reach it
+                start_new_session=True,  # its own group: signals to the daemon's miss it
             )
         except OSError as exc:
             log.warning("%s: notify command could not start: %s", queue_id, exc.strerror)
@@ -72,8 +73,8 @@ class Notifier:
             output, _ = await asyncio.wait_for(proc.communicate(), self._timeout)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+                os.killpg(proc.pid, signal.SIGKILL)  # its children too: they hold the pipe
+            await proc.communicate()
             log.warning("%s: notify command killed after %.0f s", queue_id, self._timeout)
             return
         text = output.decode("utf-8", "replace").strip()[:_OUTPUT_LIMIT]

@@ -102,8 +102,10 @@ class Wire:
         try:
             self.writer.write(payload)
             # Usually the kernel took it all at once: waiting on drain() would only cost a
-            # timer and a loop turn. A connection lost meanwhile shows at the next read.
-            if self.writer.transport.get_write_buffer_size():
+            # timer and a loop turn. A lost connection still goes through drain(), which
+            # raises its error (asyncio would otherwise drop later writes with a warning).
+            transport = self.writer.transport
+            if transport.get_write_buffer_size() or transport.is_closing():
                 async with asyncio.timeout(self.timeout):
                     await self.writer.drain()
         except OSError as exc:

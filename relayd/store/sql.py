@@ -316,6 +316,16 @@ class SqlStore:
             lease_lost=lost,
         )
 
+    def extend_lease(self, owner: str, until: float) -> int:
+        """Keep `owner`'s claims leased until `until` (a long batch); how many it holds."""
+        return len(
+            self._update(
+                "extend leases",
+                sa.and_(messages.c.state == State.SENDING.value, messages.c.lease_owner == owner),
+                lease_until=until,
+            )
+        )
+
     def release_owned(self, prefix: str, *, possibly_sent: Collection[str] = ()) -> tuple[str, ...]:
         """Return every message leased by an owner starting with `prefix` (one stopping
         runner's claims, on any database) to `queued`; only `possibly_sent` are marked

@@ -1,0 +1,184 @@
+"""The store's runner-side additions, on SQLite and PostgreSQL: group commits, lease returns,
+possible duplicates, the due summary, network-only flushes, bodies apart from messages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from relayd.store.queued import (
+    Attempt,
+    AttemptRecord,
+    Outcome,
+    QueuedMessage,
+    Recipient,
+    RecipientState,
+    State,
+)
+from relayd.store.sql import SqlStore
+from relayd.store.tables import attempts, bodies
+from tests.store_helpers import BACKENDS, database_url, message
+
+T0 = 1_700_000_000.0
+LEASE = 300.0
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlStore]:
+    with database_url(request.param, tmp_path) as url, SqlStore.open(url) as opened:
+        yield opened
+
+
+def got(store: SqlStore, queue_id: str) -> QueuedMessage:
+    found = store.get(queue_id)
+    assert found is not None, queue_id
+    return found
+
+
+def sent(queue_id: str, owner: str | None, when: float = T0 + 1) -> AttemptRecord:
+    attempt = Attempt(
+        when, 0.01, "mx", False, False, 0, 250, "ok", (Recipient(0, "a", RecipientState.SENT),)
+    )
+    return AttemptRecord(queue_id, attempt, Outcome(State.SENT), owner)
+
+
+def test_enqueue_many_stores_distinct_ids_and_every_body(store: SqlStore) -> None:
+    batch = [message(number=n, data=b"Subject: %d\r\n\r\nbody\r\n" % n) for n in range(5000)]
+    ids = store.enqueue_many(batch, T0)
+    assert len(set(ids)) == 5000
+    assert store.read_data(ids[1234]) == b"Subject: 1234\r\n\r\nbody\r\n"
+    assert store.read_data_many(ids[:3]) == {
+        queue_id: b"Subject: %d\r\n\r\nbody\r\n" % n for n, queue_id in enumerate(ids[:3])
+    }
+    assert store.read_data_many([]) == {}
+
+
+def test_record_attempts_commits_a_group_and_reports_each_message(store: SqlStore) -> None:
+    ids = store.enqueue_many([message(number=n) for n in range(4)], T0)
+    store.claim_due("default", T0, LEASE, "mine", 3)  # ids[0:3] leased to "mine"
+    retry = AttemptRecord(
+        ids[1],
+        Attempt(T0 + 2, 0.1, "mx", False, False, 75, None, "cannot connect"),
+        Outcome(State.QUEUED, T0 + 62, "cannot connect", network_failure=True),
+        "mine",
+    )
+    changed = store.record_attempts(
+        [sent(ids[0], "mine"), retry, sent(ids[2], "other"), sent("0000000000ZZ", "mine")]
+    )
+    assert changed == [True, True, False, False]
+    first, second, third = (store.get(q) for q in ids[:3])
+    assert first is not None and first.state is State.SENT and first.attempts == 1
+    assert first.last_attempt_at == T0 + 1 and first.recipients[0].state is RecipientState.SENT
+    assert second is not None and second.state is State.QUEUED
+    assert (second.next_attempt_at, second.network_failure) == (T0 + 62, True)
+    assert second.last_attempt_at == T0 + 2
+    assert third is not None and third.state is State.SENDING  # another runner's lease
+    assert [len(store.attempts(q)) for q in ids] == [1, 1, 1, 0]  # every attempt is logged
+
+
+def test_a_delay_notice_is_remembered_for_good(store: SqlStore) -> None:
+    (queue_id,) = store.enqueue_many([message()], T0)
+    for when, notice in ((T0 + 1, True), (T0 + 100, False)):
+        store.claim_due("default", when, LEASE, "r", 1)
+        store.record_attempts(
+            [
+                AttemptRecord(
+                    queue_id,
+                    Attempt(when, 0.1, "mx", False, False, 69, 451, "later"),
+                    Outcome(State.QUEUED, when, "later", delay_notified=notice),
+                    "r",
+                )
+            ]
+        )
+        found = store.get(queue_id)
+        assert found is not None and found.delay_notified
+
+
+def test_expired_leases_are_marked_as_possible_duplicates(store: SqlStore) -> None:
+    a, b, c = store.enqueue_many([message(number=n) for n in range(3)], T0)
+    store.claim_due("default", T0, 10, "dead", 3)
+    assert set(store.release_stale(T0 + 11, possibly_sent=[b])) == {a, b, c}
+    marks = {q: got(store, q).lease_lost for q in (a, b, c)}
+    assert marks == {a: False, b: True, c: False}
+    store.claim_due("default", T0 + 20, 10, "dead-again", 3)
+    store.release_stale(T0 + 31)  # nobody knows what was on the wire: all of them
+    assert all(got(store, q).lease_lost for q in (a, b, c))
+    (claimed,) = [m for m in store.claim_due("default", T0 + 40, LEASE, "r", 3) if m.queue_id == a]
+    assert claimed.lease_lost
+    store.record_attempts([sent(a, "r")])
+    found = store.get(a)
+    assert found is not None and not found.lease_lost
+
+
+def test_release_owned_returns_only_one_runners_claims(store: SqlStore) -> None:
+    a, b, c = store.enqueue_many([message(number=n) for n in range(3)], T0)
+    store.claim_due("default", T0, LEASE, "daemon-h-1/1", 1)
+    store.claim_due("default", T0, LEASE, "daemon-h-1/2", 1)
+    store.claim_due("default", T0, LEASE, "daemon-h-12/1", 1)  # another daemon, same prefix
+    assert set(store.release_owned("daemon-h-1/", possibly_sent=[b])) == {a, b}
+    states = {q: got(store, q) for q in (a, b, c)}
+    assert (states[a].state, states[a].lease_lost) == (
+        State.QUEUED,
+        False,
+    )
+    assert (states[b].state, states[b].lease_lost) == (State.QUEUED, True)
+    assert states[c].state is State.SENDING
+
+
+def test_due_summary_counts_per_account_without_listing(store: SqlStore) -> None:
+    store.enqueue_many([message(number=n, account="work") for n in range(3)], T0)
+    store.enqueue_many([message(number=n, account="home") for n in range(2)], T0 + 50)
+    store.claim_due("work", T0, LEASE, "r", 1)  # sending: not queued any more
+    summary = {a.account: a for a in store.due_summary(T0 + 10)}
+    assert (summary["work"].queued, summary["work"].due, summary["work"].next_at) == (2, 2, T0)
+    assert (summary["home"].queued, summary["home"].due, summary["home"].next_at) == (
+        2,
+        0,
+        T0 + 50,
+    )
+    counts = store.counts()
+    assert counts[("work", State.SENDING)] == 1 and counts[("home", State.QUEUED)] == 2
+
+
+def test_network_only_flush_picks_mail_that_failed_offline(store: SqlStore) -> None:
+    offline, refused = store.enqueue_many([message(number=n) for n in range(2)], T0)
+    store.claim_due("default", T0, LEASE, "r", 2)
+    store.record_attempts(
+        [
+            AttemptRecord(
+                offline,
+                Attempt(T0, 0.1, "mx", False, False, 75, None, "cannot connect"),
+                Outcome(State.QUEUED, T0 + 3600, "cannot connect", network_failure=True),
+                "r",
+            ),
+            AttemptRecord(
+                refused,
+                Attempt(T0, 0.1, "mx", False, False, 69, 451, "try later"),
+                Outcome(State.QUEUED, T0 + 3600, "try later"),
+                "r",
+            ),
+        ]
+    )
+    assert store.make_due(T0 + 5, network_only=True) == (offline,)
+    due = store.claim_due("default", T0 + 5, LEASE, "r2", 10)
+    assert [m.queue_id for m in due] == [offline]
+
+
+def test_deleting_a_message_deletes_its_body(store: SqlStore) -> None:
+    (queue_id,) = store.enqueue_many([message()], T0)
+    store.delete([queue_id])
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(bodies)).scalar_one() == 0
+        assert conn.execute(sa.select(sa.func.count()).select_from(attempts)).scalar_one() == 0
+
+
+def test_extend_lease_keeps_only_the_owners_claims(store: SqlStore) -> None:
+    a, b = store.enqueue_many([message(number=n) for n in range(2)], T0)
+    store.claim_due("default", T0, 10, "mine", 1)
+    store.claim_due("default", T0, 10, "other", 1)
+    assert store.extend_lease("mine", T0 + 500) == 1
+    assert set(store.release_stale(T0 + 100)) == {b}
+    assert got(store, a).state is State.SENDING and got(store, a).lease_until == T0 + 500

@@ -261,13 +261,21 @@ class _Lifecycle:
             log.info("returned %d leased message(s) to the queue", len(released))
 
     async def _expire_leases(self) -> None:
+        await self._requeue(
+            "lease sweep",
+            lambda: self.store.release_stale(self.clock()),
+            "%d lease(s) expired: back in the queue",
+        )
+
+    async def _requeue(self, what: str, change: Callable[[], Collection[str]], done: str) -> None:
+        """Run a store change that makes mail due (in a thread); log it and scan if it did."""
         try:
-            released = await asyncio.to_thread(self.store.release_stale, self.clock())
+            changed = await asyncio.to_thread(change)
         except RelaydError as exc:
-            log.error("lease sweep: %s", exc.message)
+            log.error("%s: %s", what, exc.message)
             return
-        if released:
-            log.warning("%d lease(s) expired: back in the queue", len(released))
+        if changed:
+            log.info(done, len(changed))
             self.wake()
 
     async def _scan_now(self) -> None:
@@ -317,14 +325,11 @@ class _Lifecycle:
 
     async def _network_up(self) -> None:
         """The network is back: mail whose last attempt never reached a server is due now."""
-        try:
-            due = await asyncio.to_thread(self.store.make_due, self.clock(), network_only=True)
-        except RelaydError as exc:
-            log.error("network up: %s", exc.message)
-            return
-        if due:
-            log.info("network up: %d message(s) that failed offline are due now", len(due))
-            self.wake()
+        await self._requeue(
+            "network up",
+            lambda: self.store.make_due(self.clock(), network_only=True),
+            "network up: %d message(s) that failed offline are due now",
+        )
 
     async def _ping(self) -> None:
         sdnotify.notify("WATCHDOG=1")

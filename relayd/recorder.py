@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+from relayd.store.prepared import PreparedRecord
 from relayd.store.queued import AttemptRecord
 from relayd.store.sql import SqlStore
 
@@ -20,13 +21,15 @@ class Recorder:
 
     def __init__(self, store: SqlStore) -> None:
         self._store = store
-        self._waiting: list[tuple[AttemptRecord, asyncio.Future[bool]]] = []
+        self._waiting: list[tuple[PreparedRecord, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
     def record(self, record: AttemptRecord) -> asyncio.Future[bool]:
         """Queue `record` for the next commit; the future says whether the message changed."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiting.append((record, future))
+        # The parameters are made here, on the loop: the committing thread only calls the
+        # driver, so it never holds the GIL for long while the loop waits on a socket call.
+        self._waiting.append((self._store.prepare(record), future))
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
         return future
@@ -42,7 +45,7 @@ class Recorder:
                 batch, self._waiting = self._waiting, []
                 try:
                     changed = await asyncio.to_thread(
-                        self._store.record_attempts, [record for record, _ in batch]
+                        self._store.commit_prepared, [prepared for prepared, _ in batch]
                     )
                 except Exception as exc:  # the queue cannot be written: each waiter sees it
                     for _, future in batch:

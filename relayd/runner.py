@@ -148,15 +148,7 @@ class Runner:
                 # Each claim its own owner: if a lease ran out and the message was claimed
                 # again, the late result of the first claim cannot overwrite the second's.
                 owner = f"{self.owner}/{next(self._claims)}"
-                claimed = await asyncio.to_thread(
-                    self.store.claim_due,
-                    account,
-                    self._clock(),
-                    self.lease_seconds,
-                    owner,
-                    self.settings.delivery.messages_per_connection,
-                    queue_ids=self._queue_ids,
-                )
+                claimed = await self._claim(account, owner)
                 if not claimed:
                     break
                 claimed_total += len(claimed)
@@ -168,6 +160,26 @@ class Runner:
             log.exception("account %r: delivery stopped by an internal error", account)
             return -1
         return claimed_total
+
+    async def _claim(self, account: str, owner: str) -> Sequence[QueuedMessage]:
+        limit = self.settings.delivery.messages_per_connection
+        now = self._clock()
+        if self._queue_ids is not None:
+            return await asyncio.to_thread(
+                self.store.claim_due,
+                account,
+                now,
+                self.lease_seconds,
+                owner,
+                limit,
+                queue_ids=self._queue_ids,
+            )
+        # The database half in a thread, the records made here: a thread busy in Python
+        # holds the GIL that every socket call of the event loop needs back.
+        rows = await asyncio.to_thread(
+            self.store.claim_rows, account, now, self.lease_seconds, owner, limit
+        )
+        return self.store.build_claimed(rows)
 
     async def _deliver(self, claimed: Sequence[QueuedMessage], owner: str) -> None:
         # One account name may carry several command-line variants (-a work --port 2525):

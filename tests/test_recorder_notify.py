@@ -11,6 +11,7 @@ import pytest
 
 from relayd.notify import Notifier
 from relayd.recorder import Recorder
+from relayd.store.prepared import PreparedRecord
 from relayd.store.queued import Attempt, AttemptRecord, Outcome, Recipient, RecipientState, State
 from relayd.store.sql import SqlStore
 from tests.store_helpers import message
@@ -36,13 +37,13 @@ def test_records_arriving_during_a_commit_share_the_next_one(
     ids = store.enqueue_many([message(number=n) for n in range(50)], T0)
     store.claim_due("default", T0, 300, "r", 50)
     batches: list[int] = []
-    real = store.record_attempts
+    real = store.commit_prepared
 
-    def counting(records: list[AttemptRecord]) -> list[bool]:
-        batches.append(len(records))
-        return real(records)
+    def counting(batch: list[PreparedRecord]) -> list[bool]:
+        batches.append(len(batch))
+        return real(batch)
 
-    monkeypatch.setattr(store, "record_attempts", counting)
+    monkeypatch.setattr(store, "commit_prepared", counting)
 
     async def run() -> list[bool]:
         recorder = Recorder(store)
@@ -77,10 +78,10 @@ def test_a_cancelled_waiter_does_not_lose_its_record(store: SqlStore) -> None:
 def test_a_failing_commit_reaches_every_waiter(
     store: SqlStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(records: list[AttemptRecord]) -> list[bool]:
+    def broken(batch: list[PreparedRecord]) -> list[bool]:
         raise OSError("disk full")
 
-    monkeypatch.setattr(store, "record_attempts", broken)
+    monkeypatch.setattr(store, "commit_prepared", broken)
 
     async def run() -> list[BaseException | bool]:
         recorder = Recorder(store)

@@ -130,8 +130,14 @@ class Wire:
         if self.debug:
             text = b"".join(_stuffed(data)).decode("utf-8", "surrogateescape")
             self.trace([line.removesuffix("\r") for line in text.split("\n")[:-1]])
+        # Small messages go out in one write with their final dot (one syscall, one segment).
+        pending = b""
         for chunk in _stuffed(data):
-            await self.write(chunk)
+            if pending and len(pending) + len(chunk) > CHUNK:
+                await self.write(pending)
+                pending = b""
+            pending += chunk
+        await self.write(pending)
 
     async def start_tls(self, context: ssl.SSLContext, hostname: str | None) -> None:
         try:

@@ -10,6 +10,7 @@ parameters must already be what the driver takes (JSON as text; bools, floats, s
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -33,27 +34,75 @@ class Prepared:
             return merged
         return tuple(merged[name] for name in self._order)
 
-    def execute(self, conn: sa.Connection, params: Mapping[str, Any]) -> Any:
-        """Run once in `conn`'s transaction; the driver's cursor (for fetchone/rowcount)."""
+    def fetch(self, conn: sa.Connection, args: Any) -> list[Any]:
+        """Run once with arguments made by `args`; every row, as the driver returns it."""
         cursor = conn.connection.cursor()
         try:
-            cursor.execute(self.sql, self.args(params))
+            cursor.execute(self.sql, args)
+            return list(cursor.fetchall())
         except self._error as exc:
-            raise self._wrap(exc, params) from None
-        return cursor
-
-    def executemany(self, conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        if not rows:
-            return
-        cursor = conn.connection.cursor()
-        try:
-            batch: Any = [self.args(row) for row in rows]  # all tuples, or all mappings
-            cursor.executemany(self.sql, batch)
-        except self._error as exc:
-            raise self._wrap(exc, rows[0]) from None
+            raise self._wrap(exc) from None
         finally:
             cursor.close()
 
-    def _wrap(self, exc: Exception, params: Mapping[str, Any]) -> sa.exc.StatementError:
+    def each_row(self, conn: sa.Connection, batch: Sequence[Any]) -> list[Any]:
+        """Run once for each argument set; the first row of each (None where there is none)."""
+        cursor = conn.connection.cursor()
+        try:
+            found = []
+            for args in batch:
+                cursor.execute(self.sql, args)
+                found.append(cursor.fetchone())
+            return found
+        except self._error as exc:
+            raise self._wrap(exc) from None
+        finally:
+            cursor.close()
+
+    def each(self, conn: sa.Connection, batch: Sequence[Any]) -> list[bool]:
+        """Run once for each argument set made by `args`; whether each changed a row."""
+        cursor = conn.connection.cursor()
+        changed = []
+        try:
+            for args in batch:
+                cursor.execute(self.sql, args)
+                changed.append(cursor.rowcount > 0)
+        except self._error as exc:
+            raise self._wrap(exc) from None
+        finally:
+            cursor.close()
+        return changed
+
+    def executemany(self, conn: sa.Connection, batch: Sequence[Any]) -> None:
+        """Run for many argument sets made by `args`."""
+        if not batch:
+            return
+        cursor = conn.connection.cursor()
+        try:
+            cursor.executemany(self.sql, batch)
+        except self._error as exc:
+            raise self._wrap(exc) from None
+        finally:
+            cursor.close()
+
+    def _wrap(self, exc: Exception) -> sa.exc.StatementError:
         """The driver's error as SQLAlchemy would raise it, for the store's error mapping."""
-        return sa.exc.DBAPIError.instance(self.sql, dict(params), exc, self._error)
+        return sa.exc.DBAPIError.instance(self.sql, None, exc, self._error)
+
+
+@dataclass(frozen=True)
+class PreparedRecord:
+    """One attempt record as driver arguments: the message's new state, its attempts row and
+    its recipients' results (see `SqlStore.prepare`)."""
+
+    finish: Any
+    attempt: Any
+    recipients: list[Any]
+
+
+@dataclass(frozen=True)
+class ClaimedRows:
+    """A claim's rows as the driver returned them (see `SqlStore.claim_rows`)."""
+
+    messages: list[Any]
+    recipients: list[Any]

@@ -13,7 +13,7 @@ from relayd.store.tables import messages, recipients
 
 # Everything but the body (listing 100,000 messages must not read their data), in the order
 # `message_from_row` unpacks. Overrides come back raw: most are "[]", not worth a json.loads.
-_SUMMARY = (
+SUMMARY = (
     messages.c.id,
     messages.c.queue_id,
     messages.c.state,
@@ -36,7 +36,7 @@ _SUMMARY = (
     messages.c.lease_lost,
     messages.c.delay_notified,
 )
-_RECIPIENT = (
+RECIPIENT = (
     recipients.c.message_id,
     recipients.c.position,
     recipients.c.address,
@@ -208,6 +208,20 @@ def update_recipient_rows(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -
         conn.execute(RECIPIENT_UPDATE, rows)
 
 
+def join_messages(
+    rows: Sequence[Sequence[Any]], recipient_rows: Iterable[Sequence[Any]]
+) -> list[QueuedMessage]:
+    """Summary rows (`SUMMARY` order) and recipient rows (`RECIPIENT` order, by message and
+    position) as QueuedMessages, in the order of `rows`; recipients of other messages are
+    ignored."""
+    by_message: dict[int, list[Recipient]] = {row[0]: [] for row in rows}
+    for row in recipient_rows:
+        found = by_message.get(row[0])
+        if found is not None:
+            found.append(recipient_from_row(row))
+    return [message_from_row(row, tuple(by_message[row[0]])) for row in rows]
+
+
 def load_messages(
     conn: sa.Connection, condition: Any, *, by_due: bool = False
 ) -> list[QueuedMessage]:
@@ -217,16 +231,13 @@ def load_messages(
         if by_due
         else (messages.c.created_at, messages.c.id)
     )
-    rows = conn.execute(sa.select(*_SUMMARY).where(condition).order_by(*order)).all()
+    rows = conn.execute(sa.select(*SUMMARY).where(condition).order_by(*order)).all()
     if not rows:
         return []
-    by_message: dict[int, list[Recipient]] = {row[0]: [] for row in rows}
     recipient_rows = conn.execute(
-        sa.select(*_RECIPIENT)
+        sa.select(*RECIPIENT)
         .join(messages, messages.c.id == recipients.c.message_id)
         .where(condition)
         .order_by(recipients.c.message_id, recipients.c.position)
     )
-    for row in recipient_rows:
-        by_message[row[0]].append(recipient_from_row(row))
-    return [message_from_row(row, tuple(by_message[row[0]])) for row in rows]
+    return join_messages(rows, recipient_rows)

@@ -20,7 +20,7 @@ from relayd.store import failures
 from relayd.store.dialects import describe, from_dbapi, make_engine, reader
 from relayd.store.ids import new_queue_id
 from relayd.store.migrate import ensure_schema
-from relayd.store.prepared import Prepared
+from relayd.store.prepared import ClaimedRows, Prepared, PreparedRecord
 from relayd.store.queued import (
     AccountDue,
     Attempt,
@@ -31,10 +31,12 @@ from relayd.store.queued import (
 )
 from relayd.store.records import NewMessage, RecipientState, State
 from relayd.store.rows import (
-    RECIPIENT_UPDATE,
+    RECIPIENT,
+    SUMMARY,
     attempt_from_row,
     attempt_row,
     find_message_id,
+    join_messages,
     load_messages,
     recipient_rows,
     update_recipients,
@@ -198,17 +200,14 @@ class SqlStore:
         with self._transaction("read the queue", write=False) as conn:
             return load_messages(conn, sa.and_(sa.true(), *conditions))
 
-    def read_data_many(self, queue_ids: Collection[str]) -> dict[str, bytes]:
+    def read_data_many(self, queue_ids: Sequence[str]) -> dict[str, bytes]:
         """The stored wire bytes of several messages in one read (a runner's batch)."""
         if not queue_ids:
             return {}
-        query = (
-            sa.select(messages.c.queue_id, bodies.c.data)
-            .join(bodies, bodies.c.message_id == messages.c.id)
-            .where(messages.c.queue_id.in_(list(queue_ids)))
-        )
+        hot = self._statements()
         with self._transaction("read the queue", write=False) as conn:
-            return {queue_id: bytes(data) for queue_id, data in conn.execute(query)}
+            found = hot.body.each_row(conn, [hot.body.args({"b_queue_id": q}) for q in queue_ids])
+        return {q: bytes(row[0]) for q, row in zip(queue_ids, found, strict=True) if row}
 
     def due_summary(self, now: float) -> Sequence[AccountDue]:
         """Per account with queued mail: how much, how much is due at `now`, the next due time.
@@ -270,13 +269,15 @@ class SqlStore:
         Atomic across processes and hosts: SQLite's BEGIN IMMEDIATE, PostgreSQL's
         FOR UPDATE SKIP LOCKED (two runners never get the same message, nor wait on each other).
         """
+        if queue_ids is None:
+            return self.build_claimed(self.claim_rows(account, now, lease_seconds, owner, limit))
         due = sa.select(messages.c.id).where(
-            messages.c.state == State.QUEUED.value, messages.c.next_attempt_at <= now
+            messages.c.state == State.QUEUED.value,
+            messages.c.next_attempt_at <= now,
+            messages.c.queue_id.in_(list(queue_ids)),
         )
         if account is not None:
             due = due.where(messages.c.account == account)
-        if queue_ids is not None:
-            due = due.where(messages.c.queue_id.in_(list(queue_ids)))
         due = (
             due.order_by(messages.c.next_attempt_at, messages.c.id)
             .limit(limit)
@@ -293,6 +294,33 @@ class SqlStore:
             if not claimed:
                 return []
             return load_messages(conn, messages.c.id.in_(claimed), by_due=True)
+
+    def claim_rows(
+        self, account: str | None, now: float, lease_seconds: float, owner: str, limit: int
+    ) -> ClaimedRows:
+        """`claim_due`'s database half (for a thread): the claimed rows as the driver gives
+        them, turned into records by `build_claimed` (on the caller's event loop)."""
+        hot = self._statements()
+        params = {
+            "b_account": account,
+            "b_now": now,
+            "b_limit": limit,
+            "b_owner": owner,
+            "b_until": now + lease_seconds,
+        }
+        with self._transaction("claim messages") as conn:
+            rows = hot.claim.fetch(conn, hot.claim.args(params))
+            if not rows:
+                return ClaimedRows([], [])
+            return ClaimedRows(
+                rows, hot.claimed_recipients.fetch(conn, hot.claimed_recipients.args(params))
+            )
+
+    @staticmethod
+    def build_claimed(claimed: ClaimedRows) -> builtins.list[QueuedMessage]:
+        """The records of `claim_rows`' rows, earliest due first."""
+        rows = sorted(claimed.messages, key=lambda row: (row[_DUE], row[0]))
+        return join_messages(rows, claimed.recipients)
 
     def release_stale(
         self, now: float, *, possibly_sent: Collection[str] | None = None
@@ -361,40 +389,51 @@ class SqlStore:
 
     def record_attempts(self, records: Sequence[AttemptRecord]) -> builtins.list[bool]:
         """`record_attempt` for many messages in one transaction (a group commit: the results
-        that arrived while the previous commit was being fsynced); whether each changed.
+        that arrived while the previous commit was being fsynced); whether each changed."""
+        return self.commit_prepared([self.prepare(record) for record in records])
 
-        The writes run as prepared statements on the driver's cursor (`prepared.py`): this is
-        the one transaction per fsync of a runner delivering thousands of messages a second.
+    def prepare(self, record: AttemptRecord) -> PreparedRecord:
+        """`record` as driver parameters, ready for `commit_prepared`.
+
+        Pure Python: a runner calls this on its event loop, so the thread that commits holds
+        the GIL only for the driver calls (a thread busy in Python would stall the loop's
+        every socket call, waiting for the GIL).
         """
-        for record in records:
-            _check_outcome(record.outcome)
-        if not records:
+        _check_outcome(record.outcome)
+        hot = self._statements()
+        params = _message_params(record)
+        attempt = attempt_row(0, record.attempt)
+        attempt["recipient_replies"] = json.dumps(attempt["recipient_replies"])
+        attempt["b_queue_id"] = record.queue_id
+        recipients = [
+            {**row, "b_queue_id": record.queue_id}
+            for row in recipient_rows(0, record.attempt.recipients)
+        ]
+        return PreparedRecord(
+            hot.finish.args(params),
+            hot.attempt.args(attempt),
+            [hot.recipients.args(row) for row in recipients],
+        )
+
+    def commit_prepared(self, batch: Sequence[PreparedRecord]) -> builtins.list[bool]:
+        """Commit prepared records in one transaction; whether each moved its message.
+
+        The attempts row is always written (if the message still exists); the message changes
+        state only while the record's owner still holds its lease.
+        """
+        if not batch:
             return []
+        hot = self._statements()
         with self._transaction("record the attempt") as conn:
-            hot = self._hot or _HotStatements(conn.dialect)
-            self._hot = hot
-            attempt_params: builtins.list[dict[str, Any]] = []
-            recipient_params: builtins.list[dict[str, Any]] = []
-            changed: builtins.list[bool] = []
-            for record in records:
-                params = _message_params(record)
-                finish = hot.finish_any if record.owner is None else hot.finish_leased
-                row = finish.execute(conn, params).fetchone()
-                if row is None:  # not ours any more (or gone): log the attempt all the same
-                    row = hot.find.execute(conn, params).fetchone()
-                    changed.append(False)
-                    if row is None:
-                        continue
-                else:
-                    changed.append(True)
-                message_id = int(row[0])
-                attempt = attempt_row(message_id, record.attempt)
-                attempt["recipient_replies"] = json.dumps(attempt["recipient_replies"])
-                attempt_params.append(attempt)
-                recipient_params.extend(recipient_rows(message_id, record.attempt.recipients))
-            hot.attempt.executemany(conn, attempt_params)
-            hot.recipients.executemany(conn, recipient_params)
+            changed = hot.finish.each(conn, [record.finish for record in batch])
+            hot.attempt.executemany(conn, [record.attempt for record in batch])
+            hot.recipients.executemany(conn, [row for record in batch for row in record.recipients])
         return changed
+
+    def _statements(self) -> _HotStatements:
+        if self._hot is None:
+            self._hot = _HotStatements(self._engine.dialect)
+        return self._hot
 
     # --- the user's side (relayd queue …) ---------------------------------------------------
 
@@ -483,19 +522,19 @@ def _message_params(record: AttemptRecord) -> dict[str, Any]:
     }
 
 
-def _finish(*, leased: bool) -> sa.ClauseElement:
-    """The message's new state after an attempt, only while `b_owner` holds its lease when
-    `leased`; RETURNING its id, so no row means "not ours any more"."""
-    condition = messages.c.queue_id == sa.bindparam("b_queue_id")
-    if leased:
-        condition = sa.and_(
-            condition,
-            messages.c.state == State.SENDING.value,
-            messages.c.lease_owner == sa.bindparam("b_owner"),
-        )
+def _finish() -> sa.ClauseElement:
+    """The message's new state after an attempt; with `b_owner`, only while that runner still
+    holds its lease (None: unconditionally, as for `relayd-sendmail -odi`)."""
+    owner = sa.bindparam("b_owner", type_=sa.Text())
     return (
         messages.update()
-        .where(condition)
+        .where(
+            messages.c.queue_id == sa.bindparam("b_queue_id", type_=sa.Text()),
+            sa.or_(
+                owner.is_(None),
+                sa.and_(messages.c.state == State.SENDING.value, messages.c.lease_owner == owner),
+            ),
+        )
         .values(
             state=sa.bindparam("b_state"),
             next_attempt_at=sa.bindparam("b_next"),
@@ -510,22 +549,94 @@ def _finish(*, leased: bool) -> sa.ClauseElement:
             lease_lost=False,
             attempts=messages.c.attempts + 1,
         )
-        .returning(messages.c.id)
+    )
+
+
+def _message_id() -> sa.ScalarSelect[Any]:
+    """The id of the message `b_queue_id` (the prepared rows name messages by queue id)."""
+    return (
+        sa.select(messages.c.id)
+        .where(messages.c.queue_id == sa.bindparam("b_queue_id", type_=sa.Text()))
+        .scalar_subquery()
+    )
+
+
+_DUE = [column.name for column in SUMMARY].index("next_attempt_at")
+
+
+def _claim() -> sa.ClauseElement:
+    """Lease the `b_limit` earliest due messages of `b_account` (any if NULL) to `b_owner`;
+    RETURNING their summary rows (as they are after the claim)."""
+    account = sa.bindparam("b_account", type_=sa.Text())
+    due = (
+        sa.select(messages.c.id)
+        .where(
+            messages.c.state == State.QUEUED.value,
+            messages.c.next_attempt_at <= sa.bindparam("b_now", type_=sa.Double()),
+            sa.or_(account.is_(None), messages.c.account == account),
+        )
+        .order_by(messages.c.next_attempt_at, messages.c.id)
+        .limit(sa.bindparam("b_limit", type_=sa.Integer()))
+        .with_for_update(skip_locked=True)
+    )
+    return (
+        messages.update()
+        .where(messages.c.id.in_(due.scalar_subquery()))
+        .values(
+            state=State.SENDING.value,
+            lease_owner=sa.bindparam("b_owner", type_=sa.Text()),
+            lease_until=sa.bindparam("b_until", type_=sa.Double()),
+        )
+        .returning(*SUMMARY)
+    )
+
+
+def _claimed_recipients() -> sa.ClauseElement:
+    """The recipients of what `b_owner` holds until `b_until` (the claim just made)."""
+    return (
+        sa.select(*RECIPIENT)
+        .join(messages, messages.c.id == recipients.c.message_id)
+        .where(
+            messages.c.lease_owner == sa.bindparam("b_owner", type_=sa.Text()),
+            messages.c.lease_until == sa.bindparam("b_until", type_=sa.Double()),
+        )
+        .order_by(recipients.c.message_id, recipients.c.position)
     )
 
 
 class _HotStatements:
-    """The statements of `record_attempts`, compiled once per store for its dialect."""
+    """The runner's statements: claims and group commits, compiled once for the dialect."""
 
     def __init__(self, dialect: sa.Dialect) -> None:
-        self.finish_leased = Prepared(_finish(leased=True), dialect)
-        self.finish_any = Prepared(_finish(leased=False), dialect)
-        self.find = Prepared(
-            sa.select(messages.c.id).where(messages.c.queue_id == sa.bindparam("b_queue_id")),
+        self.claim = Prepared(_claim(), dialect)
+        self.body = Prepared(
+            sa.select(bodies.c.data)
+            .join(messages, messages.c.id == bodies.c.message_id)
+            .where(messages.c.queue_id == sa.bindparam("b_queue_id", type_=sa.Text())),
             dialect,
         )
-        columns = [c.name for c in attempts.columns if c.name != "id"]
+        self.claimed_recipients = Prepared(_claimed_recipients(), dialect)
+        self.finish = Prepared(_finish(), dialect)
+        columns = [c for c in attempts.columns if c.name not in ("id", "message_id")]
         self.attempt = Prepared(
-            attempts.insert().values({name: sa.bindparam(name) for name in columns}), dialect
+            attempts.insert().from_select(
+                ["message_id", *(c.name for c in columns)],
+                sa.select(
+                    messages.c.id, *(sa.bindparam(c.name, type_=c.type) for c in columns)
+                ).where(messages.c.queue_id == sa.bindparam("b_queue_id", type_=sa.Text())),
+            ),
+            dialect,
         )
-        self.recipients = Prepared(RECIPIENT_UPDATE, dialect)
+        self.recipients = Prepared(
+            recipients.update()
+            .where(
+                recipients.c.message_id == _message_id(),
+                recipients.c.position == sa.bindparam("b_position"),
+            )
+            .values(
+                state=sa.bindparam("b_state"),
+                reply_code=sa.bindparam("b_code"),
+                reply_text=sa.bindparam("b_text"),
+            ),
+            dialect,
+        )

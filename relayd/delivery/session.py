@@ -287,7 +287,7 @@ class Session:
         reply = await self._wire.command("STARTTLS")
         if reply.code != 220:
             raise Abort(classify(Event.STARTTLS, reply))
-        if getattr(self._wire.reader, "_buffer", b""):  # plaintext after the 220: an injection
+        if self._wire.buffered:  # plaintext after the 220: an injection
             raise Abort(classify(Event.STARTTLS))
         self.facts.ehlo_before_tls = self.facts.ehlo
         await self._secure(self._context)

@@ -62,27 +62,40 @@ class Wire:
         debug: DebugSink | None,
     ) -> None:
         self.reader, self.writer, self.timeout, self.debug = reader, writer, timeout, debug
+        # What was read and not yet taken as reply lines: one read takes in every reply of a
+        # pipelined burst, and only a read that must wait arms the timeout (a hot path).
+        self._buffer = bytearray()
+
+    async def _line(self) -> bytes:
+        """The next line with its LF; at the end of the connection what is left (maybe b"")."""
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0:
+                line = bytes(self._buffer[: end + 1])
+                del self._buffer[: end + 1]
+                return line
+            if len(self._buffer) > _READ_LIMIT:
+                raise Abort(classify(Event.INVALID_REPLY))
+            try:
+                async with asyncio.timeout(self.timeout):
+                    chunk = await self.reader.read(_READ_LIMIT)
+            except OSError as exc:  # TimeoutError included
+                raise Abort(io_failure(exc, writing=False)) from None
+            if not chunk:
+                line = bytes(self._buffer)
+                self._buffer.clear()
+                return line
+            self._buffer += chunk
+
+    @property
+    def buffered(self) -> bool:
+        """Has the server sent bytes not read yet (after STARTTLS's 220: an injection)?"""
+        return bool(self._buffer) or bool(getattr(self.reader, "_buffer", b""))
 
     async def read_reply(self) -> Reply:
-        # One deadline for the whole reply: `asyncio.timeout` arms a single timer, where a
-        # wait_for per line would cost a future and a timer each (a hot path at 2,000/s).
-        try:
-            async with asyncio.timeout(self.timeout):
-                return await self._read_reply()
-        except TimeoutError as exc:
-            raise Abort(io_failure(exc, writing=False)) from None
-
-    async def _read_reply(self) -> Reply:
         lines: list[bytes] = []
         while len(lines) <= MAX_REPLY_LINES:
-            try:
-                raw = await self.reader.readuntil(b"\n")
-            except asyncio.IncompleteReadError as exc:
-                raw = exc.partial
-            except (asyncio.LimitOverrunError, ValueError):
-                raise Abort(classify(Event.INVALID_REPLY)) from None
-            except OSError as exc:
-                raise Abort(io_failure(exc, writing=False)) from None
+            raw = await self._line()
             valid = raw[:3].isdigit() and raw[3:4] in (b" ", b"-") and raw.endswith(b"\n")
             if not valid:
                 empty = not lines and not raw

@@ -119,6 +119,12 @@ class _Bodies:
             self._read = await asyncio.to_thread(self._store.read_data_many, group)
         return self._read.pop(queue_id, None)
 
+    def peek(self, index: int) -> bytes | None:
+        """Message `index`'s bytes if they are read already (no waiting), else None."""
+        if not index < min(self._next, len(self._messages)):
+            return None
+        return self._read.get(self._messages[index].queue_id)
+
 
 async def deliver_claimed(
     store: SqlStore,
@@ -148,6 +154,7 @@ async def deliver_claimed(
     lease = retry.lease_seconds(settings)
     expiry = min((m.lease_until for m in messages if m.lease_until is not None), default=None)
     sent: list[tuple[Delivered, asyncio.Future[bool]]] = []
+    ahead: OutgoingMessage | None = None  # announced with the previous message's data
     async with Session(
         account, password=password, timeout=settings.delivery.timeout, debug=debug
     ) as session:
@@ -168,16 +175,15 @@ async def deliver_claimed(
             todo = pending(message)
             if on_wire is not None:
                 on_wire.add(message.queue_id)
+            outgoing = ahead or _outgoing(message, todo, data)
+            # The next message's envelope can ride with this one's data (PIPELINING).
+            following = index + 1 < len(messages) and bodies.peek(index + 1)
+            ahead = None
+            if following:
+                upcoming = messages[index + 1]
+                ahead = _outgoing(upcoming, pending(upcoming), following)
             started = clock()
-            result = await session.send(
-                OutgoingMessage(
-                    message.sender,
-                    [r.address for r in todo],
-                    data,
-                    smtputf8=message.smtputf8,
-                    eightbit=message.eightbit,
-                )
-            )
+            result = await session.send(outgoing, ahead)
             now = clock()
             updates = recipient_updates(todo, result)
             outcome = outcome_for(message, updates, result, now, settings)
@@ -201,6 +207,16 @@ async def deliver_claimed(
             sent.append((Delivered(message, result, outcome, addresses, data), committed))
     changed = await asyncio.gather(*(future for _, future in sent))
     return [replace(item, changed=ok) for (item, _), ok in zip(sent, changed, strict=True)]
+
+
+def _outgoing(message: QueuedMessage, todo: Sequence[Recipient], data: bytes) -> OutgoingMessage:
+    return OutgoingMessage(
+        message.sender,
+        [r.address for r in todo],
+        data,
+        smtputf8=message.smtputf8,
+        eightbit=message.eightbit,
+    )
 
 
 def _forget(on_wire: MutableSet[str], queue_id: str) -> Callable[[asyncio.Future[bool]], None]:

@@ -164,6 +164,9 @@ class Session:
         self._context: ssl.SSLContext | None = None
         self._state = "new"  # → "open" → "closed"
         self._busy = False  # in the middle of a dialogue: cancelled there, say no QUIT
+        # The next message whose MAIL, RCPT and DATA went out with the previous message's data
+        # (RFC 2920 §3.1): its replies follow that message's final reply.
+        self._ahead: OutgoingMessage | None = None
 
     @property
     def alive(self) -> bool:
@@ -192,8 +195,17 @@ class Session:
         self._busy = False
         return self.failure
 
-    async def send(self, message: OutgoingMessage) -> DeliveryResult:
-        """Deliver one message on this connection (opening it first if needed)."""
+    async def send(
+        self, message: OutgoingMessage, following: OutgoingMessage | None = None
+    ) -> DeliveryResult:
+        """Deliver one message on this connection (opening it first if needed).
+
+        `following` is the message the caller sends next on this connection, if known: with
+        PIPELINING its envelope goes out in the same write as this message's data, saving a
+        round trip, and the next `send` must then be for exactly that message.
+        """
+        if self._ahead is not None and message is not self._ahead:
+            raise ValueError("the message announced as following must be sent next")
         if not message.recipients:
             raise ValueError("a message without recipients")  # refused at submission (64)
         if self._state == "new":
@@ -205,7 +217,7 @@ class Session:
             return for_all(self.failure, attempt.recipients)
         self._busy = True  # stays set if cancelled in the middle
         try:
-            await self._transaction(message, attempt)
+            await self._transaction(message, attempt, following)
         except Abort as abort:
             attempt.fail_rest(abort.failure)
             await self._end(abort.failure, quit=False)
@@ -239,7 +251,8 @@ class Session:
         """QUIT (if the connection is healthy and idle, not cancelled mid-dialogue) and close."""
         if self._state != "closed":
             self._state = "closed"
-            await self._end(None, quit=self.failure is None and not self._busy)
+            idle = not self._busy and self._ahead is None  # else QUIT could become data
+            await self._end(None, quit=self.failure is None and idle)
 
     # -- opening --------------------------------------------------------------------------------
 
@@ -364,6 +377,7 @@ class Session:
     async def _end(self, failure: Failure | None, *, quit: bool) -> None:
         """Record why the session ended and close the connection (after QUIT if asked)."""
         self.failure = self.failure or failure
+        self._ahead = None
         wire, self._wire = self._wire, None
         if wire is None:
             return
@@ -402,22 +416,40 @@ class Session:
             return classify(Event.COMMAND_TOO_LONG)
         return None
 
-    async def _transaction(self, message: OutgoingMessage, attempt: _Attempt) -> None:
-        wire = self._wire
-        assert wire is not None
+    def _envelope(self, message: OutgoingMessage) -> tuple[list[str], Failure | None]:
+        """MAIL and RCPT lines for `message`, or what fails before anything is sent."""
         smtputf8 = message.smtputf8
         if smtputf8 is None:
-            smtputf8 = not all(a.isascii() for a in (message.sender, *attempt.recipients))
-        rcpts = [self._rcpt_line(r) for r in attempt.recipients]
+            smtputf8 = not all(a.isascii() for a in (message.sender, *message.recipients))
+        rcpts = [self._rcpt_line(r) for r in message.recipients]
         lines = [self._mail_line(message, smtputf8), *rcpts]
-        early = self._precheck(message, lines, smtputf8)
+        return lines, self._precheck(message, lines, smtputf8)
+
+    def _announce(self, following: OutgoingMessage | None) -> list[str]:
+        """The envelope of `following` to send with this message's data, if it can go early."""
+        if following is None or not following.recipients:
+            return []
+        lines, early = self._envelope(following)
+        if early is not None or len(lines) + 1 > PIPELINE_LIMIT:
+            return []  # it takes the ordinary way (and fails there before sending anything)
+        self._ahead = following
+        return [*lines, "DATA"]
+
+    async def _transaction(
+        self, message: OutgoingMessage, attempt: _Attempt, following: OutgoingMessage | None
+    ) -> None:
+        wire = self._wire
+        assert wire is not None
+        lines, early = self._envelope(message)
+        rcpts = lines[1:]
+        sent_ahead, self._ahead = self._ahead is message, None
         if early is not None:
             attempt.fail_rest(early)
             return
         ask: Callable[[str], Awaitable[Reply]] = wire.command
         pipelined = self.facts.capabilities.pipelining
         if pipelined:  # MAIL, every RCPT and DATA in one burst; the replies are then taken in turn
-            got, abort = await self._pipeline([*lines, "DATA"])
+            got, abort = await self._pipeline([*lines, "DATA"], sent=sent_ahead)
             pending = iter(got)
 
             async def ask(line: str) -> Reply:
@@ -451,7 +483,8 @@ class Session:
             attempt.fail_rest(classify(Event.DATA, reply))
             await self._recover()
             return
-        await wire.send_data(message.data)
+        ahead = self._announce(following) if pipelined else []
+        await wire.send_data(message.data, then=ahead)
         attempt.dot_sent = True
         await self._finish(attempt, accepted)
 
@@ -474,14 +507,18 @@ class Session:
         for index in accepted:
             attempt.sent(index, reply)
 
-    async def _pipeline(self, lines: Sequence[str]) -> tuple[list[Reply], Abort | None]:
-        """Send in bursts of PIPELINE_LIMIT and read every reply; stop at a broken connection."""
+    async def _pipeline(
+        self, lines: Sequence[str], *, sent: bool = False
+    ) -> tuple[list[Reply], Abort | None]:
+        """Send in bursts of PIPELINE_LIMIT and read every reply; stop at a broken connection.
+        `sent`: the lines (one burst) went out already, with the previous message's data."""
         assert self._wire is not None
         replies: list[Reply] = []
         try:
             for start in range(0, len(lines), PIPELINE_LIMIT):
                 batch = lines[start : start + PIPELINE_LIMIT]
-                await self._wire.send(batch)
+                if not sent:
+                    await self._wire.send(batch)
                 for _ in batch:
                     replies.append(await self._wire.read_reply())
         except Abort as abort:

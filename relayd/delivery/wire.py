@@ -139,10 +139,13 @@ class Wire:
         await self.send([line], shown)
         return await self.read_reply()
 
-    async def send_data(self, data: bytes) -> None:
+    async def send_data(self, data: bytes, *, then: Sequence[str] = ()) -> None:
+        """The message data and its final dot; `then`: commands to pipeline after it (the next
+        message's envelope), in the same write."""
         if self.debug:
             text = b"".join(_stuffed(data)).decode("utf-8", "surrogateescape")
             self.trace([line.removesuffix("\r") for line in text.split("\n")[:-1]])
+            self.trace(then)
         # Small messages go out in one write with their final dot (one syscall, one segment).
         pending = b""
         for chunk in _stuffed(data):
@@ -150,7 +153,7 @@ class Wire:
                 await self.write(pending)
                 pending = b""
             pending += chunk
-        await self.write(pending)
+        await self.write(pending + b"".join(encode(line) + b"\r\n" for line in then))
 
     async def start_tls(self, context: ssl.SSLContext, hostname: str | None) -> None:
         try:

@@ -172,8 +172,10 @@ def _ascii_host(name: str) -> str:
 def _xtext_address(address: str) -> str:
     """An address for a DSN field: `rfc822; a@b`, or RFC 6533 `utf-8;` with xtext escapes."""
     if address.isascii():
-        return f"rfc822; {address}"
-    # utf-8-addr-xtext: QCHAR is printable ASCII except SP, '\', '+', '='.
+        return f"rfc822; {_one_line(address)}"
+    # utf-8-addr-xtext: QCHAR is printable ASCII except SP, '\', '+', '='; every other
+    # character, controls included, is escaped (a lone surrogate as U+FFFD).
+    address = _BAD_SURROGATE.sub("\ufffd", address)
     escaped = "".join(
         c if "!" <= c <= "~" and c not in "\\+=" else f"\\x{{{ord(c):02X}}}" for c in address
     )
@@ -337,7 +339,7 @@ def _status_part(report: _Report) -> bytes:
 
 def _recipient_fields(recipient: Recipient, report: _Report) -> list[tuple[str, str]]:
     fields = [
-        ("Final-Recipient", _xtext_address(_one_line(recipient.address))),
+        ("Final-Recipient", _xtext_address(recipient.address)),
         ("Action", report.action),
         ("Status", _status(recipient, report.action)),
     ]

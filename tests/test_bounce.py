@@ -733,3 +733,11 @@ def test_write_maildir_failed_rename_leaves_nothing_behind(
         write_maildir(str(root), one_of_two_failed())
     assert list((root / "tmp").iterdir()) == []
     assert list((root / "new").iterdir()) == []
+
+
+def test_a_non_ascii_line_break_in_an_address_is_escaped_not_dropped() -> None:
+    """NEL (U+0085) is a line break to Python but not ASCII: the address stays `utf-8;`."""
+    message = queued(rcpt(0, "a\x85b@example.com", FAILED, 550, "5.1.1 no"))
+    notice = build(message, ORIGINAL, "failed", reporting_mta=HOST, remote_mta=None, now=NOW)
+    block = parse(notice).per_recipient[0]
+    assert field(block, "Final-Recipient") == "utf-8; a\\x{85}b@example.com"

@@ -18,9 +18,10 @@ import sqlalchemy as sa
 
 from relayd.store import failures
 from relayd.store.dialects import describe, from_dbapi, make_engine, reader
+from relayd.store.hot import DUE, HotStatements, check_outcome, message_params
 from relayd.store.ids import new_queue_id
 from relayd.store.migrate import ensure_schema
-from relayd.store.prepared import ClaimedRows, Prepared, PreparedRecord
+from relayd.store.prepared import ClaimedRows, PreparedRecord
 from relayd.store.queued import (
     AccountDue,
     Attempt,
@@ -31,8 +32,6 @@ from relayd.store.queued import (
 )
 from relayd.store.records import NewMessage, RecipientState, State
 from relayd.store.rows import (
-    RECIPIENT,
-    SUMMARY,
     attempt_from_row,
     attempt_row,
     find_message_id,
@@ -55,7 +54,7 @@ class SqlStore:
         self._reader = reader(engine)
         self._where = where
         self._timeout = timeout
-        self._hot: _HotStatements | None = None
+        self._hot: HotStatements | None = None
 
     @classmethod
     def open(cls, url: str, *, timeout: float = 10.0, migrate: bool = True) -> SqlStore:
@@ -319,7 +318,7 @@ class SqlStore:
     @staticmethod
     def build_claimed(claimed: ClaimedRows) -> builtins.list[QueuedMessage]:
         """The records of `claim_rows`' rows, earliest due first."""
-        rows = sorted(claimed.messages, key=lambda row: (row[_DUE], row[0]))
+        rows = sorted(claimed.messages, key=lambda row: (row[DUE], row[0]))
         return join_messages(rows, claimed.recipients)
 
     def release_stale(
@@ -399,9 +398,9 @@ class SqlStore:
         the GIL only for the driver calls (a thread busy in Python would stall the loop's
         every socket call, waiting for the GIL).
         """
-        _check_outcome(record.outcome)
+        check_outcome(record.outcome)
         hot = self._statements()
-        params = _message_params(record)
+        params = message_params(record)
         attempt = attempt_row(0, record.attempt)
         attempt["recipient_replies"] = json.dumps(attempt["recipient_replies"])
         attempt["b_queue_id"] = record.queue_id
@@ -430,9 +429,9 @@ class SqlStore:
             hot.recipients.executemany(conn, [row for record in batch for row in record.recipients])
         return changed
 
-    def _statements(self) -> _HotStatements:
+    def _statements(self) -> HotStatements:
         if self._hot is None:
-            self._hot = _HotStatements(self._engine.dialect)
+            self._hot = HotStatements(self._engine.dialect)
         return self._hot
 
     # --- the user's side (relayd queue …) ---------------------------------------------------
@@ -499,144 +498,3 @@ class SqlStore:
         )
         with self._transaction(action) as conn:
             return tuple(conn.execute(statement).scalars())
-
-
-def _check_outcome(outcome: Outcome) -> None:
-    if outcome.state is State.SENDING:
-        raise ValueError("an attempt cannot end in state 'sending'")
-    if outcome.state is State.QUEUED and outcome.next_attempt_at is None:
-        raise ValueError("a retry needs next_attempt_at")
-
-
-def _message_params(record: AttemptRecord) -> dict[str, Any]:
-    outcome = record.outcome
-    return {
-        "b_queue_id": record.queue_id,
-        "b_owner": record.owner,
-        "b_state": outcome.state.value,
-        "b_next": outcome.next_attempt_at,
-        "b_reason": outcome.reason,
-        "b_last": record.attempt.started_at,
-        "b_network": outcome.network_failure,
-        "b_delay": outcome.delay_notified,
-    }
-
-
-def _finish() -> sa.ClauseElement:
-    """The message's new state after an attempt; with `b_owner`, only while that runner still
-    holds its lease (None: unconditionally, as for `relayd-sendmail -odi`)."""
-    owner = sa.bindparam("b_owner", type_=sa.Text())
-    return (
-        messages.update()
-        .where(
-            messages.c.queue_id == sa.bindparam("b_queue_id", type_=sa.Text()),
-            sa.or_(
-                owner.is_(None),
-                sa.and_(messages.c.state == State.SENDING.value, messages.c.lease_owner == owner),
-            ),
-        )
-        .values(
-            state=sa.bindparam("b_state"),
-            next_attempt_at=sa.bindparam("b_next"),
-            reason=sa.bindparam("b_reason"),
-            last_attempt_at=sa.bindparam("b_last"),
-            network_failure=sa.bindparam("b_network"),
-            delay_notified=sa.or_(
-                messages.c.delay_notified, sa.bindparam("b_delay", type_=sa.Boolean())
-            ),
-            lease_owner=None,
-            lease_until=None,
-            lease_lost=False,
-            attempts=messages.c.attempts + 1,
-        )
-    )
-
-
-def _message_id() -> sa.ScalarSelect[Any]:
-    """The id of the message `b_queue_id` (the prepared rows name messages by queue id)."""
-    return (
-        sa.select(messages.c.id)
-        .where(messages.c.queue_id == sa.bindparam("b_queue_id", type_=sa.Text()))
-        .scalar_subquery()
-    )
-
-
-_DUE = [column.name for column in SUMMARY].index("next_attempt_at")
-
-
-def _claim() -> sa.ClauseElement:
-    """Lease the `b_limit` earliest due messages of `b_account` (any if NULL) to `b_owner`;
-    RETURNING their summary rows (as they are after the claim)."""
-    account = sa.bindparam("b_account", type_=sa.Text())
-    due = (
-        sa.select(messages.c.id)
-        .where(
-            messages.c.state == State.QUEUED.value,
-            messages.c.next_attempt_at <= sa.bindparam("b_now", type_=sa.Double()),
-            sa.or_(account.is_(None), messages.c.account == account),
-        )
-        .order_by(messages.c.next_attempt_at, messages.c.id)
-        .limit(sa.bindparam("b_limit", type_=sa.Integer()))
-        .with_for_update(skip_locked=True)
-    )
-    return (
-        messages.update()
-        .where(messages.c.id.in_(due.scalar_subquery()))
-        .values(
-            state=State.SENDING.value,
-            lease_owner=sa.bindparam("b_owner", type_=sa.Text()),
-            lease_until=sa.bindparam("b_until", type_=sa.Double()),
-        )
-        .returning(*SUMMARY)
-    )
-
-
-def _claimed_recipients() -> sa.ClauseElement:
-    """The recipients of what `b_owner` holds until `b_until` (the claim just made)."""
-    return (
-        sa.select(*RECIPIENT)
-        .join(messages, messages.c.id == recipients.c.message_id)
-        .where(
-            messages.c.lease_owner == sa.bindparam("b_owner", type_=sa.Text()),
-            messages.c.lease_until == sa.bindparam("b_until", type_=sa.Double()),
-        )
-        .order_by(recipients.c.message_id, recipients.c.position)
-    )
-
-
-class _HotStatements:
-    """The runner's statements: claims and group commits, compiled once for the dialect."""
-
-    def __init__(self, dialect: sa.Dialect) -> None:
-        self.claim = Prepared(_claim(), dialect)
-        self.body = Prepared(
-            sa.select(bodies.c.data)
-            .join(messages, messages.c.id == bodies.c.message_id)
-            .where(messages.c.queue_id == sa.bindparam("b_queue_id", type_=sa.Text())),
-            dialect,
-        )
-        self.claimed_recipients = Prepared(_claimed_recipients(), dialect)
-        self.finish = Prepared(_finish(), dialect)
-        columns = [c for c in attempts.columns if c.name not in ("id", "message_id")]
-        self.attempt = Prepared(
-            attempts.insert().from_select(
-                ["message_id", *(c.name for c in columns)],
-                sa.select(
-                    messages.c.id, *(sa.bindparam(c.name, type_=c.type) for c in columns)
-                ).where(messages.c.queue_id == sa.bindparam("b_queue_id", type_=sa.Text())),
-            ),
-            dialect,
-        )
-        self.recipients = Prepared(
-            recipients.update()
-            .where(
-                recipients.c.message_id == _message_id(),
-                recipients.c.position == sa.bindparam("b_position"),
-            )
-            .values(
-                state=sa.bindparam("b_state"),
-                reply_code=sa.bindparam("b_code"),
-                reply_text=sa.bindparam("b_text"),
-            ),
-            dialect,
-        )

@@ -44,7 +44,7 @@ class Notices:
         self._notifier = notifier
         self._kick = kick
         self._clock = clock
-        self._host = socket.getfqdn() or "localhost"
+        self._host: str | None = None  # looked up at the first DSN: getfqdn may ask DNS
 
     def held(self, message: QueuedMessage, reason: str) -> None:
         """A message held without an attempt (its account is gone or invalid)."""
@@ -80,6 +80,8 @@ class Notices:
         current = await asyncio.to_thread(self._store.get, queue_id)  # recipients as committed
         if current is None:
             return
+        if self._host is None:
+            self._host = await asyncio.to_thread(socket.getfqdn) or "localhost"
         now = self._clock()
         try:
             notice = bounce.build(

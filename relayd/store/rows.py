@@ -185,7 +185,7 @@ RECIPIENT_UPDATE = (
 
 
 def recipient_rows(message_id: int, results: Iterable[Recipient]) -> list[dict[str, Any]]:
-    """Parameters for `update_recipient_rows`: one dict per recipient result."""
+    """Parameters for `RECIPIENT_UPDATE`: one dict per recipient result."""
     return [
         {
             "b_message": message_id,
@@ -199,11 +199,8 @@ def recipient_rows(message_id: int, results: Iterable[Recipient]) -> list[dict[s
 
 
 def update_recipients(conn: sa.Connection, message_id: int, results: Iterable[Recipient]) -> None:
-    update_recipient_rows(conn, recipient_rows(message_id, results))
-
-
-def update_recipient_rows(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Apply recipient results of any number of messages in one executemany."""
+    """Apply one message's recipient results in one executemany."""
+    rows = recipient_rows(message_id, results)
     if rows:
         conn.execute(RECIPIENT_UPDATE, rows)
 

@@ -401,6 +401,8 @@ class SqlStore:
         check_outcome(record.outcome)
         hot = self._statements()
         params = message_params(record)
+        # The hot statements find the message by its queue id (`b_queue_id`), so the row
+        # builders' message id is a placeholder that no statement reads.
         attempt = attempt_row(0, record.attempt)
         attempt["recipient_replies"] = json.dumps(attempt["recipient_replies"])
         attempt["b_queue_id"] = record.queue_id

@@ -5,8 +5,10 @@ from __future__ import annotations
 import typer
 
 from relayd import __version__
-from relayd.cli import queue
+from relayd.cli import config, queue
 from relayd.cli.daemon import daemon_command
+from relayd.cli.debug import debug_server_command
+from relayd.cli.status import status_command
 
 app = typer.Typer(
     name="relayd",
@@ -39,6 +41,9 @@ def version_command() -> None:
 
 app.command("daemon")(daemon_command)
 app.add_typer(queue.app, name="queue")
+app.command("status")(status_command)
+app.add_typer(config.app, name="config")
+app.command("debug-server")(debug_server_command)
 
 
 def main() -> None:

@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import socket
-import sys
 import time
-from collections.abc import Callable
 from typing import Annotated
 
 import typer
 
 from relayd import paths, runner, settings
-from relayd.errors import RelaydError
+from relayd.cli.output import run
+from relayd.cli.queue_log import log_command
 from relayd.store import fastpath
 from relayd.store.records import State
 from relayd.store.sql import SqlStore
 
 app = typer.Typer(name="queue", help="Inspect and act on the queue.", no_args_is_help=True)
+app.command("log")(log_command)
 
 
 def _flush(queue_ids: list[str], account: str | None) -> int:
@@ -56,13 +55,7 @@ def flush_command(
     account: str | None = typer.Option(None, "--account", "-a", help="Only this account's."),
 ) -> None:
     """Make queued messages due now; wake the daemon, or deliver in-process when none runs."""
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="relayd: %(message)s")
-    try:
-        code = _flush(list(queue_ids or ()), account)
-    except RelaydError as exc:
-        typer.echo(f"relayd: {exc.message}", err=True)
-        raise typer.Exit(int(exc.exit_code)) from None
-    raise typer.Exit(code)
+    run(lambda: _flush(list(queue_ids or ()), account))
 
 
 def _change(action: str, queue_ids: list[str], *, hold: bool) -> int:
@@ -85,22 +78,12 @@ def _change(action: str, queue_ids: list[str], *, hold: bool) -> int:
     return 69 if missing else 0
 
 
-def _run(action: Callable[[], int]) -> None:
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="relayd: %(message)s")
-    try:
-        code = action()
-    except RelaydError as exc:
-        typer.echo(f"relayd: {exc.message}", err=True)
-        raise typer.Exit(int(exc.exit_code)) from None
-    raise typer.Exit(code)
-
-
 @app.command("hold")
 def hold_command(
     queue_ids: Annotated[list[str], typer.Argument(metavar="ID…", help="The messages to hold.")],
 ) -> None:
     """Hold messages: they stay in the queue, untried, until released (postsuper -h)."""
-    _run(lambda: _change("placed on hold", queue_ids, hold=True))
+    run(lambda: _change("placed on hold", queue_ids, hold=True))
 
 
 @app.command("release")
@@ -110,4 +93,4 @@ def release_command(
     ],
 ) -> None:
     """Release held messages: due now, and the daemon is woken (postsuper -H)."""
-    _run(lambda: _change("released from hold", queue_ids, hold=False))
+    run(lambda: _change("released from hold", queue_ids, hold=False))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import builtins
 import json
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
 from typing import Any
 
@@ -100,6 +100,11 @@ class SqlStore:
             raise
         except sa.exc.DBAPIError as exc:
             raise from_dbapi(exc, self._where, action, self._timeout) from None
+
+    def reading(self, action: str = "read the queue") -> AbstractContextManager[sa.Connection]:
+        """A read-only transaction for reports outside this class (`relayd.store.reports`);
+        database errors become QueueError naming `action`."""
+        return self._transaction(action, write=False)
 
     # --- submission -------------------------------------------------------------------------
 

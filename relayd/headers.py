@@ -422,3 +422,13 @@ def parse_recipient_arguments(arguments: Sequence[str]) -> list[str]:
 def parse_recipient_argument(argument: str) -> list[str]:
     """The addresses in one command-line recipient argument (see parse_recipient_arguments)."""
     return parse_recipient_arguments([argument])
+
+
+def display_headers(raw: bytes) -> list[tuple[str, str]]:
+    """The header fields of a stored message as (name, value) pairs for people to read:
+    RFC 2047 encoded words decoded, folding undone; the body is not parsed."""
+    from email import policy
+    from email.parser import BytesHeaderParser
+
+    parsed = BytesHeaderParser(policy=policy.default).parsebytes(raw)
+    return [(name, str(value)) for name, value in parsed.items()]

@@ -31,9 +31,12 @@ class Tally:
     """What the attempts of a pass did to their messages, by the state each moved to."""
 
     states: dict[State, int] = field(default_factory=lambda: defaultdict(int))
+    listener: Callable[[State, int], None] | None = None  # e.g. `queue flush`'s progress bar
 
     def add(self, state: State, count: int = 1) -> None:
         self.states[state] += count
+        if self.listener is not None and count:
+            self.listener(state, count)
 
     def __str__(self) -> str:
         order = (State.SENT, State.QUEUED, State.HELD, State.FAILED)

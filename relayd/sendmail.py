@@ -56,7 +56,13 @@ def run(inv: Invocation, prog: str) -> int:
     if inv.mode is Mode.HELP:
         out(help_text(prog))
         return ExitCode.OK
-    if inv.mode in (Mode.LIST_QUEUE, Mode.FLUSH, Mode.SMTP, Mode.CONFIGURE):
+    if inv.mode is Mode.LIST_QUEUE:
+        from relayd import queuelist
+
+        return queuelist.print_mailq(sys.stdout)
+    if inv.mode is Mode.FLUSH:
+        return _flush(prog)
+    if inv.mode in (Mode.SMTP, Mode.CONFIGURE):
         raise RelaydError(
             f"{inv.mode.value} mode is not available in this version", ExitCode.UNAVAILABLE
         )
@@ -115,6 +121,19 @@ def run(inv: Invocation, prog: str) -> int:
 
         return interactive.deliver_now(account, queue_id, prog=prog, debug=debug)
     return ExitCode.OK
+
+
+def _flush(prog: str) -> int:
+    """`-q`: every queued message due now; the daemon is woken, or this process delivers."""
+    from relayd import flush, settings
+
+    def say(line: str) -> None:
+        sys.stdout.write(f"{prog}: {line}\n")
+
+    def complain(line: str) -> None:
+        sys.stderr.write(f"{prog}: {line}\n")
+
+    return flush.flush(settings.load(), [], None, say=say, complain=complain)
 
 
 def choose_account(

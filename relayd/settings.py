@@ -20,7 +20,18 @@ TYPE_CHECKING = False  # typing costs milliseconds on the sendmail path; mypy st
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["SYSTEM_SETTINGS_FILE", "Settings", "duration", "load", "parse", "settings_file"]
+__all__ = [
+    "SYSTEM_SETTINGS_FILE",
+    "Mistake",
+    "Settings",
+    "check",
+    "database_override",
+    "duration",
+    "load",
+    "parse",
+    "read",
+    "settings_file",
+]
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"(?:\d+[smhdw])+")
 _DAY = 86400
@@ -82,6 +93,26 @@ class Settings:
     retain: Retain = field(default_factory=Retain)
     file: str | None = None  # the file read, None when only defaults apply
     explicit: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """One problem in relayd.toml: the dotted key it is about (None: the whole file), the text
+    without the file name, and the line when the TOML parser knows it."""
+
+    key: str | None
+    message: str
+    line: int | None = None
+
+    def text(self, filename: str) -> str:
+        """The one-line message naming the file (and the line), as `parse` raises it."""
+        if self.line is None:
+            return f"{filename}: {self.message}"
+        return f"{filename}: line {self.line}: {self.message}"
+
+
+if TYPE_CHECKING:
+    Report = Callable[[Mistake], None]
 
 
 class _Invalid(Exception):
@@ -180,76 +211,108 @@ def load(environ: Mapping[str, str] | None = None, *, uid: int | None = None) ->
     """Settings from the file `settings_file()` finds (if any) and the environment."""
     env = os.environ if environ is None else environ
     path = settings_file(env)[0]
-    text = None
-    if path is not None:
-        try:
-            with open(path, "rb") as handle:
-                text = handle.read().decode("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise ConfigError(f"{path}: cannot read: {reason}", ExitCode.IOERR) from None
+    text = None if path is None else read(path)
     settings = parse(text, path, default_database=paths.default_database_url(env, uid))
     override = env.get("RELAYD_DATABASE_URL")
     if override:
-        try:
-            database = _database(override)
-        except _Invalid as exc:
-            raise ConfigError(f"RELAYD_DATABASE_URL: {exc}") from None
-        settings = replace(settings, database=database)
+        settings = replace(settings, database=database_override(override))
     return settings
+
+
+def read(path: str) -> str:
+    """The text of the relayd.toml at `path`; ConfigError (EX_IOERR) saying why if unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"{path}: cannot read: {reason}", ExitCode.IOERR) from None
+
+
+def database_override(url: str) -> str:
+    """The value of $RELAYD_DATABASE_URL if it can name a queue, else ConfigError naming it."""
+    try:
+        return _database(url)
+    except _Invalid as exc:
+        raise ConfigError(f"RELAYD_DATABASE_URL: {exc}") from None
 
 
 def parse(text: str | None, filename: str | None, *, default_database: str) -> Settings:
     """Settings from relayd.toml `text` (None: defaults only); errors name `filename` and key."""
+    name = filename or "relayd.toml"
+
+    def stop(mistake: Mistake) -> None:
+        raise ConfigError(mistake.text(name)) from None
+
+    return _parse(text, name, default_database, stop)
+
+
+def check(
+    text: str | None, filename: str | None, *, default_database: str
+) -> tuple[Settings, list[Mistake]]:
+    """Like `parse`, but every mistake is returned instead of the first one raised; the
+    settings then hold what the file got right."""
+    mistakes: list[Mistake] = []
+    settings = _parse(text, filename or "relayd.toml", default_database, mistakes.append)
+    return settings, mistakes
+
+
+def _parse(text: str | None, name: str, default_database: str, report: Report) -> Settings:
+    """The settings from `text`; each mistake goes to `report` (which may raise)."""
     if text is None:
         return Settings(database=default_database)
     import tomllib  # only when there is a file: keeps the common case light
 
-    name = filename or "relayd.toml"
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{name}: {_toml_message(str(exc))}") from None
+        report(_toml_mistake(str(exc)))
+        return Settings(database=default_database, file=name)
     values: dict[str, Any] = {}
     explicit: set[str] = set()
     for key, value in document.items():
-        try:
-            if key == "database":
+        if key == "database":
+            try:
                 values["database"] = _database(value)
                 explicit.add(key)
-            elif key not in _KEYS:
-                raise ConfigError(f"{name}: unknown key {key}")
-            elif not isinstance(value, dict):
-                raise ConfigError(f"{name}: {key}: expected a table ([{key}])")
-            else:
-                explicit.update(_section(name, key, value, values))
-        except _Invalid as exc:
-            raise ConfigError(f"{name}: {key}: {exc}") from None
-    return _build(name, values, explicit, default_database)
+            except _Invalid as exc:
+                report(Mistake(key, f"{key}: {exc}"))
+        elif key not in _KEYS:
+            report(Mistake(key, f"unknown key {key}"))
+        elif not isinstance(value, dict):
+            report(Mistake(key, f"{key}: expected a table ([{key}])"))
+        else:
+            explicit.update(_section(key, value, values, report))
+    return _build(name, values, explicit, default_database, report)
 
 
-def _section(name: str, section: str, table: dict[str, Any], values: dict[str, Any]) -> set[str]:
+def _section(
+    section: str, table: dict[str, Any], values: dict[str, Any], report: Report
+) -> set[str]:
     """Validate one [section] into `values`; return its dotted keys."""
     for key, value in table.items():
         dotted = f"{section}.{key}"
         if key not in _KEYS[section]:
-            raise ConfigError(f"{name}: unknown key {dotted}")
+            report(Mistake(dotted, f"unknown key {dotted}"))
+            continue
         target, validate = _KEYS[section][key]
         try:
             values[target] = validate(value)
         except _Invalid as exc:
-            raise ConfigError(f"{name}: {dotted}: {exc}") from None
+            report(Mistake(dotted, f"{dotted}: {exc}"))
     return {f"{section}.{key}" for key in table}
 
 
-def _build(name: str, values: dict[str, Any], explicit: set[str], database: str) -> Settings:
+def _build(
+    name: str, values: dict[str, Any], explicit: set[str], database: str, report: Report
+) -> Settings:
     def part(prefix: str, kind: type[Any]) -> Any:
         fields = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(prefix + ".")}
         return kind(**fields)
 
     retry: Retry = part("retry", Retry)
     if retry.first > retry.max:
-        raise ConfigError(f"{name}: retry.first ({retry.first}s) is longer than retry.max")
+        report(Mistake("retry.first", f"retry.first ({retry.first}s) is longer than retry.max"))
     return Settings(
         database=values.get("database", database),
         retry=retry,
@@ -263,9 +326,10 @@ def _build(name: str, values: dict[str, Any], explicit: set[str], database: str)
     )
 
 
-def _toml_message(message: str) -> str:
+def _toml_mistake(message: str) -> Mistake:
     """tomllib's "… (at line 3, column 5)" as msmtp-style "line 3: …"."""
     found = re.fullmatch(r"(.*) \(at line (\d+), column \d+\)", message)
     if found is None:
-        return message
-    return f"line {found.group(2)}: {found.group(1)[:1].lower()}{found.group(1)[1:]}"
+        return Mistake(None, message)
+    text = found.group(1)
+    return Mistake(None, f"{text[:1].lower()}{text[1:]}", int(found.group(2)))

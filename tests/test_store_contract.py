@@ -288,3 +288,31 @@ def test_concurrent_runners_never_claim_the_same_message(url: str) -> None:
     for thread in threads:
         thread.join()
     assert len(claimed) == 60 and len(set(claimed)) == 60
+
+
+def test_listing_streams_messages_with_recipients_in_envelope_order(store: SqlStore) -> None:
+    many = tuple(f"r{n}@x" for n in range(12))  # more than one digit: order is numeric
+    first = store.enqueue(message(1, recipients=many), T0)
+    held = store.enqueue(message(2, account="work"), T0 + 1)
+    store.hold([held], "held by the user")
+    refused = (Recipient(3, "r3@x", RecipientState.FAILED, 550, "no such user"),)
+    store.record_attempt(
+        first, Attempt(T0, 1, "mx", False, False, 75, recipients=refused), Outcome(State.QUEUED, T0)
+    )
+    listed = list(store.listing())
+    assert [m.queue_id for m in listed] == [first, held]
+    assert [r.address for r in listed[0].recipients] == list(many)
+    assert listed[0].recipients[3].state == "failed"
+    assert listed[0].recipients[3].reply == "550 no such user"
+    assert listed[0].attempts == 1 and listed[1].reason == "held by the user"
+    assert [m.queue_id for m in store.listing([State.HELD])] == [held]
+    assert [m.queue_id for m in store.listing(None, "default")] == [first]
+    assert list(store.listing([State.SENT])) == []
+
+
+def test_delete_spares_a_live_lease_only(store: SqlStore) -> None:
+    queue_id = store.enqueue(message(), T0)
+    assert store.claim_due("default", T0, LEASE, "r", 10)
+    assert store.delete([queue_id], now=T0 + 1) == ()
+    assert store.delete([queue_id], now=T0 + LEASE + 1) == (queue_id,)
+    assert store.states_of([queue_id]) == {}

@@ -16,12 +16,22 @@ if TYPE_CHECKING:
 
 
 class ConfFile:
-    """The accounts of one file, in file order, and whether it holds a literal `password` line."""
+    """The accounts of one file, in file order, and whether it holds a literal `password` line.
 
-    def __init__(self, path: str, accounts: list[Account], contains_secrets: bool) -> None:
+    `lines` maps each account's name to the line that defined it.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        accounts: list[Account],
+        contains_secrets: bool,
+        lines: dict[str, int] | None = None,
+    ) -> None:
         self.path = path
         self.accounts = accounts
         self.contains_secrets = contains_secrets
+        self.lines = lines if lines is not None else {}
 
     def find(self, name: str) -> Account | None:
         """The account called `name`, if defined."""
@@ -72,6 +82,7 @@ class _Parser:
         self.defaults = Account(id=None, conffile=path)
         self.current: Account | None = None
         self.accounts: list[Account] = []
+        self.lines: dict[str, int] = {}
         self.contains_secrets = False
 
     def error(self, lineno: int, message: str) -> ConfigError:
@@ -110,7 +121,7 @@ class _Parser:
             if setter is None:
                 raise self.error(lineno, f"unknown command {cmd}")
             if self.current is None:
-                self.current = self.add(self.defaults.copy(), "default")
+                self.current = self.add(self.defaults.copy(), "default", lineno)
             try:
                 setter(self.current, arg)
             except NeedsArgument:
@@ -120,12 +131,26 @@ class _Parser:
             except values.BadValue:
                 raise self.error(lineno, f"invalid argument {arg} for command {cmd}") from None
 
-    def add(self, account: Account, name: str) -> Account:
+    def add(self, account: Account, name: str, lineno: int) -> Account:
         account.id = name
         account.conffile = self.path
         account.mask = set()
         self.accounts.append(account)
+        self.lines[name] = lineno
         return account
+
+    def salvage(self, line: str) -> None:
+        """After an error on `line`, when collecting: make the lines that follow go somewhere.
+
+        A failed `account` line defines nothing (as in msmtp, the name stays undefined); its
+        commands are still checked, on a stand-in that is never used. A failed `defaults`
+        line still starts a defaults block.
+        """
+        cmd = split_line(line)[0]
+        if cmd == "account":
+            self.current = Account(id=None, conffile=self.path)
+        elif cmd == "defaults":
+            self.current = self.defaults
 
     def find(self, name: str) -> Account | None:
         return next((a for a in self.accounts if a.id == name), None)
@@ -148,23 +173,38 @@ class _Parser:
             raise self.error(lineno, "an account name must not contain colons or commas")
         if self.find(name) is not None:
             raise self.error(lineno, f"account {name} was already defined")
-        account = self.add(self.defaults.copy(), name)
+        account = self.add(self.defaults.copy(), name, lineno)
         for parent in parents:
             account.override(parent)
         return account
 
 
-def parse(path: str, data: bytes, evaluate: Callable[[str], str | None] = run_eval) -> ConfFile:
-    """Parse the bytes of one msmtprc; raises ConfigError with msmtp's `FILE: line N: …` text."""
+def parse(
+    path: str,
+    data: bytes,
+    evaluate: Callable[[str], str | None] = run_eval,
+    problems: list[ConfigError] | None = None,
+) -> ConfFile:
+    """Parse the bytes of one msmtprc; raises ConfigError with msmtp's `FILE: line N: …` text.
+
+    With a `problems` list, every error is appended to it instead, and parsing goes on with the
+    next line (see `_Parser.salvage`): what `relayd config check` reports.
+    """
     parser = _Parser(path, evaluate)
     raw_lines = data.split(b"\n")
     if raw_lines and raw_lines[-1] == b"":
         raw_lines.pop()
     for lineno, raw in enumerate(raw_lines, start=1):
-        if len(raw) >= LINE_LIMIT:
-            raise ConfigError(
-                f"{path}: line longer than {LINE_LIMIT} characters", path=path, line=lineno
-            )
         text = raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-        parser.feed(lineno, text)
-    return ConfFile(path, parser.accounts, parser.contains_secrets)
+        try:
+            if len(raw) >= LINE_LIMIT:
+                raise ConfigError(
+                    f"{path}: line longer than {LINE_LIMIT} characters", path=path, line=lineno
+                )
+            parser.feed(lineno, text)
+        except ConfigError as err:
+            if problems is None:
+                raise
+            problems.append(err)
+            parser.salvage(text)
+    return ConfFile(path, parser.accounts, parser.contains_secrets, parser.lines)

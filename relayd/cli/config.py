@@ -4,12 +4,74 @@ from __future__ import annotations
 
 import typer
 
-from relayd.cli.output import fail
+from relayd import configcheck
+from relayd.cli.output import json_line, on_terminal, run
+from relayd.sysexits import ExitCode
 
 app = typer.Typer(name="config", help="Check the configuration.", no_args_is_help=True)
 
 
+def _summary(report: configcheck.Report) -> list[str]:
+    lines = [f"checked {path}" for path in report.msmtprc]
+    lines += [f"ignored {path}: {why}" for path, why in report.ignored]
+    # in msmtp's order: the user file's accounts, then the system file's it does not redefine
+    lines.append(f"accounts: {', '.join(report.accounts) or '(none)'}")
+    if report.settings_file is not None:
+        lines.append(f"checked {report.settings_file}")
+    else:
+        lines.append("no relayd.toml: the defaults apply")
+    lines.append(f"default account: {report.default or configcheck.NO_DEFAULT}")
+    lines.append(f"queue database: {report.database}")
+    return lines
+
+
+def _check(conffile: str | None, as_json: bool) -> int:
+    report = configcheck.check(conffile)
+    colour = on_terminal() and not as_json
+    for problem in report.problems:
+        if as_json:
+            typer.echo(json_line(problem.as_dict()))
+        elif colour and problem.file:
+            where = typer.style(problem.location(), bold=True)
+            typer.echo(f"{where} {typer.style(problem.message, fg='red')}")
+        else:
+            typer.echo(str(problem))
+    if report.problems:
+        if not as_json:
+            count = len(report.problems)
+            typer.echo(f"relayd: {count} problem{'s' if count > 1 else ''} found", err=True)
+        return ExitCode.CONFIG
+    if not as_json:
+        for line in _summary(report):
+            typer.echo(line)
+        ok = "configuration OK"
+        typer.echo(typer.style(ok, fg="green", bold=True) if colour else ok)
+    return ExitCode.OK
+
+
 @app.command("check")
-def check_command() -> None:
-    """Report every problem in the msmtprc and relayd.toml; exit 78 if there is any."""
-    fail("config check is not available yet", 69)
+def check_command(
+    conffile: str | None = typer.Option(
+        None,
+        "--file",
+        "-C",
+        metavar="FILE",
+        help="Check this msmtprc instead of ~/.msmtprc (as msmtp -C / relayd-sendmail -C).",
+    ),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help='One JSON object a line per problem: {"file", "line", "message"} (file and line '
+        "may be null); nothing at all for a clean configuration.",
+    ),
+) -> None:
+    """Report every problem in the msmtprc and relayd.toml; exit 78 if there is any.
+
+    The msmtprc is found as msmtp finds it (-C FILE, ~/.msmtprc, $XDG_CONFIG_HOME/msmtp/config,
+    and the system /etc/msmtprc), relayd.toml as every relayd command finds it ($RELAYD_CONFIG,
+    $XDG_CONFIG_HOME/relayd/relayd.toml, /etc/relayd/relayd.toml). Each problem is one line
+    `FILE: line N: message` on stdout, with msmtp's texts; a count follows on stderr. A clean
+    configuration prints a short summary (files, accounts, default account, queue) and exits 0.
+    `eval` lines run as msmtp runs them; `passwordeval` never runs, and no password is printed.
+    """
+    run(lambda: _check(conffile, as_json))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
@@ -16,10 +17,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from relayd.paths import sqlite_path
 from relayd.store import failures
 from relayd.store.dialects import describe, from_dbapi, make_engine, reader
 from relayd.store.hot import DUE, HotStatements, check_outcome, message_params
 from relayd.store.ids import new_queue_id
+from relayd.store.listing import Listed, listing
 from relayd.store.migrate import ensure_schema
 from relayd.store.prepared import ClaimedRows, PreparedRecord
 from relayd.store.queued import (
@@ -75,6 +78,15 @@ class SqlStore:
                 engine.dispose()
                 raise
         return store
+
+    @classmethod
+    def open_existing(cls, url: str, *, timeout: float = 10.0) -> SqlStore | None:
+        """As `open`, but None for a SQLite queue whose file does not exist yet (nothing was
+        ever queued): reading commands report an empty queue instead of creating one."""
+        path = sqlite_path(url)
+        if path is not None and not os.path.exists(path):
+            return None
+        return cls.open(url, timeout=timeout)
 
     @property
     def engine(self) -> sa.Engine:
@@ -203,6 +215,32 @@ class SqlStore:
             conditions.append(messages.c.account == account)
         with self._transaction("read the queue", write=False) as conn:
             return load_messages(conn, sa.and_(sa.true(), *conditions))
+
+    def listing(
+        self, states: Collection[State] | None = None, account: str | None = None
+    ) -> Iterator[Listed]:
+        """Messages in arrival order for a listing, streamed in one read transaction,
+        optionally only some states and/or one account."""
+        with self._transaction("read the queue", write=False) as conn:
+            yield from listing(conn, states, account)
+
+    def states_of(self, queue_ids: Collection[str]) -> dict[str, tuple[State, str, float | None]]:
+        """Each existing message's (state, account, last attempt time), in reads of 500 ids."""
+        wanted = list(queue_ids)
+        found: dict[str, tuple[State, str, float | None]] = {}
+        columns = (
+            messages.c.queue_id,
+            messages.c.state,
+            messages.c.account,
+            messages.c.last_attempt_at,
+        )
+        with self._transaction("read the queue", write=False) as conn:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                query = sa.select(*columns).where(messages.c.queue_id.in_(chunk))
+                for queue_id, state, account, last in conn.execute(query):
+                    found[queue_id] = (State(state), account, last)
+        return found
 
     def read_data_many(self, queue_ids: Sequence[str]) -> dict[str, bytes]:
         """The stored wire bytes of several messages in one read (a runner's batch)."""
@@ -489,13 +527,17 @@ class SqlStore:
             condition = sa.and_(condition, messages.c.account == account)
         return self._update("flush messages", condition, next_attempt_at=now)
 
-    def delete(self, queue_ids: Iterable[str]) -> tuple[str, ...]:
-        """Delete messages with their recipients and attempts, in any state."""
-        statement = (
-            messages.delete()
-            .where(messages.c.queue_id.in_(tuple(queue_ids)))
-            .returning(messages.c.queue_id)
-        )
+    def delete(self, queue_ids: Iterable[str], *, now: float | None = None) -> tuple[str, ...]:
+        """Delete messages with their recipients and attempts, in any state; given `now`, not
+        one being sent under a lease that is still valid (its runner would record a result
+        for a message that is gone, and the server may already have it)."""
+        condition: sa.ColumnElement[bool] = messages.c.queue_id.in_(tuple(queue_ids))
+        if now is not None:
+            in_flight = sa.and_(
+                messages.c.state == State.SENDING.value, messages.c.lease_until > now
+            )
+            condition = sa.and_(condition, sa.not_(in_flight))
+        statement = messages.delete().where(condition).returning(messages.c.queue_id)
         with self._transaction("delete messages") as conn:
             return tuple(conn.execute(statement).scalars())
 

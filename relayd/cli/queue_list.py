@@ -1,0 +1,271 @@
+"""`relayd queue list` and `relayd queue show`: the queue as Postfix shows it, and one message."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Annotated, Any
+
+import typer
+
+from relayd import queuelist, settings
+from relayd.cli.output import fail, json_line, local_time, on_terminal, run
+from relayd.errors import RelaydError
+from relayd.store import fastpath
+from relayd.store.listing import Listed
+from relayd.store.queued import Attempt, QueuedMessage
+from relayd.store.records import State
+from relayd.store.sql import SqlStore
+from relayd.sysexits import ExitCode
+
+ALL = "all"
+_STATE_HELP = "Only messages in this state (repeatable): queued, sending, held, sent, failed, all."
+_STYLES = {"heading": "bold", "reason": "yellow", "total": "bold"}
+_MARKER_STYLES = {"*": "cyan", "!": "magenta", "-": "red", "+": "green"}
+
+
+def parse_states(
+    values: Sequence[str] | None, default: Sequence[State]
+) -> tuple[State, ...] | None:
+    """--state values as States (None for `all`); a bad one is a usage error (64)."""
+    if not values:
+        return tuple(default)
+    if ALL in values:
+        return None
+    try:
+        return tuple(State(value) for value in values)
+    except ValueError:
+        bad = next(v for v in values if v not in {s.value for s in State})
+        raise RelaydError(
+            f"unknown state {bad!r} (choose from queued, sending, held, sent, failed, all)",
+            ExitCode.USAGE,
+        ) from None
+
+
+def open_queue() -> SqlStore | None:
+    """The configured queue for reading, or None when nothing was ever queued."""
+    return SqlStore.open_existing(settings.load().database, timeout=fastpath.lock_timeout())
+
+
+def write_listing(messages: Iterable[Listed], *, as_json: bool, styled: bool) -> None:
+    """Write the listing to stdout: JSON lines, plain Postfix text, or the same text coloured."""
+    if as_json:
+        queuelist.write_lines(sys.stdout, (json_line(queuelist.json_record(m)) for m in messages))
+    elif styled:
+        _write_styled(queuelist.listing_lines(messages))
+    else:
+        lines = (line for _kind, line in queuelist.listing_lines(messages))
+        queuelist.write_lines(sys.stdout, lines)
+
+
+def _write_styled(lines: Iterable[tuple[str, str]]) -> None:
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(highlight=False, soft_wrap=True)
+    for kind, line in lines:
+        text = Text(line, style=_STYLES.get(kind, ""))
+        if kind == "message":
+            end = line.index(" ")
+            marker = line[end - 1]
+            text.stylize("bold", 0, end)
+            if marker in _MARKER_STYLES:
+                text.stylize(_MARKER_STYLES[marker], end - 1, end)
+        console.print(text)
+
+
+def _list(states: tuple[State, ...] | None, account: str | None, as_json: bool) -> int:
+    store = open_queue()
+    if store is None:
+        if not as_json:
+            typer.echo(queuelist.EMPTY)
+        return 0
+    with store:
+        write_listing(store.listing(states, account), as_json=as_json, styled=on_terminal())
+    return 0
+
+
+def list_command(
+    state: Annotated[list[str] | None, typer.Option("--state", "-s", help=_STATE_HELP)] = None,
+    account: Annotated[str | None, typer.Option("--account", "-a", help="Only this account's.")] = (
+        None
+    ),
+    as_json: Annotated[
+        bool, typer.Option("--json", "-j", help="One JSON object a line (postqueue -j).")
+    ] = False,
+) -> None:
+    """List the queue like `postqueue -p` (default: all but sent mail; `*` being sent,
+    `!` held, `-` failed, `+` sent)."""
+    run(lambda: _list(parse_states(state, queuelist.UNFINISHED), account, as_json))
+
+
+# --- queue show ---------------------------------------------------------------------------
+
+
+def _reply(code: int | None, text: str | None) -> str | None:
+    if code is None:
+        return text
+    return f"{code} {text or ''}".rstrip()
+
+
+def show_record(
+    message: QueuedMessage, attempts: Sequence[Attempt], headers: list[tuple[str, str]]
+) -> dict[str, Any]:
+    """Everything `queue show --json` prints about one message."""
+    return {
+        "queue_id": message.queue_id,
+        "state": message.state.value,
+        "account": message.account,
+        "config_file": message.config_file,
+        "overrides": [list(pair) for pair in message.overrides],
+        "sender": message.sender,
+        "message_size": message.size,
+        "arrival_time": message.created_at,
+        "next_attempt": message.next_attempt_at,
+        "last_attempt": message.last_attempt_at,
+        "lease_owner": message.lease_owner,
+        "lease_until": message.lease_until,
+        "attempts": message.attempts,
+        "reason": message.reason,
+        "submitted_uid": message.uid,
+        "possible_duplicate_next": message.lease_lost,
+        "recipients": [
+            {
+                "address": r.address,
+                "state": r.state.value,
+                "reply": _reply(r.reply_code, r.reply_text),
+            }
+            for r in message.recipients
+        ],
+        "attempt_log": [
+            {
+                "started_at": a.started_at,
+                "duration": round(a.duration, 6),
+                "host": a.host,
+                "tls": a.tls,
+                "auth": a.auth,
+                "exit_code": a.exit_code,
+                "exit_name": _exit_name(a.exit_code),
+                "reply": _reply(a.reply_code, a.reply),
+                "possible_duplicate": a.possible_duplicate,
+                "recipients": [
+                    {
+                        "address": r.address,
+                        "state": r.state.value,
+                        "reply": _reply(r.reply_code, r.reply_text),
+                    }
+                    for r in a.recipients
+                ],
+            }
+            for a in attempts
+        ],
+        "headers": [list(pair) for pair in headers],
+    }
+
+
+def _exit_name(code: int) -> str:
+    try:
+        return ExitCode(code).ex_name
+    except ValueError:
+        return str(code)
+
+
+def show_lines(record: dict[str, Any]) -> list[str]:
+    """The plain, stable text of `queue show`: the envelope, recipients, attempts, headers."""
+    sender = record["sender"] or "<>"
+    lines = [
+        f"Queue ID: {record['queue_id']}",
+        f"State: {record['state']}",
+        f"Account: {record['account']}",
+    ]
+    if record["config_file"]:
+        lines.append(f"Configuration file: {record['config_file']}")
+    for option, value in record["overrides"]:
+        lines.append(f"Override: --{option}" + ("" if value is None else f"={value}"))
+    lines += [
+        f"Sender: {sender}",
+        f"Size: {record['message_size']} bytes",
+        f"Arrival: {local_time(record['arrival_time'])}",
+        f"Attempts: {record['attempts']}",
+    ]
+    if record["state"] == State.QUEUED.value:
+        lines.append(f"Next attempt: {local_time(record['next_attempt'])}")
+    if record["state"] == State.SENDING.value:
+        lines.append(
+            f"Being sent by: {record['lease_owner']} (lease until "
+            f"{local_time(record['lease_until'])})"
+        )
+    if record["reason"]:
+        lines.append(f"Reason: {record['reason']}")
+    if record["possible_duplicate_next"]:
+        lines.append("Note: a delivery was cut off; the next attempt may send it twice")
+    lines.append("Recipients:")
+    for r in record["recipients"]:
+        reply = f" ({r['reply']})" if r["reply"] else ""
+        lines.append(f"  {r['address']}: {r['state']}{reply}")
+    lines.append("Attempt log:" if record["attempt_log"] else "Attempt log: none yet")
+    for a in record["attempt_log"]:
+        flags = f"tls={'on' if a['tls'] else 'off'} auth={'on' if a['auth'] else 'off'}"
+        dup = " possible duplicate" if a["possible_duplicate"] else ""
+        lines.append(
+            f"  {local_time(a['started_at'])} host={a['host']} {flags} "
+            f"duration={a['duration']:.3f}s exitcode={a['exit_name']}{dup}"
+        )
+        if a["reply"]:
+            lines.append(f"    reply: {a['reply']}")
+        for r in a["recipients"]:
+            reply = f" ({r['reply']})" if r["reply"] else ""
+            lines.append(f"    {r['address']}: {r['state']}{reply}")
+    lines.append("Headers:")
+    lines += [f"  {name}: {value}" for name, value in record["headers"]]
+    return lines
+
+
+def _show(queue_id: str, raw: bool, as_json: bool) -> int:
+    from relayd.headers import display_headers
+
+    store = open_queue()
+    message = data = None
+    if store is not None:
+        with store:
+            message = store.get(queue_id)
+            data = store.read_data(queue_id)
+            attempts = store.attempts(queue_id)
+    if message is None or data is None:
+        fail(f"{queue_id}: no such message", ExitCode.UNAVAILABLE)
+    if raw:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return 0
+    record = show_record(message, attempts, display_headers(data))
+    if as_json:
+        typer.echo(json_line(record))
+    elif on_terminal():
+        _show_styled(show_lines(record))
+    else:
+        typer.echo("\n".join(show_lines(record)))
+    return 0
+
+
+def _show_styled(lines: list[str]) -> None:
+    from rich.console import Console
+    from rich.text import Text
+
+    console = Console(highlight=False, soft_wrap=True)
+    for line in lines:
+        if not line.startswith(" ") and ": " in line:
+            key, _, value = line.partition(": ")
+            console.print(Text.assemble((key + ":", "bold"), " ", value))
+        elif line.endswith(":") and not line.startswith(" "):
+            console.print(Text(line, style="bold"))
+        else:
+            console.print(Text(line))
+
+
+def show_command(
+    queue_id: Annotated[str, typer.Argument(metavar="ID", help="The message to show.")],
+    raw: Annotated[bool, typer.Option("--raw", help="Print the exact stored bytes.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", "-j", help="One JSON object.")] = False,
+) -> None:
+    """Show one message: envelope, state, each recipient's status, every attempt, headers."""
+    run(lambda: _show(queue_id, raw, as_json))

@@ -1,0 +1,156 @@
+"""The queue listing in Postfix's `postqueue -p` layout and `postqueue -j`-style JSON records.
+
+Shared by `relayd queue list` and `relayd-sendmail -bp` / `mailq`; no typer or rich here, so the
+sendmail front end can list without loading the management CLI.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any, TextIO
+
+from relayd.store.listing import Listed, ListedRecipient
+from relayd.store.records import RecipientState, State
+
+# What `mailq` shows, as Postfix does: mail not yet delivered nor given up.
+WAITING = (State.QUEUED, State.SENDING, State.HELD)
+# What `relayd queue list` shows without --state: also failed mail, kept with its reason.
+UNFINISHED = (*WAITING, State.FAILED)
+EMPTY = "Mail queue is empty"
+
+# After the id, as Postfix marks active (`*`) and held (`!`) mail; relayd keeps finished mail
+# too, marked `-` (failed) and `+` (sent).
+MARKERS = {
+    State.QUEUED.value: "",
+    State.SENDING.value: "*",
+    State.HELD.value: "!",
+    State.FAILED.value: "-",
+    State.SENT.value: "+",
+}
+# Postfix's layout for long queue ids (ours have 12 characters): postqueue/showq_compat.c.
+HEADINGS = (
+    f"{'----Queue ID-----':<17} {'--Size--':>8} {'---Arrival Time----':<19} "
+    "--Sender/Recipient------"
+)
+_RECIPIENT_INDENT = " " * (17 + 1 + 8 + 1 + 19 + 1)
+_NULL_SENDER = "MAILER-DAEMON"  # how Postfix lists `<>`
+
+
+def _printable(text: str) -> str:
+    """Control characters as `?`, as Postfix's `printable()` does; UTF-8 stays readable."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _arrival(timestamp: float, cache: dict[int, str]) -> str:
+    """asctime's first 19 characters (`Tue Nov 24 15:38:37`), cached per second."""
+    second = int(timestamp)
+    found = cache.get(second)
+    if found is None:
+        found = cache[second] = time.asctime(time.localtime(second))[:19]
+    return found
+
+
+def shown_recipients(message: Listed) -> tuple[ListedRecipient, ...]:
+    """The recipients a listing shows: those not yet delivered, or all of a sent message."""
+    waiting = tuple(r for r in message.recipients if r.state != RecipientState.SENT.value)
+    return waiting or message.recipients
+
+
+def recipient_reason(message: Listed, recipient: ListedRecipient) -> str | None:
+    """Why `recipient` is still listed: its own final reply if it failed, else the message's
+    last error or hold reason, else the last reply it got."""
+    if recipient.state == RecipientState.FAILED.value:
+        return recipient.reply or message.reason
+    return message.reason or recipient.reply
+
+
+def message_lines(message: Listed, cache: dict[int, str]) -> Iterator[tuple[str, str]]:
+    """One message as (kind, line) pairs, kind `message`, `reason` or `recipient`: the id with
+    its marker, size, arrival and sender; then each shown recipient, preceded by its reason
+    whenever that differs from the previous one (showq_compat's rule, `reason unavailable`
+    included)."""
+    sender = _printable(message.sender) if message.sender else _NULL_SENDER
+    marked = message.queue_id + MARKERS.get(message.state, "?")
+    yield (
+        "message",
+        f"{marked:<17} {message.size:>8} {_arrival(message.created_at, cache)} {sender}",
+    )
+    previous = ""
+    for recipient in shown_recipients(message):
+        reason = _printable(recipient_reason(message, recipient) or "")
+        if reason != previous:
+            previous = reason
+            shown = reason or "reason unavailable"
+            yield "reason", f"{'':{max(0, 76 - len(shown))}}({shown})"
+        yield "recipient", _RECIPIENT_INDENT + _printable(recipient.address)
+
+
+def listing_lines(messages: Iterable[Listed]) -> Iterator[tuple[str, str]]:
+    """The whole `postqueue -p` listing as (kind, line) pairs: the headings (kind `heading`),
+    each message with a blank line between, and the `-- N Kbytes in M Requests.` total
+    (kind `total`), or `Mail queue is empty`."""
+    count = size = 0
+    cache: dict[int, str] = {}
+    for message in messages:
+        yield ("heading", HEADINGS) if count == 0 else ("blank", "")
+        yield from message_lines(message, cache)
+        count += 1
+        size += message.size
+    if count == 0:
+        yield "total", EMPTY
+        return
+    yield "blank", ""
+    yield "total", f"-- {size // 1024} Kbytes in {count} Request{'' if count == 1 else 's'}."
+
+
+def json_record(message: Listed) -> dict[str, Any]:
+    """One message as `queue list --json` prints it (SPEC §1.2; `postqueue -j`'s spirit)."""
+    return {
+        "queue_id": message.queue_id,
+        "state": message.state,
+        "account": message.account,
+        "arrival_time": int(message.created_at),
+        "message_size": message.size,
+        "sender": message.sender,
+        "recipients": [
+            {"address": r.address, "state": r.state, "reply": r.reply} for r in message.recipients
+        ],
+        "attempts": message.attempts,
+        "next_attempt": (
+            int(message.next_attempt_at)
+            if message.next_attempt_at is not None and message.state == State.QUEUED.value
+            else None
+        ),
+        "reason": message.reason,
+    }
+
+
+def write_lines(out: TextIO, lines: Iterable[str]) -> None:
+    """Write `lines` in chunks of a few thousand (a 100,000-message listing in ~100 writes)."""
+    chunk: list[str] = []
+    for line in lines:
+        chunk.append(line)
+        if len(chunk) >= 4096:
+            out.write("\n".join(chunk) + "\n")
+            chunk.clear()
+    if chunk:
+        out.write("\n".join(chunk) + "\n")
+    out.flush()
+
+
+def print_mailq(out: TextIO) -> int:
+    """`mailq` / `relayd-sendmail -bp`: the waiting mail in Postfix's layout; exit code 0."""
+    from relayd import settings
+    from relayd.store import fastpath
+    from relayd.store.sql import SqlStore
+
+    store = SqlStore.open_existing(settings.load().database, timeout=fastpath.lock_timeout())
+    if store is None:
+        write_lines(out, [EMPTY])
+        return 0
+    with store:
+        write_lines(out, (line for _kind, line in listing_lines(store.listing(WAITING))))
+    return 0

@@ -1,0 +1,103 @@
+"""The queue listing read (`queue list`, `mailq`): one streamed query, recipients aggregated.
+
+A listing of 100,000 messages must take well under two seconds, so it reads only the columns a
+listing prints, aggregates each message's recipients into one JSON array in the database (one
+row a message, no Python-side join) and builds light tuples instead of `QueuedMessage`s.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Collection, Iterator
+from typing import Any, NamedTuple
+
+import sqlalchemy as sa
+
+from relayd.store.records import State
+from relayd.store.tables import messages, recipients
+
+
+class ListedRecipient(NamedTuple):
+    """One recipient as a listing shows it: its state and the server's last reply to it."""
+
+    address: str
+    state: str  # a RecipientState value
+    reply_code: int | None
+    reply_text: str | None
+
+    @property
+    def reply(self) -> str | None:
+        """`CODE text` of the last reply, or None when the recipient has none yet."""
+        if self.reply_code is None:
+            return self.reply_text or None
+        return f"{self.reply_code} {self.reply_text or ''}".rstrip()
+
+
+class Listed(NamedTuple):
+    """One message as a listing shows it (no body, no overrides, no lease)."""
+
+    queue_id: str
+    state: str  # a State value
+    account: str
+    sender: str
+    size: int
+    created_at: float
+    next_attempt_at: float | None
+    attempts: int
+    reason: str | None
+    recipients: tuple[ListedRecipient, ...]
+
+
+_BATCH = 2_000
+# The C scanner without json.loads' wrapper and whitespace checks: a third of the read's time.
+_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_PACKED = (
+    recipients.c.position,
+    recipients.c.address,
+    recipients.c.state,
+    recipients.c.reply_code,
+    recipients.c.reply_text,
+)
+
+
+def _packed(dialect: str) -> sa.ColumnElement[Any]:
+    """A message's recipients as one JSON array of [position, address, state, code, text]
+    (aggregate order is not guaranteed: `listing` sorts by position)."""
+    if dialect == "postgresql":
+        return sa.func.json_agg(sa.func.json_build_array(*_PACKED))
+    return sa.func.json_group_array(sa.func.json_array(*_PACKED))
+
+
+def listing(
+    conn: sa.Connection, states: Collection[State] | None, account: str | None
+) -> Iterator[Listed]:
+    """Messages in arrival (row id) order, optionally only `states` and/or one `account`."""
+    condition: sa.ColumnElement[bool] = sa.true()
+    if states is not None:
+        condition = sa.and_(condition, messages.c.state.in_([s.value for s in states]))
+    if account is not None:
+        condition = sa.and_(condition, messages.c.account == account)
+    query = (
+        sa.select(
+            messages.c.queue_id,
+            messages.c.state,
+            messages.c.account,
+            messages.c.sender,
+            messages.c.size,
+            messages.c.created_at,
+            messages.c.next_attempt_at,
+            messages.c.attempts,
+            messages.c.reason,
+            _packed(conn.dialect.name),
+        )
+        .join(recipients, recipients.c.message_id == messages.c.id)
+        .where(condition)
+        .group_by(messages.c.id)
+        .order_by(messages.c.id)
+    )
+    for *fields, packed in conn.execute(query, execution_options={"yield_per": _BATCH}):
+        found = _scan(packed, 0)[0] if isinstance(packed, str) else packed
+        if len(found) > 1:
+            found.sort()
+        listed = tuple(ListedRecipient(*item[1:]) for item in found)
+        yield Listed._make((*fields, listed))

@@ -9,13 +9,17 @@ import socket
 import time
 from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING
 
-from relayd import paths, runner
+from relayd import paths
 from relayd.settings import Settings
 from relayd.store import fastpath
 from relayd.store.records import State
 from relayd.store.sql import SqlStore
 from relayd.sysexits import ExitCode
+
+if TYPE_CHECKING:
+    from relayd import runner
 
 Say = Callable[[str], None]
 # Given the number of messages flushed, a context that yields "advance the bar by n".
@@ -78,6 +82,8 @@ def flush(
 def _deliver_here(
     store: SqlStore, settings: Settings, flushed: Sequence[str], advance: Callable[[int], None]
 ) -> runner.Tally:
+    from relayd import runner  # the delivery engine: only when this process delivers
+
     drainer = runner.Runner(
         store,
         settings,

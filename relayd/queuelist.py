@@ -53,57 +53,63 @@ def _arrival(timestamp: float, cache: dict[int, str]) -> str:
     return found
 
 
+_SENT, _FAILED = RecipientState.SENT.value, RecipientState.FAILED.value
+
+
 def shown_recipients(message: Listed) -> tuple[ListedRecipient, ...]:
     """The recipients a listing shows: those not yet delivered, or all of a sent message."""
-    waiting = tuple(r for r in message.recipients if r.state != RecipientState.SENT.value)
+    waiting = tuple(r for r in message.recipients if r.state != _SENT)
     return waiting or message.recipients
 
 
 def recipient_reason(message: Listed, recipient: ListedRecipient) -> str | None:
     """Why `recipient` is still listed: its own final reply if it failed, else the message's
     last error or hold reason, else the last reply it got."""
-    if recipient.state == RecipientState.FAILED.value:
+    if recipient.state == _FAILED:
         return recipient.reply or message.reason
     return message.reason or recipient.reply
 
 
-def message_lines(message: Listed, cache: dict[int, str]) -> Iterator[tuple[str, str]]:
-    """One message as (kind, line) pairs, kind `message`, `reason` or `recipient`: the id with
-    its marker, size, arrival and sender; then each shown recipient, preceded by its reason
-    whenever that differs from the previous one (showq_compat's rule, `reason unavailable`
-    included)."""
+def reason_line(reason: str) -> str:
+    """`(reason)` right-aligned to column 78 when it fits, as showq_compat prints it."""
+    return f"{'':{max(0, 76 - len(reason))}}({reason})"
+
+
+def message_lines(message: Listed, cache: dict[int, str]) -> list[str]:
+    """One message's lines: the id with its marker, size, arrival and sender; then each shown
+    recipient, preceded by its reason whenever that differs from the previous one
+    (showq_compat's rule, `reason unavailable` included)."""
     sender = _printable(message.sender) if message.sender else _NULL_SENDER
     marked = message.queue_id + MARKERS.get(message.state, "?")
-    yield (
-        "message",
-        f"{marked:<17} {message.size:>8} {_arrival(message.created_at, cache)} {sender}",
-    )
+    arrival = _arrival(message.created_at, cache)
+    lines = [f"{marked:<17} {message.size:>8} {arrival} {sender}"]
     previous = ""
     for recipient in shown_recipients(message):
-        reason = _printable(recipient_reason(message, recipient) or "")
+        reason = recipient_reason(message, recipient)
+        reason = _printable(reason) if reason else ""
         if reason != previous:
             previous = reason
-            shown = reason or "reason unavailable"
-            yield "reason", f"{'':{max(0, 76 - len(shown))}}({shown})"
-        yield "recipient", _RECIPIENT_INDENT + _printable(recipient.address)
+            lines.append(reason_line(reason or "reason unavailable"))
+        lines.append(_RECIPIENT_INDENT + _printable(recipient.address))
+    return lines
 
 
-def listing_lines(messages: Iterable[Listed]) -> Iterator[tuple[str, str]]:
-    """The whole `postqueue -p` listing as (kind, line) pairs: the headings (kind `heading`),
-    each message with a blank line between, and the `-- N Kbytes in M Requests.` total
-    (kind `total`), or `Mail queue is empty`."""
+def listing_blocks(messages: Iterable[Listed]) -> Iterator[str]:
+    """The whole `postqueue -p` listing, one string a message (lines joined): the headings
+    first, a blank line between messages, then `-- N Kbytes in M Requests.` or, for no
+    message at all, `Mail queue is empty`."""
     count = size = 0
     cache: dict[int, str] = {}
     for message in messages:
-        yield ("heading", HEADINGS) if count == 0 else ("blank", "")
-        yield from message_lines(message, cache)
+        lines = message_lines(message, cache)
+        lines.insert(0, HEADINGS if count == 0 else "")
+        yield "\n".join(lines)
         count += 1
         size += message.size
     if count == 0:
-        yield "total", EMPTY
+        yield EMPTY
         return
-    yield "blank", ""
-    yield "total", f"-- {size // 1024} Kbytes in {count} Request{'' if count == 1 else 's'}."
+    yield f"\n-- {size // 1024} Kbytes in {count} Request{'' if count == 1 else 's'}."
 
 
 def json_record(message: Listed) -> dict[str, Any]:
@@ -129,11 +135,11 @@ def json_record(message: Listed) -> dict[str, Any]:
 
 
 def write_lines(out: TextIO, lines: Iterable[str]) -> None:
-    """Write `lines` in chunks of a few thousand (a 100,000-message listing in ~100 writes)."""
+    """Write `lines` (each may hold several) in chunks of a thousand."""
     chunk: list[str] = []
     for line in lines:
         chunk.append(line)
-        if len(chunk) >= 4096:
+        if len(chunk) >= 1024:
             out.write("\n".join(chunk) + "\n")
             chunk.clear()
     if chunk:
@@ -152,5 +158,5 @@ def print_mailq(out: TextIO) -> int:
         write_lines(out, [EMPTY])
         return 0
     with store:
-        write_lines(out, (line for _kind, line in listing_lines(store.listing(WAITING))))
+        write_lines(out, listing_blocks(store.listing(WAITING)))
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -18,9 +18,11 @@ from relayd.store.records import State
 from relayd.store.sql import SqlStore
 from relayd.sysexits import ExitCode
 
+if TYPE_CHECKING:
+    from rich.text import Text
+
 ALL = "all"
 _STATE_HELP = "Only messages in this state (repeatable): queued, sending, held, sent, failed, all."
-_STYLES = {"heading": "bold", "reason": "yellow", "total": "bold"}
 _MARKER_STYLES = {"*": "cyan", "!": "magenta", "-": "red", "+": "green"}
 
 
@@ -50,28 +52,39 @@ def open_queue() -> SqlStore | None:
 def write_listing(messages: Iterable[Listed], *, as_json: bool, styled: bool) -> None:
     """Write the listing to stdout: JSON lines, plain Postfix text, or the same text coloured."""
     if as_json:
-        queuelist.write_lines(sys.stdout, (json_line(queuelist.json_record(m)) for m in messages))
-    elif styled:
-        _write_styled(queuelist.listing_lines(messages))
-    else:
-        lines = (line for _kind, line in queuelist.listing_lines(messages))
+        lines = (json_line(queuelist.json_record(m)) for m in messages)
         queuelist.write_lines(sys.stdout, lines)
+    elif styled:
+        _write_styled(queuelist.listing_blocks(messages))
+    else:
+        queuelist.write_lines(sys.stdout, queuelist.listing_blocks(messages))
 
 
-def _write_styled(lines: Iterable[tuple[str, str]]) -> None:
-    from rich.console import Console
+def _style(line: str) -> Text:
+    """One listing line coloured by what it is: heading, message, reason or recipient."""
     from rich.text import Text
 
+    if line == queuelist.HEADINGS or line.startswith(("-- ", queuelist.EMPTY)):
+        return Text(line, style="bold")
+    if line.endswith(")") and line.lstrip().startswith("("):
+        return Text(line, style="yellow")
+    text = Text(line)
+    if line and not line.startswith(" "):
+        end = line.index(" ")
+        text.stylize("bold", 0, end)
+        style = _MARKER_STYLES.get(line[end - 1])
+        if style:
+            text.stylize(style, end - 1, end)
+    return text
+
+
+def _write_styled(blocks: Iterable[str]) -> None:
+    from rich.console import Console
+
     console = Console(highlight=False, soft_wrap=True)
-    for kind, line in lines:
-        text = Text(line, style=_STYLES.get(kind, ""))
-        if kind == "message":
-            end = line.index(" ")
-            marker = line[end - 1]
-            text.stylize("bold", 0, end)
-            if marker in _MARKER_STYLES:
-                text.stylize(_MARKER_STYLES[marker], end - 1, end)
-        console.print(text)
+    for block in blocks:
+        for line in block.split("\n"):
+            console.print(_style(line))
 
 
 def _list(states: tuple[State, ...] | None, account: str | None, as_json: bool) -> int:

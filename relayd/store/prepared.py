@@ -9,7 +9,7 @@ parameters must already be what the driver takes (JSON as text; bools, floats, s
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,18 @@ class Prepared:
         try:
             cursor.execute(self.sql, args)
             return list(cursor.fetchall())
+        except self._error as exc:
+            raise self._wrap(exc) from None
+        finally:
+            cursor.close()
+
+    def rows(self, conn: sa.Connection, args: Any, batch: int = 2_000) -> Iterator[Any]:
+        """Run once; the rows as the driver returns them, fetched `batch` at a time."""
+        cursor = conn.connection.cursor()
+        try:
+            cursor.execute(self.sql, args)
+            while found := cursor.fetchmany(batch):
+                yield from found
         except self._error as exc:
             raise self._wrap(exc) from None
         finally:

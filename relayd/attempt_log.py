@@ -8,7 +8,8 @@ The log line, byte for byte as msmtp writes it::
     TIME host=H|socket=S tls=on|off auth=on|off [user=U] from=F recipients=R1,R2
         [mailsize=N] [smtpstatus=C smtpmsg='…'] [errormsg='…'] exitcode=EX_NAME
 
-`log_info` is the text without the time (what goes to syslog and to the "log info was" line);
+`log_info` is the text without the time (what goes to syslog and to the "log info was" line),
+`attempt_info` the same from plain fields (`relayd queue log` formats stored attempts);
 `log_line` puts the time in front; `write` appends to the logfile and/or sends to syslog the way
 msmtp does: a failure to log is reported on stderr and never changes the exit code.
 """
@@ -74,20 +75,50 @@ def log_info(
     the wire). `mailsize` is printed only for EX_OK; `reply` (the last reply captured, also the
     one to the final dot on success) whenever given; `error` only when the exit code is not EX_OK.
     """
+    return attempt_info(
+        host=account.host,
+        socket=account.socket,
+        tls=account.tls,
+        auth=account.auth is not None,
+        user=account.user,
+        envelope_from=envelope_from,
+        recipients=recipients,
+        exit_code=exit_code,
+        mailsize=mailsize or 0,
+        reply=reply,
+        error=error,
+    )
+
+
+def attempt_info(
+    *,
+    host: str | None,
+    socket: str | None,
+    tls: bool,
+    auth: bool,
+    user: str | None,
+    envelope_from: str,
+    recipients: Sequence[str],
+    exit_code: ExitCode | int,
+    mailsize: int | None,
+    reply: Reply | None,
+    error: str | None,
+) -> str:
+    """`log_info` from plain fields (a live account's, or an attempt read back from the queue).
+
+    `socket=` only without a host; `user=` only with auth; `mailsize=` only for EX_OK and
+    when known; `smtpstatus=`/`smtpmsg=` for a reply; `errormsg=` only when not EX_OK.
+    """
     code = ExitCode(exit_code)
-    if account.host is not None:
-        parts = [f"host={account.host}"]
-    else:
-        parts = [f"socket={account.socket or ''}"]
-    parts.append("tls=on" if account.tls else "tls=off")
-    auth = account.auth is not None
+    parts = [f"host={host}" if host is not None else f"socket={socket or ''}"]
+    parts.append("tls=on" if tls else "tls=off")
     parts.append("auth=on" if auth else "auth=off")
-    if auth and account.user is not None:
-        parts.append(f"user={account.user}")
+    if auth and user is not None:
+        parts.append(f"user={user}")
     parts.append(f"from={envelope_from}")
     parts.append("recipients=" + ",".join(recipients))
-    if code == ExitCode.OK:
-        parts.append(f"mailsize={mailsize or 0}")
+    if code == ExitCode.OK and mailsize is not None:
+        parts.append(f"mailsize={mailsize}")
     if reply is not None:
         wire = reply.wire_lines() or [str(reply.code)]
         text = "\\n".join(line.translate(_CONTROL_AND_QUOTE) for line in wire)

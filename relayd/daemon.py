@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import fcntl
 import logging
 import os
 import signal
@@ -24,6 +23,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from relayd import paths, sdnotify
 from relayd import settings as settings_module
 from relayd.errors import ConfigError, RelaydError
+from relayd.instance import SCAN_INTERVAL, SHUTDOWN_GRACE, instance_lock
 from relayd.netwatch import NetworkWatch
 from relayd.runner import Runner
 from relayd.settings import Settings
@@ -31,43 +31,12 @@ from relayd.store.dialects import describe
 from relayd.store.sql import SqlStore
 from relayd.sysexits import ExitCode
 
-SCAN_INTERVAL = 30.0  # recovers lost wake-ups and due retries (SPEC §4: at most 30 s)
-SHUTDOWN_GRACE = 5.0  # in-flight transactions get this long after SIGTERM, then are abandoned
-LOCK_SUFFIX = ".daemon.lock"
 # The queue table is the truth: jobs live in memory only, are rebuilt at every start, never
 # overlap, and a late one runs once rather than being dropped or repeated.
 _JOB = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
 _UTC = datetime.UTC
 
 log = logging.getLogger("relayd.daemon")
-
-
-class AlreadyRunning(RelaydError):
-    """Another daemon holds the instance lock of this SQLite queue."""
-
-    default_code = ExitCode.TEMPFAIL
-
-
-def instance_lock(database_url: str) -> int | None:
-    """Lock a SQLite queue for this daemon (an fcntl lock on a file beside it); the lock's fd.
-
-    None for a server database, where several daemons may share the queue. Raises
-    AlreadyRunning when another daemon holds the lock: it is released when that process dies.
-    """
-    db = paths.sqlite_path(database_url)
-    if db is None:
-        return None
-    path = db + LOCK_SUFFIX
-    paths.ensure_private_dir(os.path.dirname(os.path.abspath(path)))
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise AlreadyRunning(
-            f"another relayd daemon is already running on the queue {db} (it holds {path})"
-        ) from None
-    return fd
 
 
 def bind_wake_socket(path: str) -> socket.socket:

@@ -8,20 +8,20 @@ import sys
 
 import typer
 
-from relayd import daemon, settings
+from relayd import instance, settings
 from relayd.errors import RelaydError
 
 
 def daemon_command(
     scan_interval: float = typer.Option(
-        daemon.SCAN_INTERVAL,
+        instance.SCAN_INTERVAL,
         "--scan-interval",
         min=0.05,
-        max=daemon.SCAN_INTERVAL,
+        max=instance.SCAN_INTERVAL,
         help="Seconds between queue scans (recovers lost wake-ups and due retries).",
     ),
     grace: float = typer.Option(
-        daemon.SHUTDOWN_GRACE,
+        instance.SHUTDOWN_GRACE,
         "--shutdown-grace",
         min=0.0,
         max=9.0,
@@ -37,6 +37,8 @@ def daemon_command(
     )
     # Alembic narrates every migration at INFO; only relayd's own lines belong in this log.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    from relayd import daemon  # the scheduler and the delivery engine: only to run
+
     try:
         config = settings.load()
         code = asyncio.run(daemon.run_daemon(config, scan_interval=scan_interval, grace=grace))

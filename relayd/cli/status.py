@@ -2,9 +2,173 @@
 
 from __future__ import annotations
 
-from relayd.cli.output import fail
+import socket
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from relayd import paths, settings
+from relayd.attempt_log import sanitize
+from relayd.cli.output import json_line, local_time, on_terminal, run
+from relayd.instance import daemon_running
+from relayd.store import fastpath
+from relayd.store.dialects import describe
+from relayd.store.queued import State
+from relayd.store.reports import AccountReport, account_reports
+from relayd.store.sql import SqlStore
+
+_DAEMON = {True: "running", False: "not running", None: "unknown (none on this host)"}
+_DAEMON_STYLE = {_DAEMON[True]: "bold green", _DAEMON[False]: "bold red"}
 
 
-def status_command() -> None:
-    """Show whether the daemon runs, counts per state and account, next retry, last errors."""
-    fail("status is not available yet", 69)
+def wake_listener(path: str) -> bool:
+    """Whether something has the wake-up socket at `path` bound: a connect(), no datagram."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(path)
+    except OSError:
+        return False
+    finally:
+        sock.close()
+    return True
+
+
+def daemon_state(database: str) -> bool | None:
+    """The instance lock's answer on a SQLite queue; elsewhere (PostgreSQL, a lock file this
+    user may not read) True if a daemon listens on this host's wake-up socket, else None:
+    a daemon on another host may serve the queue."""
+    running = daemon_running(database)
+    if running is None and wake_listener(paths.wake_socket()):
+        return True
+    return running
+
+
+def _location(database: str) -> str:
+    """The database URL, with a server's password hidden (a SQLite URL has none)."""
+    return database if paths.sqlite_path(database) is not None else describe(database)
+
+
+def _overall_retry(reports: Sequence[AccountReport]) -> float | None:
+    return min((r.next_retry for r in reports if r.next_retry is not None), default=None)
+
+
+def _as_json(daemon: bool | None, database: str, reports: Sequence[AccountReport]) -> str:
+    return json_line(
+        {
+            "daemon": daemon,
+            "database": database,
+            "counts": {r.account: {s.value: n for s, n in r.counts.items()} for r in reports},
+            "next_retry": _overall_retry(reports),
+            "accounts": [
+                {
+                    "account": r.account,
+                    **{s.value: n for s, n in r.counts.items()},
+                    "next_retry": r.next_retry,
+                    "last_error": r.last_error,
+                    "last_error_at": r.last_error_at,
+                }
+                for r in reports
+            ],
+        }
+    )
+
+
+class _Table(NamedTuple):
+    headers: list[str]
+    rows: list[list[str]]
+    numeric: range  # the columns of counts, right-aligned
+
+
+def _facts(
+    daemon: bool | None, database: str, reports: Sequence[AccountReport]
+) -> list[tuple[str, str]]:
+    """What goes above the tables: (name, value), one fact a line."""
+    totals = ", ".join(f"{sum(r.counts[s] for r in reports)} {s.value}" for s in State)
+    return [
+        ("daemon", _DAEMON[daemon]),
+        ("database", database),
+        ("messages", totals),
+        ("next retry", local_time(_overall_retry(reports))),
+    ]
+
+
+def _tables(reports: Sequence[AccountReport]) -> list[_Table]:
+    """The counts per account and state and, if any account has one, the last errors."""
+    if not reports:
+        return []
+    counts = [
+        [r.account, *(str(r.counts[s]) for s in State), local_time(r.next_retry)] for r in reports
+    ]
+    headers = ["ACCOUNT", *(s.value.upper() for s in State), "NEXT RETRY"]
+    tables = [_Table(headers, counts, range(1, 1 + len(State)))]
+    errors = [
+        [r.account, local_time(r.last_error_at), sanitize(r.last_error)]
+        for r in reports
+        if r.last_error is not None
+    ]
+    if errors:
+        tables.append(_Table(["ACCOUNT", "LAST ERROR AT", "LAST ERROR"], errors, range(0)))
+    return tables
+
+
+def _plain(table: _Table) -> list[str]:
+    """A fixed-column table, two spaces apart; the last column unpadded."""
+    everything = (table.headers, *table.rows)
+    widths = [max(len(row[i]) for row in everything) for i in range(len(table.headers))]
+    lines = []
+    for row in everything:
+        cells = [
+            cell.rjust(width) if i in table.numeric else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        cells[-1] = row[-1]
+        lines.append("  ".join(cells))
+    return lines
+
+
+def _print_terminal(facts: list[tuple[str, str]], tables: list[_Table]) -> None:
+    console = Console(highlight=False)
+    for name, value in facts:
+        style = _DAEMON_STYLE.get(value, "") if name == "daemon" else ""
+        console.print(Text.assemble((f"{name}: ", "bold"), (value, style)), soft_wrap=True)
+    for table in tables:
+        shown = Table(*table.headers)
+        for index in table.numeric:
+            shown.columns[index].justify = "right"
+        for row in table.rows:
+            shown.add_row(*(Text(cell) for cell in row))
+        console.print(shown)
+
+
+def _status(as_json: bool) -> int:
+    config = settings.load()
+    with SqlStore.open(config.database, timeout=fastpath.lock_timeout()) as store:
+        reports = account_reports(store)
+    daemon, database = daemon_state(config.database), _location(config.database)
+    if as_json:
+        typer.echo(_as_json(daemon, database, reports))
+        return 0
+    facts, tables = _facts(daemon, database, reports), _tables(reports)
+    if on_terminal():
+        _print_terminal(facts, tables)
+        return 0
+    blocks = [[f"{name}: {value}" for name, value in facts], *map(_plain, tables)]
+    typer.echo("\n\n".join("\n".join(block) for block in blocks))
+    return 0
+
+
+def status_command(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Show whether the daemon runs, counts per state and account, next retry, last errors.
+
+    --json prints one object: daemon (true, false, or null: cannot tell),
+    database, counts {account: {state: n}}, next_retry (Unix seconds or
+    null), accounts [{account, queued, sending, held, sent, failed,
+    next_retry, last_error, last_error_at}].
+    """
+    run(lambda: _status(as_json))

@@ -106,7 +106,9 @@ def listing(
     )
     prepared = Prepared(query, conn.dialect)
     make, recipient = Listed._make, ListedRecipient._make
-    for row in prepared.rows(conn, prepared.args({} if account is None else {"account": account}), _BATCH):
+    for row in prepared.rows(
+        conn, prepared.args({} if account is None else {"account": account}), _BATCH
+    ):
         packed = row[9]
         found = _scan(packed, 0)[0] if isinstance(packed, str) else packed
         if len(found) > 1:

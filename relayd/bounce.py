@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import binascii
-import contextlib
 import email.utils
-import errno
 import hashlib
-import itertools
-import os
 import re
 import secrets
-import socket
 import textwrap
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from relayd import maildir
 from relayd.errors import RelaydError
 from relayd.store.queued import QueuedMessage, Recipient, RecipientState
 from relayd.sysexits import ExitCode
@@ -436,80 +431,12 @@ def _multipart_body(parts: list[bytes], boundary: str) -> bytes:
 
 # --- Maildir ----------------------------------------------------------------------------------
 
-_deliveries = itertools.count(1)
-
 
 def write_maildir(path: str, notice: Notice) -> str:
-    """Deliver `notice.data` into the Maildir at `path` (created 0700 if missing, with tmp/new/cur);
-    the path of the new file.
-
-    The file is written in tmp/ (0600), fsynced, renamed into new/, and new/ is fsynced, so
-    a crash leaves either no message or a whole one. mailbox.Maildir does not do this: it
-    fsyncs the file but creates it with the umask's mode and never syncs the directory.
-    Raises MaildirError when the Maildir cannot be written.
-    """
+    """Deliver `notice.data` into the Maildir at `path` durably (`relayd.maildir.deliver`);
+    the path of the new file. Raises MaildirError when the Maildir cannot be written."""
     try:
-        _ensure_maildir(path)
-        name = _unique_name()
-        temporary = os.path.join(path, "tmp", name)
-        final = os.path.join(path, "new", name)
-        _write_synced(temporary, notice.data)
-        try:
-            os.rename(temporary, final)
-        except OSError:
-            _discard(temporary)
-            raise
-        _fsync_directory(os.path.join(path, "new"))
+        return maildir.deliver(path, notice.data)
     except OSError as exc:
         detail = exc.strerror or str(exc)
         raise MaildirError(f"cannot write the bounce into Maildir {path}: {detail}") from exc
-    return final
-
-
-def _ensure_maildir(path: str) -> None:
-    for directory in (path, *(os.path.join(path, sub) for sub in ("tmp", "new", "cur"))):
-        try:
-            os.makedirs(directory, mode=0o700)
-        except FileExistsError:
-            if not os.path.isdir(directory):
-                raise NotADirectoryError(errno.ENOTDIR, "Not a directory", directory) from None
-        else:
-            os.chmod(directory, 0o700)  # the umask may have left it narrower: never wider
-
-
-def _unique_name() -> str:
-    """A Maildir name (time, microseconds, pid, counter, random, host) that cannot repeat."""
-    now = time.time()
-    seconds = int(now)
-    micros = int((now - seconds) * 1_000_000)
-    host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
-    unique = f"M{micros:06d}P{os.getpid()}Q{next(_deliveries)}R{secrets.token_hex(4)}"
-    return f"{seconds}.{unique}.{host}"
-
-
-def _write_synced(filename: str, data: bytes) -> None:
-    fd = os.open(filename, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except OSError:
-        os.close(fd)
-        _discard(filename)
-        raise
-    os.close(fd)
-
-
-def _discard(filename: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(filename)
-
-
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

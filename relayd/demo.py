@@ -1,20 +1,19 @@
-"""`make demo`: a throw-away HOME, a local SMTP sink, relayd daemon and relayd-sendmail at work."""
+"""`make demo`: debug-server, daemon and relayd-sendmail at work in a throw-away HOME."""
 
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import signal
-import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any
 
-from aiosmtpd.controller import Controller
+from relayd.cli.debug import SEPARATOR  # the line the debug server ends each message with
 
 MSMTPRC = """\
 # An ordinary msmtp configuration: relayd reads it unchanged.
@@ -37,109 +36,159 @@ To: Friend <friend@example.org>
 Bcc: hidden@example.org
 Subject: Hello from relayd
 
-This message was stored durably in relayd's queue.
+This message was stored durably in relayd's queue, then delivered by the daemon.
 """
 
+WAIT = 20.0  # seconds for any one step; the demo never hangs
 
-def _run(title: str, argv: list[str], env: dict[str, str], stdin: bytes = b"") -> None:
+
+class _Lines:
+    """A child's stdout read by a thread, one line at a time, waited for with a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def next(self, timeout: float = WAIT) -> str | None:
+        """The next line, or None at the end of the output or after `timeout` seconds."""
+        try:
+            return self._lines.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+
+def _run(title: str, argv: list[str], env: dict[str, str], stdin: bytes = b"") -> int:
     print(f"\n$ {title}", flush=True)
     result = subprocess.run(argv, input=stdin, env=env, capture_output=True, timeout=60)
     sys.stdout.write(result.stdout.decode(errors="replace"))
     sys.stdout.write(result.stderr.decode(errors="replace"))
     print(f"(exit status {result.returncode})", flush=True)
+    return result.returncode
 
 
-class _Sink:
-    """A local SMTP server standing in for your provider: it prints what it receives."""
-
-    def __init__(self) -> None:
-        self.received = 0
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.received += 1
-        print(f"\n[sink] received from <{envelope.mail_from}> for {envelope.rcpt_tos}:")
-        print(envelope.original_content.decode(errors="replace").replace("\r\n", "\n"))
-        return "250 2.0.0 Ok: delivered by the demo sink"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _state(queue: Path) -> str:
-    with sqlite3.connect(queue) as db:
-        row = db.execute("SELECT state FROM messages ORDER BY id DESC LIMIT 1").fetchone()
-    return str(row[0]) if row else "(none)"
-
-
-def _deliver_with_daemon(relayd: str, env: dict[str, str], queue: Path, sink: _Sink) -> None:
-    """Start `relayd daemon`, submit one more message, wait until the sink has both, stop."""
-    print("\n$ relayd daemon   (in the background)", flush=True)
-    daemon = subprocess.Popen([relayd, "daemon"], env=env)
+def _stop(name: str, proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
     try:
-        deadline = time.monotonic() + 20
-        while sink.received < 1 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        print(f"Queued message now: {_state(queue)}")
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(timeout=15)
-    print(f"(daemon stopped, exit status {daemon.returncode})")
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+    print(f"({name} stopped, exit status {proc.returncode})", flush=True)
+
+
+def _environment(home: Path) -> dict[str, str]:
+    """Everything relayd reads points inside `home`: nothing of the real user is touched."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_STATE_HOME": str(home / ".local" / "state"),
+        "XDG_RUNTIME_DIR": str(home / "run"),
+        # Named outright: as root the defaults would be the system queue in /var/spool/relayd.
+        "RELAYD_DATABASE_URL": f"sqlite:///{home / 'queue.sqlite3'}",
+        "RELAYD_RUNTIME_DIR": str(home / "run" / "relayd"),
+        "LANG": "C.UTF-8",
+        "NO_COLOR": "1",
+    }
+
+
+def _received(lines: _Lines) -> bool:
+    """Echo the debug server's output until it has printed one whole message."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        line = lines.next(max(0.1, deadline - time.monotonic()))
+        if line is None:
+            return False
+        print(f"  [debug-server] {line}", flush=True)
+        if line == SEPARATOR:
+            return True
+    return False
+
+
+def _state_is(relayd: str, env: dict[str, str], state: str) -> bool:
+    """Whether the queue holds a message in `state` (polled briefly: results are committed
+    right after the server's reply, a moment after the debug server printed the message)."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        listed = subprocess.run(
+            [relayd, "queue", "list", "--json", "--state", state],
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
+        if listed.stdout.strip():
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def main() -> int:
     """Run the demo in a temporary HOME; nothing outside it is read or written."""
-    sendmail = shutil.which("relayd-sendmail") or str(
-        Path(sys.executable).with_name("relayd-sendmail")
-    )
+    bin_dir = Path(sys.executable).parent
+    sendmail = shutil.which("relayd-sendmail", path=str(bin_dir)) or "relayd-sendmail"
+    relayd = shutil.which("relayd", path=str(bin_dir)) or "relayd"
     with tempfile.TemporaryDirectory(prefix="relayd-demo-") as tmp:
         home = Path(tmp)
-        sink = _Sink()
-        port = _free_port()
-        controller = Controller(sink, hostname="127.0.0.1", port=port)
-        controller.start()
-        rc = home / ".msmtprc"
-        rc.write_text(MSMTPRC.format(port=port))
-        rc.chmod(0o600)
-        queue = home / "state" / "relayd" / "queue.sqlite3"
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(home),
-            "XDG_CONFIG_HOME": str(home / "config"),
-            "XDG_STATE_HOME": str(home / "state"),
-            "XDG_RUNTIME_DIR": str(home / "run"),
-            "RELAYD_RUNTIME_DIR": str(home / "run" / "relayd"),
-            "RELAYD_DATABASE_URL": f"sqlite:///{queue}",
-            "LANG": "C.UTF-8",
-        }
-        print(f"A throw-away HOME: {home}\nA local SMTP sink on 127.0.0.1:{port}\n")
-        print(f"~/.msmtprc:\n{rc.read_text()}")
-        _run("relayd-sendmail --pretend -t", [sendmail, "--pretend", "-t"], env, MESSAGE)
-        _run(
-            "relayd-sendmail -t -odq < message   (store only)",
-            [sendmail, "-t", "-odq"],
-            env,
-            MESSAGE,
+        env = _environment(home)
+        for name in ("XDG_CONFIG_HOME", "XDG_STATE_HOME", "XDG_RUNTIME_DIR"):
+            Path(env[name]).mkdir(mode=0o700, parents=True, exist_ok=True)
+        print(f"A throw-away HOME: {home}")
+        print("\n$ relayd debug-server --port 0   (in the background: a local SMTP sink)")
+        sink = subprocess.Popen(
+            [relayd, "debug-server", "--port", "0"],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
         )
-        with sqlite3.connect(queue) as db:
-            for queue_id, state, account, sender, size in db.execute(
-                "SELECT queue_id, state, account, sender, size FROM messages"
-            ):
-                print(f"\nQueued {queue_id}: state={state} account={account}", end=" ")
-                print(f"from=<{sender}> {size} bytes")
-            for (address,) in db.execute("SELECT address FROM recipients ORDER BY position"):
-                print(f"  to <{address}>")
-            (data,) = db.execute("SELECT data FROM bodies").fetchone()
-        print("\nStored bytes (exactly what goes on the wire; Bcc removed, Date/Message-ID added):")
-        print(bytes(data).decode(errors="replace").replace("\r\n", "\n"))
-        file_mode = oct(queue.stat().st_mode & 0o777)
-        dir_mode = oct(queue.parent.stat().st_mode & 0o777)
-        print(f"Queue file mode: {file_mode}, directory {dir_mode}")
-        relayd = str(Path(sendmail).with_name("relayd"))
-        _deliver_with_daemon(relayd, env, queue, sink)
-        controller.stop()
+        lines = _Lines(sink)
+        try:
+            ready = lines.next()
+            if ready is None or ":" not in ready:
+                print("the debug server did not start", file=sys.stderr)
+                return 1
+            print(f"  [debug-server] {ready}")
+            port = int(ready.rsplit(":", 1)[1].split(",")[0])
+            rc = home / ".msmtprc"
+            rc.write_text(MSMTPRC.format(port=port))
+            rc.chmod(0o600)
+            print(f"\n~/.msmtprc:\n{rc.read_text()}")
+            _run("relayd config check", [relayd, "config", "check"], env)
+            _run("relayd-sendmail --pretend -t", [sendmail, "--pretend", "-t"], env, MESSAGE)
+            _run(
+                "relayd-sendmail -t < message   (no daemon runs yet: the message waits)",
+                [sendmail, "-t"],
+                env,
+                MESSAGE,
+            )
+            _run("relayd queue list", [relayd, "queue", "list"], env)
+            print("\n$ relayd daemon   (in the background)", flush=True)
+            daemon = subprocess.Popen(
+                [relayd, "daemon"], env=env, stderr=subprocess.PIPE, text=True
+            )
+            try:
+                delivered = _received(lines) and _state_is(relayd, env, "sent")
+                _run("relayd queue list --state sent", [relayd, "queue", "list", "-s", "sent"], env)
+                _run("relayd queue log", [relayd, "queue", "log"], env)
+                _run("relayd status", [relayd, "status"], env)
+            finally:
+                _stop("daemon", daemon)
+                assert daemon.stderr is not None
+                for line in daemon.stderr.read().splitlines():
+                    print(f"  [daemon log] {line}")
+        finally:
+            _stop("debug-server", sink)
+    if not delivered:
+        print("the message was not delivered within the demo's time", file=sys.stderr)
+        return 1
+    print("\nDelivered: stored durably, sent by the daemon, every attempt on record.")
     return 0
 
 

@@ -37,6 +37,7 @@ def daemon_command(
     )
     # Alembic narrates every migration at INFO; only relayd's own lines belong in this log.
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it narrates every job run
     from relayd import daemon  # the scheduler and the delivery engine: only to run
 
     try:

@@ -342,3 +342,52 @@ def test_shell_completion_is_offered() -> None:
     )
     assert shown.returncode == 0, shown.stderr
     assert b"complete" in shown.stdout and b"relayd" in shown.stdout
+
+
+def test_a_terminal_gets_colour_and_a_pipe_plain_text(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue_id = store.enqueue(message(), time.time())
+    store.hold([queue_id], "held by the user")
+    plain = invoke("queue", "list")[1]
+    assert "\x1b[" not in plain
+    monkeypatch.setattr("relayd.cli.queue_list.on_terminal", lambda: True)
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich colours for CliRunner's captured output
+    monkeypatch.setenv("COLUMNS", "200")
+    coloured = invoke("queue", "list")[1]
+    assert "\x1b[" in coloured
+    assert re.sub(r"\x1b\[[0-9;]*m", "", coloured) == plain  # the same text, only coloured
+
+
+def test_an_in_process_flush_shows_a_progress_bar_on_a_terminal(
+    upstream: UpstreamServer,
+) -> None:
+    import pty
+
+    rc_for(upstream.port)
+    for _ in range(3):
+        submit("-odq")
+    controller, terminal = pty.openpty()
+    try:
+        done = subprocess.run(
+            [RELAYD, "queue", "flush", "--wait"],
+            stderr=terminal,
+            stdout=subprocess.PIPE,
+            env=sendmail_env(COLUMNS="100"),
+            timeout=60,
+        )
+        os.close(terminal)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the terminal's other side is closed and drained
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(controller)
+    assert done.returncode == 0, shown
+    assert b"delivering" in shown and b"3/3" in shown
+    assert b"delivered in-process: 3 sent" in done.stdout

@@ -146,16 +146,15 @@ class Runner:
         """Claim and deliver until nothing is due; how many messages it claimed, -1 when it
         stopped on an error."""
         claimed_total = 0
-        ahead = self._claim_ahead(account)
         try:
             while not self.stopping:
-                claimed, owner = await ahead
+                # Each claim its own owner: if a lease ran out and the message was claimed
+                # again, the late result of the first claim cannot overwrite the second's.
+                owner = f"{self.owner}/{next(self._claims)}"
+                claimed = await self._claim(account, owner)
                 if not claimed:
                     break
                 claimed_total += len(claimed)
-                # The next batch is claimed while this one is on the wire, so the connection
-                # never waits for a claim between batches.
-                ahead = self._claim_ahead(account)
                 await self._deliver(claimed, owner)
         except RelaydError as exc:  # the queue cannot be read or written: the next scan retries
             log.error("account %r: %s", account, exc.message)
@@ -163,34 +162,7 @@ class Runner:
         except Exception:  # a bug: report it, keep the other accounts running
             log.exception("account %r: delivery stopped by an internal error", account)
             return -1
-        finally:
-            await self._return_unused(ahead)
         return claimed_total
-
-    def _claim_ahead(self, account: str) -> asyncio.Task[tuple[Sequence[QueuedMessage], str]]:
-        # Each claim its own owner: if a lease ran out and the message was claimed again, the
-        # late result of the first claim cannot overwrite the second's.
-        owner = f"{self.owner}/{next(self._claims)}"
-
-        async def claim() -> tuple[Sequence[QueuedMessage], str]:
-            return await self._claim(account, owner), owner
-
-        return asyncio.create_task(claim())
-
-    async def _return_unused(
-        self, ahead: asyncio.Task[tuple[Sequence[QueuedMessage], str]]
-    ) -> None:
-        """A batch claimed ahead but never delivered (stopping, or an error) goes back to the
-        queue at once, unmarked: none of it went on the wire."""
-        if not ahead.done():
-            ahead.cancel()
-        try:
-            claimed, owner = await ahead
-        except (asyncio.CancelledError, Exception):
-            return
-        if claimed:
-            ids = [m.queue_id for m in claimed]
-            await asyncio.to_thread(self.store.return_claimed, ids, owner)
 
     async def _claim(self, account: str, owner: str) -> Sequence[QueuedMessage]:
         limit = self.settings.delivery.messages_per_connection

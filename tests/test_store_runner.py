@@ -182,12 +182,3 @@ def test_extend_lease_keeps_only_the_owners_claims(store: SqlStore) -> None:
     assert store.extend_lease("mine", T0 + 500) == 1
     assert set(store.release_stale(T0 + 100)) == {b}
     assert got(store, a).state is State.SENDING and got(store, a).lease_until == T0 + 500
-
-
-def test_return_claimed_puts_an_untried_batch_back_as_it_was(store: SqlStore) -> None:
-    a, b = store.enqueue_many([message(number=n) for n in range(2)], T0)
-    store.claim_due("default", T0, LEASE, "daemon-h-1/7", 1)
-    store.claim_due("default", T0, LEASE, "daemon-h-1/8", 1)
-    assert store.return_claimed([a, b], "daemon-h-1/7") == (a,)  # only that claim's
-    assert (got(store, a).state, got(store, a).lease_lost) == (State.QUEUED, False)
-    assert got(store, b).state is State.SENDING

@@ -411,21 +411,6 @@ class SqlStore:
             lease_lost=lost,
         )
 
-    def return_claimed(self, queue_ids: Collection[str], owner: str) -> tuple[str, ...]:
-        """Put messages claimed by `owner` and never tried back to `queued` as they were (a
-        batch claimed ahead that a stopping connection will not deliver)."""
-        return self._update(
-            "return leases",
-            sa.and_(
-                messages.c.state == State.SENDING.value,
-                messages.c.lease_owner == owner,
-                messages.c.queue_id.in_(list(queue_ids)),
-            ),
-            state=State.QUEUED.value,
-            lease_owner=None,
-            lease_until=None,
-        )
-
     def mark_recipients(self, queue_id: str, results: Iterable[Recipient]) -> None:
         """Commit per-recipient results at once (right after the server's final reply)."""
         with self._transaction("record delivery") as conn:

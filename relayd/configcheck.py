@@ -91,6 +91,11 @@ def _load(path: str, *, user: bool, required: bool, report: Report) -> msmtprc.C
     conf = msmtprc.parse(path, data, problems=errors)
     report.problems += [_from_error(err, path) for err in errors]
     report.secrets.update(a.password for a in conf.accounts if a.password)
+    # Also the passwords of blocks that failed to define an account: read off the lines.
+    for raw in data.split(b"\n"):
+        command, argument = msmtprc.split_line(raw.decode("utf-8", "surrogateescape"))
+        if command == "password" and argument:
+            report.secrets.add(argument)
     report.msmtprc.append(path)
     if user and conf.contains_secrets and os.geteuid() != 0:
         try:

@@ -12,6 +12,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING
 
 from relayd import paths
+from relayd.instance import AlreadyRunning, instance_lock
 from relayd.settings import Settings
 from relayd.store import fastpath
 from relayd.store.records import State
@@ -71,7 +72,18 @@ def flush(
                     complain(f"the daemon did not finish the pass within {timeout:g} s")
                     return ExitCode.TEMPFAIL
             else:
-                tally = _deliver_here(store, settings, flushed, advance)
+                try:
+                    # A daemon must not start on this queue while this process delivers: it
+                    # would take this process's leases for a dead runner's and send again.
+                    lock = instance_lock(settings.database)
+                except AlreadyRunning:
+                    say(f"{len(flushed)} message(s) due now; the running daemon delivers them")
+                    return ExitCode.UNAVAILABLE if missing else 0
+                try:
+                    tally = _deliver_here(store, settings, flushed, advance)
+                finally:
+                    if lock is not None:
+                        os.close(lock)
                 say(f"no daemon running; delivered in-process: {tally}")
         code = pass_code(store, flushed, started)
     if not wait:

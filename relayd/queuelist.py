@@ -6,6 +6,7 @@ sendmail front end can list without loading the management CLI.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
@@ -37,7 +38,7 @@ _RECIPIENT_INDENT = " " * (17 + 1 + 8 + 1 + 19 + 1)
 _NULL_SENDER = "MAILER-DAEMON"  # how Postfix lists `<>`
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """Control characters as `?`, as Postfix's `printable()` does; UTF-8 stays readable."""
     if text.isprintable():
         return text
@@ -79,18 +80,18 @@ def message_lines(message: Listed, cache: dict[int, str]) -> list[str]:
     """One message's lines: the id with its marker, size, arrival and sender; then each shown
     recipient, preceded by its reason whenever that differs from the previous one
     (showq_compat's rule, `reason unavailable` included)."""
-    sender = _printable(message.sender) if message.sender else _NULL_SENDER
+    sender = printable(message.sender) if message.sender else _NULL_SENDER
     marked = message.queue_id + MARKERS.get(message.state, "?")
     arrival = _arrival(message.created_at, cache)
     lines = [f"{marked:<17} {message.size:>8} {arrival} {sender}"]
     previous = ""
     for recipient in shown_recipients(message):
         reason = recipient_reason(message, recipient)
-        reason = _printable(reason) if reason else ""
+        reason = printable(reason) if reason else ""
         if reason != previous:
             previous = reason
             lines.append(reason_line(reason or "reason unavailable"))
-        lines.append(_RECIPIENT_INDENT + _printable(recipient.address))
+        lines.append(_RECIPIENT_INDENT + printable(recipient.address))
     return lines
 
 
@@ -135,16 +136,23 @@ def json_record(message: Listed) -> dict[str, Any]:
 
 
 def write_lines(out: TextIO, lines: Iterable[str]) -> None:
-    """Write `lines` (each may hold several) in chunks of a thousand."""
+    """Write `lines` (each may hold several) in chunks of a thousand. A reader that went away
+    (`mailq | head`) ends the listing quietly, as for any Unix filter."""
     chunk: list[str] = []
-    for line in lines:
-        chunk.append(line)
-        if len(chunk) >= 1024:
+    try:
+        for line in lines:
+            chunk.append(line)
+            if len(chunk) >= 1024:
+                out.write("\n".join(chunk) + "\n")
+                chunk.clear()
+        if chunk:
             out.write("\n".join(chunk) + "\n")
-            chunk.clear()
-    if chunk:
-        out.write("\n".join(chunk) + "\n")
-    out.flush()
+        out.flush()
+    except BrokenPipeError:
+        # Nothing more can be shown; point stdout at /dev/null so the exit flush is silent.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        os.close(devnull)
 
 
 def print_mailq(out: TextIO) -> int:

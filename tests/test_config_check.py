@@ -356,6 +356,10 @@ def test_no_password_in_any_message(isolated_home: Path, monkeypatch: pytest.Mon
     assert result.exit_code == 0, result.output
     assert "queue database: postgresql+psycopg://me:***@db/relayd" in result.stdout
     assert SECRET not in result.output
+    # a block whose account line failed still hides its password
+    write_rc(isolated_home, f"account bad,name\npassword {SECRET}\nport {SECRET}\n", mode=0o600)
+    result = check()
+    assert "invalid argument" in result.stdout and SECRET not in result.output
 
 
 def test_colour_on_a_terminal_only(isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

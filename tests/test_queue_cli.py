@@ -73,7 +73,8 @@ def attempt(code: int | None, text: str, *recipients: Recipient, exit_code: int 
 
 def deferred(store: SqlStore, queue_id: str, reason: str, *recipients: Recipient) -> None:
     outcome = Outcome(State.QUEUED, next_attempt_at=time.time() + 600, reason=reason)
-    assert store.record_attempt(queue_id, attempt(451, reason, *recipients), outcome)
+    text = reason.removeprefix("451 ")  # the attempt keeps the code and the text apart
+    assert store.record_attempt(queue_id, attempt(451, text, *recipients), outcome)
 
 
 # -- queue list --------------------------------------------------------------------------------
@@ -227,7 +228,7 @@ def test_show_prints_envelope_attempts_and_headers(store: SqlStore) -> None:
         "Reason: 451 4.3.0 later",
         "  rcpt@example.org: pending",
         "host=mx.example.org tls=on auth=off duration=0.250s exitcode=EX_TEMPFAIL",
-        "    reply: 451 451 4.3.0 later",
+        "    reply: 451 4.3.0 later",
         "  From: Jörg <j@example.org>",
         "  X-Long: one two",
     ):
@@ -391,3 +392,42 @@ def test_an_in_process_flush_shows_a_progress_bar_on_a_terminal(
     assert done.returncode == 0, shown
     assert b"delivering" in shown and b"3/3" in shown
     assert b"delivered in-process: 3 sent" in done.stdout
+
+
+def test_show_never_passes_control_characters_to_the_terminal(store: SqlStore) -> None:
+    data = b"Subject: =?utf-8?q?=1B]0;pwned=07x?=\r\nX-Raw: a\x1bb\r\n\r\nbody\r\n"
+    queue_id = store.enqueue(message(data=data), time.time())
+    code, out = invoke("queue", "show", queue_id)
+    assert code == 0
+    assert "\x1b" not in out and "\x07" not in out
+    assert "Subject: ?]0;pwned?x" in out
+
+
+def test_mailq_into_a_closed_pipe_ends_quietly(store: SqlStore) -> None:
+    store.enqueue_many([message(n) for n in range(3000)], time.time())
+    mailq = subprocess.Popen(
+        [str(Path(RELAYD).with_name("relayd-sendmail")), "-bp"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=sendmail_env(),
+    )
+    assert mailq.stdout is not None and mailq.stdout.readline().startswith(b"----Queue ID")
+    mailq.stdout.close()  # as `mailq | head -1` does
+    _, err = mailq.communicate(timeout=60)
+    assert (mailq.returncode, err) == (0, b"")
+
+
+def test_an_in_process_flush_never_delivers_beside_a_daemon(upstream: UpstreamServer) -> None:
+    from relayd import instance
+
+    rc_for(upstream.port)
+    queue_id = submit("-odq")
+    lock = instance.instance_lock(paths.database_url())  # a daemon whose wake-up was lost
+    try:
+        flushed = run_relayd("queue", "flush", queue_id)
+    finally:
+        assert lock is not None
+        os.close(lock)
+    assert flushed.returncode == 0, flushed.stderr
+    assert b"the running daemon delivers them" in flushed.stdout
+    assert upstream.transactions == []

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from relayd import flush, paths, settings
-from relayd.cli.output import on_terminal, run
+from relayd.cli.output import run
 from relayd.cli.queue_list import list_command, open_queue, show_command
 from relayd.cli.queue_log import log_command
 from relayd.store import fastpath
@@ -119,7 +119,7 @@ def release_command(queue_ids: Annotated[list[str], _IDS]) -> None:
 
 def _asks() -> bool:
     """Whether `queue delete` asks first: someone at a terminal, not a script."""
-    return sys.stdin.isatty() and on_terminal()
+    return sys.stdin.isatty() and sys.stdout.isatty()
 
 
 def _delete(queue_ids: list[str], yes: bool) -> int:

@@ -12,7 +12,7 @@ from relayd import queuelist, settings
 from relayd.cli.output import fail, json_line, local_time, on_terminal, run
 from relayd.errors import RelaydError
 from relayd.store import fastpath
-from relayd.store.listing import Listed
+from relayd.store.listing import Listed, reply_text
 from relayd.store.queued import Attempt, QueuedMessage
 from relayd.store.records import State
 from relayd.store.sql import SqlStore
@@ -115,12 +115,6 @@ def list_command(
 # --- queue show ---------------------------------------------------------------------------
 
 
-def _reply(code: int | None, text: str | None) -> str | None:
-    if code is None:
-        return text
-    return f"{code} {text or ''}".rstrip()
-
-
 def show_record(
     message: QueuedMessage, attempts: Sequence[Attempt], headers: list[tuple[str, str]]
 ) -> dict[str, Any]:
@@ -146,7 +140,7 @@ def show_record(
             {
                 "address": r.address,
                 "state": r.state.value,
-                "reply": _reply(r.reply_code, r.reply_text),
+                "reply": reply_text(r.reply_code, r.reply_text),
             }
             for r in message.recipients
         ],
@@ -159,13 +153,13 @@ def show_record(
                 "auth": a.auth,
                 "exit_code": a.exit_code,
                 "exit_name": _exit_name(a.exit_code),
-                "reply": _reply(a.reply_code, a.reply),
+                "reply": reply_text(a.reply_code, a.reply),
                 "possible_duplicate": a.possible_duplicate,
                 "recipients": [
                     {
                         "address": r.address,
                         "state": r.state.value,
-                        "reply": _reply(r.reply_code, r.reply_text),
+                        "reply": reply_text(r.reply_code, r.reply_text),
                     }
                     for r in a.recipients
                 ],
@@ -253,10 +247,13 @@ def _show(queue_id: str, raw: bool, as_json: bool) -> int:
     record = show_record(message, attempts, display_headers(data))
     if as_json:
         typer.echo(json_line(record))
-    elif on_terminal():
-        _show_styled(show_lines(record))
+        return 0
+    # Headers, replies and reasons come from outside: no control character reaches a terminal.
+    lines = [queuelist.printable(line) for line in show_lines(record)]
+    if on_terminal():
+        _show_styled(lines)
     else:
-        typer.echo("\n".join(show_lines(record)))
+        typer.echo("\n".join(lines))
     return 0
 
 

@@ -120,7 +120,14 @@ def _print_after(
 def _log(queue_id: str | None, follow: bool, as_json: bool, lines: int | None) -> int:
     config = settings.load()
     show = _printer(as_json)
-    with SqlStore.open(config.database, timeout=fastpath.lock_timeout()) as store:
+    opened = (SqlStore.open if follow else SqlStore.open_existing)(
+        config.database, timeout=fastpath.lock_timeout()
+    )
+    if opened is None:  # nothing was ever queued
+        if queue_id is not None:
+            raise RelaydError(f"{queue_id}: no such message", ExitCode.UNAVAILABLE)
+        return 0
+    with opened as store:
         if queue_id is not None and store.get(queue_id) is None:
             # Postfix's tools name the unknown id and exit non-zero; relayd's queue commands
             # use EX_UNAVAILABLE for a message that is not there (as `queue hold` does).

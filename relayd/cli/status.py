@@ -146,8 +146,11 @@ def _print_terminal(facts: list[tuple[str, str]], tables: list[_Table]) -> None:
 
 def _status(as_json: bool) -> int:
     config = settings.load()
-    with SqlStore.open(config.database, timeout=fastpath.lock_timeout()) as store:
-        reports = account_reports(store)
+    store = SqlStore.open_existing(config.database, timeout=fastpath.lock_timeout())
+    reports = []
+    if store is not None:  # nothing was ever queued: an empty report, and no file created
+        with store:
+            reports = account_reports(store)
     daemon, database = daemon_state(config.database), _location(config.database)
     if as_json:
         typer.echo(_as_json(daemon, database, reports))

@@ -18,6 +18,13 @@ from relayd.store.records import State
 from relayd.store.tables import messages, recipients
 
 
+def reply_text(code: int | None, text: str | None) -> str | None:
+    """A stored reply as people read it, `CODE text`; None when there is none."""
+    if code is None:
+        return text or None
+    return f"{code} {text or ''}".rstrip()
+
+
 class ListedRecipient(NamedTuple):
     """One recipient as a listing shows it: its state and the server's last reply to it."""
 
@@ -29,9 +36,7 @@ class ListedRecipient(NamedTuple):
     @property
     def reply(self) -> str | None:
         """`CODE text` of the last reply, or None when the recipient has none yet."""
-        if self.reply_code is None:
-            return self.reply_text or None
-        return f"{self.reply_code} {self.reply_text or ''}".rstrip()
+        return reply_text(self.reply_code, self.reply_text)
 
 
 class Listed(NamedTuple):

@@ -84,8 +84,13 @@ class SqlStore:
         """As `open`, but None for a SQLite queue whose file does not exist yet (nothing was
         ever queued): reading commands report an empty queue instead of creating one."""
         path = sqlite_path(url)
-        if path is not None and not os.path.exists(path):
-            return None
+        if path is not None:
+            try:
+                os.stat(path)
+            except FileNotFoundError:
+                return None
+            except OSError:
+                pass  # unreadable, not a directory…: `open` names the problem
         return cls.open(url, timeout=timeout)
 
     @property

@@ -424,16 +424,12 @@ def parse_recipient_argument(argument: str) -> list[str]:
     return parse_recipient_arguments([argument])
 
 
-_FOLDING = re.compile(r"\r?\n(?=[ \t])")
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 def display_headers(raw: bytes) -> list[tuple[str, str]]:
     """The header fields of a stored or received message as (name, value) pairs for people to
     read: unfolded, RFC 2047 encoded words decoded, invalid UTF-8 shown as U+FFFD. Every field
     is read as unstructured text, so no malformed address can make the stdlib's structured
-    parsers fail a display; the body is not parsed. (`email` is imported here, not on the
-    sendmail hot path.)"""
+    parsers fail a display; the body is not parsed. (`email` is imported and the patterns are
+    compiled here, not at import: this module is on the sendmail hot path.)"""
     from email.headerregistry import HeaderRegistry, UnstructuredHeader
     from email.parser import BytesHeaderParser
     from email.policy import compat32
@@ -441,7 +437,7 @@ def display_headers(raw: bytes) -> list[tuple[str, str]]:
     registry = HeaderRegistry(default_class=UnstructuredHeader, use_default_map=False)
     parsed = BytesHeaderParser(policy=compat32).parsebytes(raw)
     return [
-        (readable(name), readable(str(registry(name, _FOLDING.sub("", value)))))
+        (readable(name), readable(str(registry(name, re.sub(r"\r?\n(?=[ \t])", "", value)))))
         for name, value in parsed.raw_items()
     ]
 
@@ -451,4 +447,4 @@ def readable(value: str) -> str:
     try:
         return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     except UnicodeEncodeError:  # a lone surrogate that stands for no byte
-        return _SURROGATE.sub("\ufffd", value)
+        return re.sub("[\ud800-\udfff]", "\ufffd", value)

@@ -289,15 +289,20 @@ def test_a_signal_closes_open_connections_and_exits_0(servers: list[Server], sig
     assert "Traceback" not in server.stderr
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.1", "[::]"])
-def test_refuses_a_non_loopback_address(host: str) -> None:
-    result = subprocess.run(
-        [RELAYD, "debug-server", "--port", "0", "--host", host],
+def run_debug_server(*args: str) -> subprocess.CompletedProcess[str]:
+    """`relayd debug-server ARGS` to its end (for the ways it refuses to start)."""
+    return subprocess.run(
+        [RELAYD, "debug-server", *args],
         capture_output=True,
         text=True,
         env=dict(os.environ),
         timeout=TIMEOUT,
     )
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.1", "[::]"])
+def test_refuses_a_non_loopback_address(host: str) -> None:
+    result = run_debug_server("--port", "0", "--host", host)
     assert result.returncode == 64
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1
@@ -324,13 +329,7 @@ def test_a_port_in_use_is_reported_in_one_line() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            [RELAYD, "debug-server", "--port", str(port)],
-            capture_output=True,
-            text=True,
-            env=dict(os.environ),
-            timeout=TIMEOUT,
-        )
+        result = run_debug_server("--port", str(port))
     assert result.returncode == 69
     assert result.stderr.startswith(f"relayd: debug-server: cannot listen on 127.0.0.1:{port}: ")
     assert result.stderr.count("\n") == 1
@@ -338,13 +337,7 @@ def test_a_port_in_use_is_reported_in_one_line() -> None:
 
 def test_a_maildir_that_cannot_be_created(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
-    result = subprocess.run(
-        [RELAYD, "debug-server", "--port", "0", "--maildir", str(tmp_path / "file")],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ),
-        timeout=TIMEOUT,
-    )
+    result = run_debug_server("--port", "0", "--maildir", str(tmp_path / "file"))
     assert result.returncode == 73
     assert result.stderr.startswith(f"relayd: cannot create Maildir {tmp_path / 'file'}: ")
 

@@ -15,7 +15,7 @@ $(BIN)/relayd-sendmail: pyproject.toml
 setup: $(BIN)/relayd-sendmail
 
 demo: setup
-	$(BIN)/python -m relayd.demo
+	$(BIN)/python -m relayd.cli.demo
 
 lint: setup
 	$(BIN)/ruff check $(CODE)

@@ -56,26 +56,6 @@ def settings_file(environ: Mapping[str, str] | None = None) -> tuple[str | None,
     return None, False
 
 
-def database_url(environ: Mapping[str, str] | None = None, uid: int | None = None) -> str:
-    """The queue database: relayd.toml's `database` or `$RELAYD_DATABASE_URL`, else the default.
-
-    For the sendmail path: without a relayd.toml (the common case) the settings module is never
-    imported; with one, the whole file is loaded and checked (ConfigError, exit 78).
-    """
-    env = _env(environ)
-    if settings_file(env)[0] is not None:
-        from relayd import settings  # only when there is a file to check
-
-        return settings.load(env, uid=uid).database
-    override = env.get("RELAYD_DATABASE_URL")
-    if override:
-        try:
-            return check_database_url(override)
-        except ConfigError as exc:
-            raise ConfigError(f"RELAYD_DATABASE_URL: {exc.message}") from None
-    return default_database_url(env, uid)
-
-
 def check_database_url(url: str) -> str:
     """`url` if it can name a queue database, else ConfigError (without file or key)."""
     if "://" not in url:

@@ -1,7 +1,7 @@
 """relayd.toml: find it, parse it, check every key, and return frozen Settings (SPEC §2).
 
 Stdlib only: the sendmail path imports this module when a relayd.toml exists (see
-`paths.database_url`), and tomllib only then.
+`store.location.database_url`), and tomllib only then.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""msmtp 1.8.23's log line and stderr report (research/msmtp.md §3, §4.3): relayd.attempt_log.
+"""msmtp 1.8.23's log line and stderr report (research/msmtp.md §3, §4.3): daemon.attempt_log.
 
 The expected lines are msmtp's own (the examples of §4.3 and lines recorded from Debian's
 msmtp 1.8.23); the tests at the end compare with msmtp live when it is installed.
@@ -20,21 +20,21 @@ from typing import Any
 
 import pytest
 
-from relayd import attempt_log
+from relayd import text
 from relayd.accounts.account import Account
-from relayd.attempt_log import (
+from relayd.daemon.attempt_log import (
     LMTP_LOG_ERROR,
     lmtp_stderr_lines,
     log_info,
     log_line,
     log_time,
-    mail_size,
     stderr_lines,
     write,
     write_logfile,
     write_syslog,
 )
 from relayd.delivery.result import Reply
+from relayd.store.queued import mail_size
 from relayd.sysexits import ExitCode
 from tests.test_serverinfo import CraftedServer, Script, msmtp_path, run_msmtp
 
@@ -410,7 +410,7 @@ def test_gives_up_when_the_lock_is_held_too_long(tmp_path: Path) -> None:
 
 _WRITER = """
 import sys
-from relayd.attempt_log import write_logfile
+from relayd.daemon.attempt_log import write_logfile
 for i in range(int(sys.argv[3])):
     write_logfile(sys.argv[1], f"{sys.argv[2]} line {i} " + "x" * 3000, prog="w")
 """
@@ -552,7 +552,7 @@ def test_lmtp_stderr() -> None:
 
 
 def test_sanitize() -> None:
-    assert attempt_log.sanitize("a\x00\x1f\x7f\x80é'") == "a???\x80é'"
+    assert text.sanitize("a\x00\x1f\x7f\x80é'") == "a???\x80é'"
 
 
 # --- against msmtp itself ------------------------------------------------------------------

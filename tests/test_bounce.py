@@ -1,4 +1,4 @@
-"""relayd.bounce: RFC 3464 DSNs parsed back with the email package, and Maildir delivery."""
+"""relayd.daemon.bounce: RFC 3464 DSNs parsed back with the email package, and Maildir delivery."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relayd import bounce
-from relayd.bounce import MaildirError, Notice, build, should_notify, write_maildir
+from relayd.daemon import bounce
+from relayd.daemon.bounce import MaildirError, Notice, build, should_notify, write_maildir
 from relayd.errors import RelaydError
 from relayd.store.queued import QueuedMessage, Recipient, RecipientState
 from relayd.store.records import State

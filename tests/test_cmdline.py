@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from relayd.cmdline import Delivery, Mode, parse, replay_overrides
+from relayd.accounts.options import replay_overrides
 from relayd.errors import UsageError
+from relayd.submission.cmdline import Delivery, Mode, parse
 
 
 def usage_error(argv: list[str]) -> str:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner, Result
 
-from relayd import configcheck, paths, settings
+from relayd import paths, settings
 from relayd.accounts import files, msmtprc
-from relayd.cli import app
+from relayd.cli import app, configcheck
 from relayd.errors import ConfigError
 from relayd.sysexits import ExitCode
 

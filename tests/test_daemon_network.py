@@ -7,7 +7,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from relayd import daemon
+from relayd.daemon import lifecycle as daemon
 from relayd.settings import Settings
 from relayd.store.queued import Attempt, AttemptRecord, Outcome, State
 from relayd.store.sql import SqlStore

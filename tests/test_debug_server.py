@@ -22,7 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from relayd.cli import app
-from relayd.headers import display_headers
+from relayd.submission.headers import display_headers
 
 RELAYD = str(Path(sys.executable).with_name("relayd"))
 TIMEOUT = 15.0

@@ -8,7 +8,7 @@ import sys
 
 def test_demo_delivers_through_the_daemon_to_the_debug_server() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "relayd.demo"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "relayd.cli.demo"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout

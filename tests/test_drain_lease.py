@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from relayd import drain, retry
 from relayd.accounts.stored import account_for
+from relayd.daemon import drain, retry
 from relayd.settings import Settings
 from relayd.store.sql import SqlStore
 from tests.store_helpers import message

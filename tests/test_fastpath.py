@@ -34,8 +34,8 @@ def db(tmp_path: Path) -> Path:
 
 def test_finding_the_database_without_relayd_toml_skips_the_settings_module() -> None:
     code = (
-        "import sys, relayd.paths\n"
-        "url = relayd.paths.database_url()\n"
+        "import sys, relayd.store.location\n"
+        "url = relayd.store.location.database_url()\n"
         "print(url.startswith('sqlite:///'), 'relayd.settings' in sys.modules)"
     )
     result = run_python(code)

@@ -30,10 +30,11 @@ SLOW_STDLIB = (
     "subprocess",
 )
 HOT_PATH = (
-    "relayd.sendmail",
-    "relayd.submit",
-    "relayd.message",
+    "relayd.submission.sendmail",
+    "relayd.submission.submit",
+    "relayd.submission.message",
     "relayd.store.fastpath",
+    "relayd.store.location",
     "relayd.settings",
     "relayd.paths",
 )
@@ -52,5 +53,5 @@ def test_hot_path_imports_nothing_heavy(module: str) -> None:
 
 
 def test_sendmail_avoids_slow_standard_modules() -> None:
-    modules = loaded_after("import relayd.sendmail, relayd.submit")
+    modules = loaded_after("import relayd.submission.sendmail, relayd.submission.submit")
     assert sorted(m for m in modules if m in SLOW_STDLIB) == []

@@ -1,4 +1,4 @@
-"""Unit tests of relayd.message and its parts: msmtp's header rules, addresses, aliases."""
+"""Unit tests of submission.message and its parts: msmtp's header rules, addresses, aliases."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relayd import message
 from relayd.errors import ConfigError, DataError
-from relayd.headers import _HeaderReader
-from relayd.message import (
+from relayd.submission import message
+from relayd.submission.headers import _HeaderReader
+from relayd.submission.message import (
     HeaderScan,
     build_message,
     canonical_hostname,
@@ -624,7 +624,7 @@ def test_importing_message_stays_light() -> None:
     code = (
         "import sys, relayd.errors\n"
         "before = set(sys.modules)\n"
-        "import relayd.message\n"
+        "import relayd.submission.message\n"
         "print(' '.join(sorted(set(sys.modules) - before)))\n"
         "print(' '.join(m for m in sys.modules if m.split('.')[0] == 'email'))\n"
     )
@@ -634,10 +634,11 @@ def test_importing_message_stays_light() -> None:
     added, email_modules = result.stdout.split("\n")[:2]
     assert email_modules == ""
     assert set(added.split()) <= {
-        "relayd.addresses",
-        "relayd.aliases",
-        "relayd.headers",
-        "relayd.message",
+        "relayd.submission",
+        "relayd.submission.addresses",
+        "relayd.submission.aliases",
+        "relayd.submission.headers",
+        "relayd.submission.message",
     }
 
 

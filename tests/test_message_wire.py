@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from relayd.errors import ConfigError, DataError
-from relayd.headers import HeaderScan, _HeaderReader
-from relayd.message import (
+from relayd.submission.headers import HeaderScan, _HeaderReader
+from relayd.submission.message import (
     build_message,
     canonical_hostname,
     expand_aliases,

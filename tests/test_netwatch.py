@@ -1,4 +1,4 @@
-"""relayd.netwatch: parsing rtnetlink datagrams, debouncing, a real watch in a network namespace."""
+"""daemon.netwatch: parsing rtnetlink datagrams, debouncing, a real watch in a network namespace."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relayd import netwatch
-from relayd.netwatch import Event, Kind, NetworkWatch, parse
+from relayd.daemon import netwatch
+from relayd.daemon.netwatch import Event, Kind, NetworkWatch, parse
 
 AF_INET = socket.AF_INET
 AF_INET6 = socket.AF_INET6
@@ -443,7 +443,7 @@ def test_start_returns_false_when_the_socket_is_refused(
     def refuse(*args: object, **kwargs: object) -> socket.socket:
         raise error
 
-    with caplog.at_level("DEBUG", logger="relayd.netwatch"):
+    with caplog.at_level("DEBUG", logger="relayd.daemon.netwatch"):
         assert _start_with(monkeypatch, refuse) is False
     assert "network watch unavailable" in caplog.text
     assert error.strerror is not None and error.strerror in caplog.text
@@ -512,7 +512,7 @@ def test_start_succeeds_where_netlink_works() -> None:
 # (RFC 5737, RFC 3849) inside a namespace of our own: nothing leaves the machine.
 CHILD = r"""
 import asyncio, json, subprocess, sys
-from relayd.netwatch import NetworkWatch
+from relayd.daemon.netwatch import NetworkWatch
 
 DEBOUNCE = 0.2
 QUIET = DEBOUNCE + 1.0  # no call within this long: none is coming

@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 import trustme
 
-from relayd import attempt_log, paths
+from relayd import paths
+from relayd.store.queued import mail_size
 from tests.sendmail_helpers import (
     check_consistent,
     queue_db,
@@ -230,7 +231,7 @@ def test_success_delivers_the_exact_bytes_and_records_one_attempt(
         possible_duplicate=False,
     )
     (line,) = log_lines()
-    size = attempt_log.mail_size(MESSAGE)
+    size = mail_size(MESSAGE)
     assert re.fullmatch(
         rf"{LOG_TIME} host=127\.0\.0\.1 tls=off auth=off from=me@example\.org "
         rf"recipients={R1},{R2} mailsize={size} smtpstatus=250 "

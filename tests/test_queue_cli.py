@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from relayd import paths
 from relayd.cli import app
 from relayd.cli import queue as queue_cli
+from relayd.store import location
 from relayd.store.queued import Attempt, Outcome, Recipient, RecipientState, State
 from relayd.store.sql import SqlStore
 from tests.sendmail_helpers import run_sendmail, sendmail_env
@@ -48,7 +49,7 @@ HEADING = "----Queue ID----- --Size-- ---Arrival Time---- --Sender/Recipient----
 
 @pytest.fixture
 def store() -> Iterator[SqlStore]:
-    with SqlStore.open(paths.database_url()) as opened:
+    with SqlStore.open(location.database_url()) as opened:
         yield opened
 
 
@@ -90,7 +91,7 @@ def test_an_empty_queue_says_so_everywhere(tmp_path: Path) -> None:
         shown = subprocess.run(command, capture_output=True, env=env, timeout=30)
         assert (shown.returncode, shown.stdout) == (0, b"Mail queue is empty\n"), shown.stderr
     # Listing never creates the queue.
-    assert not os.path.exists(str(paths.sqlite_path(paths.database_url())))
+    assert not os.path.exists(str(paths.sqlite_path(location.database_url())))
 
 
 def test_the_listing_has_postfixs_layout(store: SqlStore) -> None:
@@ -418,11 +419,11 @@ def test_mailq_into_a_closed_pipe_ends_quietly(store: SqlStore) -> None:
 
 
 def test_an_in_process_flush_never_delivers_beside_a_daemon(upstream: UpstreamServer) -> None:
-    from relayd import instance
+    from relayd.daemon import instance
 
     rc_for(upstream.port)
     queue_id = submit("-odq")
-    lock = instance.instance_lock(paths.database_url())  # a daemon whose wake-up was lost
+    lock = instance.instance_lock(location.database_url())  # a daemon whose wake-up was lost
     try:
         flushed = run_relayd("queue", "flush", queue_id)
     finally:

@@ -14,11 +14,11 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from relayd.accounts.account import Account
-from relayd.attempt_log import log_info, mail_size
 from relayd.cli import app
 from relayd.cli import queue_log as queue_log_cli
+from relayd.daemon.attempt_log import log_info
 from relayd.delivery.result import Reply
-from relayd.store.queued import Attempt, Outcome, Recipient, RecipientState, State
+from relayd.store.queued import Attempt, Outcome, Recipient, RecipientState, State, mail_size
 from relayd.store.sql import SqlStore
 from tests.sendmail_helpers import sendmail_env
 from tests.store_helpers import message

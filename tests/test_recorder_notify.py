@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from relayd.notify import Notifier
-from relayd.recorder import Recorder
+from relayd.daemon.notify import Notifier
+from relayd.daemon.recorder import Recorder
 from relayd.store.prepared import PreparedRecord
 from relayd.store.queued import Attempt, AttemptRecord, Outcome, Recipient, RecipientState, State
 from relayd.store.sql import SqlStore

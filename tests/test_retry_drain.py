@@ -1,8 +1,9 @@
 """The retry policy and the drain step's bookkeeping as pure functions, with injected times.
 
-`relayd.retry` turns a message's age into the time of its next attempt (SPEC §4: clamp(age,
-first, max), fail after `lifetime`); `relayd.drain` turns one attempt's `DeliveryResult` into the
-recipients' new states and the message's next state. No clock, no sleep, no server.
+`relayd.daemon.retry` turns a message's age into the time of its next attempt (SPEC §4:
+clamp(age, first, max), fail after `lifetime`); `relayd.daemon.drain` turns one attempt's
+`DeliveryResult` into the recipients' new states and the message's next state. No clock, no
+sleep, no server.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relayd import drain, retry
+from relayd.daemon import drain, retry
 from relayd.delivery.result import DeliveryResult, Disposition, RecipientResult, Reply
 from relayd.settings import Retry, Settings
 from relayd.store.queued import Outcome, QueuedMessage, Recipient, RecipientState, State

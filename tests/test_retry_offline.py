@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relayd import drain, retry
+from relayd.daemon import drain, retry
 from relayd.delivery import classify
 from relayd.delivery.classify import Event
 from relayd.delivery.result import DeliveryResult, Disposition, RecipientResult

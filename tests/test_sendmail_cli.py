@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from relayd import paths, sendmail
+from relayd import paths
+from relayd.submission import sendmail
 
 SENDMAIL = str(Path(sys.executable).with_name("relayd-sendmail"))
 

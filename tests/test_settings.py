@@ -10,6 +10,7 @@ import pytest
 from relayd import paths, settings
 from relayd.errors import ConfigError
 from relayd.settings import Bounce, Settings
+from relayd.store import location
 from relayd.sysexits import ExitCode
 
 USER = 1000
@@ -123,18 +124,18 @@ def test_environment_overrides_and_explicit_file(tmp_path: Path) -> None:
 def test_database_url_for_the_sendmail_path(tmp_path: Path) -> None:
     env = dict(os.environ)
     state = os.environ["XDG_STATE_HOME"]
-    assert paths.database_url(env, USER) == f"sqlite:///{state}/relayd/queue.sqlite3"
+    assert location.database_url(env, USER) == f"sqlite:///{state}/relayd/queue.sqlite3"
     env["RELAYD_DATABASE_URL"] = "sqlite:////srv/q.sqlite3"
-    assert paths.database_url(env, USER) == "sqlite:////srv/q.sqlite3"
+    assert location.database_url(env, USER) == "sqlite:////srv/q.sqlite3"
     write_config('database = "sqlite:////etc-chosen/q.sqlite3"\n')
-    assert paths.database_url(env, USER) == "sqlite:////srv/q.sqlite3"  # the variable wins
+    assert location.database_url(env, USER) == "sqlite:////srv/q.sqlite3"  # the variable wins
     del env["RELAYD_DATABASE_URL"]
-    assert paths.database_url(env, USER) == "sqlite:////etc-chosen/q.sqlite3"
+    assert location.database_url(env, USER) == "sqlite:////etc-chosen/q.sqlite3"
     write_config("[retry]\nfrist = 1\n")
     with pytest.raises(ConfigError):  # a broken file is reported even here
-        paths.database_url(env, USER)
+        location.database_url(env, USER)
     with pytest.raises(ConfigError) as caught:
-        paths.database_url(
+        location.database_url(
             {
                 **env,
                 "RELAYD_CONFIG": "",

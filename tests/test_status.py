@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from relayd import instance, paths
+from relayd import paths
 from relayd.cli import app
 from relayd.cli import status as status_cli
+from relayd.daemon import instance
 from relayd.errors import QueueError
 from relayd.store.queued import Attempt, Outcome, State
 from relayd.store.sql import SqlStore

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from relayd import paths, sdnotify, settings
+from relayd import paths, settings
+from relayd.daemon import sdnotify
 from relayd.sysexits import ExitCode
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from relayd.accounts import resolve
 from relayd.accounts.account import Account
+from relayd.accounts.options import replay_overrides
 from relayd.accounts.select import select
-from relayd.cmdline import replay_overrides
 
 
 def _ignore(line: str) -> None:

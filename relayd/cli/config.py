@@ -10,7 +10,7 @@ from relayd.cli.output import json_line, on_terminal, run
 from relayd.sysexits import ExitCode
 
 if TYPE_CHECKING:
-    from relayd import configcheck
+    from relayd.cli import configcheck
 
 app = typer.Typer(name="config", help="Check the configuration.", no_args_is_help=True)
 
@@ -24,7 +24,7 @@ def _summary(report: configcheck.Report) -> list[str]:
         lines.append(f"checked {report.settings_file}")
     else:
         lines.append("no relayd.toml: the defaults apply")
-    from relayd.configcheck import NO_DEFAULT
+    from relayd.cli.configcheck import NO_DEFAULT
 
     lines.append(f"default account: {report.default or NO_DEFAULT}")
     lines.append(f"queue database: {report.database}")
@@ -32,7 +32,7 @@ def _summary(report: configcheck.Report) -> list[str]:
 
 
 def _check(conffile: str | None, as_json: bool) -> int:
-    from relayd import configcheck  # parses everything: only when asked to
+    from relayd.cli import configcheck  # parses everything: only when asked to
 
     report = configcheck.check(conffile)
     colour = on_terminal() and not as_json

@@ -8,7 +8,8 @@ import sys
 
 import typer
 
-from relayd import instance, settings
+from relayd import settings
+from relayd.daemon import instance
 from relayd.errors import RelaydError
 
 
@@ -38,7 +39,9 @@ def daemon_command(
     # Alembic narrates every migration at INFO; only relayd's own lines belong in this log.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it narrates every job run
-    from relayd import daemon  # the scheduler and the delivery engine: only to run
+    from relayd.daemon import (
+        lifecycle as daemon,  # the scheduler and the delivery engine: only to run
+    )
 
     try:
         config = settings.load()

@@ -14,7 +14,7 @@ import typer
 from relayd.cli.output import json_line, local_time, run
 
 if TYPE_CHECKING:
-    from relayd.debugserver import Received
+    from relayd.cli.debugserver import Received
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1025  # unprivileged, the usual port of local test sinks (2525 is [listen]'s example)
@@ -49,7 +49,7 @@ def debug_server_command(
 
 
 def _serve(host: str, port: int, maildir: str | None, printer: _Printer) -> int:
-    from relayd import debugserver  # aiosmtpd: loaded for this command only
+    from relayd.cli import debugserver  # aiosmtpd: loaded for this command only
 
     address = debugserver.listen_address(host)
     printer.maildir = debugserver.prepare_maildir(maildir) if maildir else None

@@ -10,10 +10,11 @@ from typing import Annotated
 
 import typer
 
-from relayd import flush, paths, settings
+from relayd import paths, settings
 from relayd.cli.output import run
 from relayd.cli.queue_list import list_command, open_queue, show_command
 from relayd.cli.queue_log import log_command
+from relayd.daemon import flush
 from relayd.store import fastpath
 from relayd.store.sql import SqlStore
 from relayd.sysexits import ExitCode

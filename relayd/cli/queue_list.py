@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from relayd import queuelist, settings
+from relayd import settings
 from relayd.cli.output import fail, json_line, local_time, on_terminal, run
 from relayd.errors import RelaydError
 from relayd.store import fastpath
@@ -16,6 +16,7 @@ from relayd.store.listing import Listed, reply_text
 from relayd.store.queued import Attempt, QueuedMessage
 from relayd.store.records import State
 from relayd.store.sql import SqlStore
+from relayd.submission import queuelist
 from relayd.sysexits import ExitCode
 
 if TYPE_CHECKING:
@@ -229,7 +230,7 @@ def show_lines(record: dict[str, Any]) -> list[str]:
 
 
 def _show(queue_id: str, raw: bool, as_json: bool) -> int:
-    from relayd.headers import display_headers
+    from relayd.submission.headers import display_headers
 
     store = open_queue()
     message = data = None

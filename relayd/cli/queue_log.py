@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.text import Text
 
 from relayd import settings
-from relayd.attempt_log import attempt_info
 from relayd.cli.output import json_line, local_time, on_terminal, run
+from relayd.daemon.attempt_log import attempt_info
 from relayd.delivery.result import Reply
 from relayd.errors import RelaydError
 from relayd.store import fastpath

@@ -12,14 +12,14 @@ from rich.table import Table
 from rich.text import Text
 
 from relayd import paths, settings
-from relayd.attempt_log import sanitize
 from relayd.cli.output import json_line, local_time, on_terminal, run
-from relayd.instance import daemon_running
+from relayd.daemon.instance import daemon_running
 from relayd.store import fastpath
 from relayd.store.dialects import describe
 from relayd.store.queued import State
 from relayd.store.reports import AccountReport, account_reports
 from relayd.store.sql import SqlStore
+from relayd.text import sanitize
 
 _DAEMON = {True: "running", False: "not running", None: "unknown (none on this host)"}
 _DAEMON_STYLE = {_DAEMON[True]: "bold green", _DAEMON[False]: "bold red"}

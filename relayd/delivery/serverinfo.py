@@ -16,10 +16,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from relayd.attempt_log import sanitize
 from relayd.delivery.certinfo import CertificateInfo as CertificateInfo
 from relayd.delivery.certinfo import ctime_text as ctime_text
 from relayd.delivery.certinfo import fingerprint_text as fingerprint_text
+from relayd.text import sanitize
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

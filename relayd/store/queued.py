@@ -109,3 +109,16 @@ class AccountDue:
     queued: int
     due: int
     next_at: float | None
+
+
+def mail_size(message: bytes) -> int:
+    """The `mailsize=` msmtp logs for a message as read (before dot-stuffing).
+
+    Every line end counts as one byte (CRLF and LF alike; a lone CR is an ordinary byte), and a
+    last line without a line end counts one more, for the line end msmtp adds when sending.
+    """
+    unified = message.replace(b"\r\n", b"\n")
+    size = len(unified)
+    if unified and not unified.endswith(b"\n"):
+        size += 1
+    return size

@@ -8,8 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from relayd.attempt_log import mail_size
-from relayd.store.queued import Attempt, State
+from relayd.store.queued import Attempt, State, mail_size
 from relayd.store.rows import attempt_from_row
 from relayd.store.sql import SqlStore
 from relayd.store.tables import attempts, bodies, messages

@@ -20,12 +20,13 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from relayd import paths, sdnotify
+from relayd import paths
 from relayd import settings as settings_module
+from relayd.daemon import sdnotify
+from relayd.daemon.instance import SCAN_INTERVAL, SHUTDOWN_GRACE, instance_lock
+from relayd.daemon.netwatch import NetworkWatch
+from relayd.daemon.runner import Runner
 from relayd.errors import ConfigError, RelaydError
-from relayd.instance import SCAN_INTERVAL, SHUTDOWN_GRACE, instance_lock
-from relayd.netwatch import NetworkWatch
-from relayd.runner import Runner
 from relayd.settings import Settings
 from relayd.store.dialects import describe
 from relayd.store.sql import SqlStore
@@ -36,7 +37,7 @@ from relayd.sysexits import ExitCode
 _JOB = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
 _UTC = datetime.UTC
 
-log = logging.getLogger("relayd.daemon")
+log = logging.getLogger("relayd.daemon.lifecycle")
 
 
 def bind_wake_socket(path: str) -> socket.socket:

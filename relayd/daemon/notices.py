@@ -8,16 +8,16 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 
-from relayd import bounce
-from relayd.drain import Delivered
+from relayd.daemon import bounce
+from relayd.daemon.drain import Delivered
+from relayd.daemon.notify import Notifier
 from relayd.errors import RelaydError
-from relayd.notify import Notifier
 from relayd.settings import Settings
 from relayd.store.queued import QueuedMessage
 from relayd.store.records import NewMessage, State
 from relayd.store.sql import SqlStore
 
-log = logging.getLogger("relayd.notices")
+log = logging.getLogger("relayd.daemon.notices")
 
 
 class Notices:

@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING
 
 from relayd import paths
-from relayd.instance import AlreadyRunning, instance_lock
+from relayd.daemon.instance import AlreadyRunning, instance_lock
 from relayd.settings import Settings
 from relayd.store import fastpath
 from relayd.store.records import State
@@ -20,7 +20,7 @@ from relayd.store.sql import SqlStore
 from relayd.sysexits import ExitCode
 
 if TYPE_CHECKING:
-    from relayd import runner
+    from relayd.daemon import runner
 
 Say = Callable[[str], None]
 # Given the number of messages flushed, a context that yields "advance the bar by n".
@@ -94,7 +94,9 @@ def flush(
 def _deliver_here(
     store: SqlStore, settings: Settings, flushed: Sequence[str], advance: Callable[[int], None]
 ) -> runner.Tally:
-    from relayd import runner  # the delivery engine: only when this process delivers
+    from relayd.daemon import (
+        runner,  # the delivery engine: only when this process delivers
+    )
 
     drainer = runner.Runner(
         store,

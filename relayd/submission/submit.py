@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from relayd import message, paths
+from relayd import paths
 from relayd.accounts.account import Account
-from relayd.cmdline import Delivery, Invocation
-from relayd.headers import HeaderScan
-from relayd.store import fastpath
+from relayd.store import fastpath, location
 from relayd.store.records import NewMessage
+from relayd.submission import message
+from relayd.submission.cmdline import Delivery, Invocation
+from relayd.submission.headers import HeaderScan
 
 
 def stored_overrides(inv: Invocation, account: Account) -> tuple[tuple[str, str | None], ...]:
@@ -65,7 +66,7 @@ def build(
 
 def store(inv: Invocation, new: NewMessage, now: float) -> str:
     """Store the message durably and wake the daemon (-odb, the default); return the queue id."""
-    queue_id = fastpath.submit(paths.database_url(), new, now, timeout=fastpath.lock_timeout())
+    queue_id = fastpath.submit(location.database_url(), new, now, timeout=fastpath.lock_timeout())
     if inv.delivery is Delivery.BACKGROUND:  # -odi delivers it itself, -odq leaves it
         fastpath.wake(paths.wake_socket())
     return queue_id

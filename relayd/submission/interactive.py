@@ -9,13 +9,14 @@ import sys
 import time
 from collections.abc import Callable
 
-from relayd import attempt_log, drain, paths, retry, settings
+from relayd import paths, settings
 from relayd.accounts import secrets
 from relayd.accounts.account import Account
+from relayd.daemon import attempt_log, drain, retry
 from relayd.delivery.classify import Failure
 from relayd.delivery.serverinfo import ServerInfo, TLSInfo, format_serverinfo
 from relayd.delivery.session import ServerFacts, Session
-from relayd.store import fastpath
+from relayd.store import fastpath, location
 from relayd.store.records import State
 from relayd.store.sql import SqlStore
 from relayd.sysexits import ExitCode
@@ -42,7 +43,7 @@ def deliver_now(
     """
     config = settings.load()
     now = time.time()
-    with SqlStore.open(paths.database_url(), timeout=fastpath.lock_timeout()) as store:
+    with SqlStore.open(location.database_url(), timeout=fastpath.lock_timeout()) as store:
         claimed = store.claim_due(
             None,
             now,

@@ -7,12 +7,13 @@ import sys
 import time
 from collections.abc import Sequence
 
-from relayd import __version__, message
+from relayd import __version__
 from relayd.accounts import files, pretend, resolve
 from relayd.accounts.account import Account
 from relayd.accounts.select import Selection, select
-from relayd.cmdline import Delivery, Invocation, Mode, parse
 from relayd.errors import DataError, RelaydError, UsageError
+from relayd.submission import message
+from relayd.submission.cmdline import Delivery, Invocation, Mode, parse
 from relayd.sysexits import ExitCode
 
 MSMTP_VERSION = "1.8.23"
@@ -57,7 +58,7 @@ def run(inv: Invocation, prog: str) -> int:
         out(help_text(prog))
         return ExitCode.OK
     if inv.mode is Mode.LIST_QUEUE:
-        from relayd import queuelist
+        from relayd.submission import queuelist
 
         return queuelist.print_mailq(sys.stdout)
     if inv.mode is Mode.FLUSH:
@@ -104,12 +105,14 @@ def run(inv: Invocation, prog: str) -> int:
         return ExitCode.OK
     debug = emit if inv.debug else None
     if not sendmail_mode:
-        from relayd import interactive  # the delivery engine: only when talking to a server
+        from relayd.submission import (
+            interactive,  # the delivery engine: only when talking to a server
+        )
 
         if inv.mode is Mode.SERVERINFO:
             return interactive.serverinfo(account, prog=prog, debug=debug)
         return interactive.rmqs(account, inv.rmqs or "", prog=prog, debug=debug)
-    from relayd import submit
+    from relayd.submission import submit
 
     now = time.time()
     new = submit.build(inv, account, data, scan, recipients, now)
@@ -117,7 +120,7 @@ def run(inv: Invocation, prog: str) -> int:
     queue_id = submit.store(inv, new, now)
     emit(f"queued as {queue_id}")
     if inv.delivery is Delivery.INTERACTIVE:
-        from relayd import interactive
+        from relayd.submission import interactive
 
         return interactive.deliver_now(account, queue_id, prog=prog, debug=debug)
     return ExitCode.OK
@@ -125,7 +128,8 @@ def run(inv: Invocation, prog: str) -> int:
 
 def _flush(prog: str) -> int:
     """`-q`: every queued message due now; the daemon is woken, or this process delivers."""
-    from relayd import flush, settings
+    from relayd import settings
+    from relayd.daemon import flush
 
     def say(line: str) -> None:
         sys.stdout.write(f"{prog}: {line}\n")
@@ -165,9 +169,10 @@ def choose_account(
 def version_lines(prog: str) -> list[str]:
     """--version: relayd's version, msmtp's configuration file names, the queue and daemon."""
     from relayd import paths
+    from relayd.store import location
 
     try:
-        queue = paths.database_url()
+        queue = location.database_url()
     except RelaydError as err:
         queue = f"(unusable: {err.message})"
     wake = paths.wake_socket()

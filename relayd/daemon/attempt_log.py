@@ -21,6 +21,7 @@ import sys
 import time
 
 from relayd.sysexits import ExitCode
+from relayd.text import LOG_CONTROL, sanitize
 
 TYPE_CHECKING = False  # typing costs milliseconds at import: -odi is on the sendmail path
 if TYPE_CHECKING:
@@ -37,26 +38,7 @@ LMTP_LOG_ERROR = "delivery to one or more recipients failed"
 _TIME_BUFFER = 128  # msmtp's time_str[128]: a longer result is "invalid logfile_time_format"
 
 # iscntrl() on single bytes: 0x00-0x1F and 0x7F (bytes >= 0x80 are not controls in C or UTF-8).
-_CONTROL = {c: "?" for c in (*range(0x20), 0x7F)}
-_CONTROL_AND_QUOTE = {**_CONTROL, ord("'"): "?"}
-
-
-def sanitize(text: str) -> str:
-    """msmtp's sanitize_string: every control character becomes `?`."""
-    return text.translate(_CONTROL)
-
-
-def mail_size(message: bytes) -> int:
-    """The `mailsize=` msmtp logs for a message as read (before dot-stuffing).
-
-    Every line end counts as one byte (CRLF and LF alike; a lone CR is an ordinary byte), and a
-    last line without a line end counts one more, for the line end msmtp adds when sending.
-    """
-    unified = message.replace(b"\r\n", b"\n")
-    size = len(unified)
-    if unified and not unified.endswith(b"\n"):
-        size += 1
-    return size
+_CONTROL_AND_QUOTE = {**LOG_CONTROL, ord("'"): "?"}
 
 
 def log_info(

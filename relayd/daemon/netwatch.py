@@ -19,7 +19,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-log = logging.getLogger("relayd.netwatch")
+log = logging.getLogger("relayd.daemon.netwatch")
 
 # <linux/netlink.h> and <linux/rtnetlink.h>; netlink structures are in host byte order.
 NLMSG_NOOP = 1

@@ -10,20 +10,20 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from relayd import drain, retry
 from relayd.accounts import secrets
 from relayd.accounts.account import Account
 from relayd.accounts.stored import account_for
+from relayd.daemon import drain, retry
+from relayd.daemon.notices import Notices
+from relayd.daemon.notify import Notifier
+from relayd.daemon.recorder import Recorder
 from relayd.errors import ConfigError, RelaydError
-from relayd.notices import Notices
-from relayd.notify import Notifier
-from relayd.recorder import Recorder
 from relayd.settings import Settings
 from relayd.store.queued import QueuedMessage
 from relayd.store.records import State
 from relayd.store.sql import SqlStore
 
-log = logging.getLogger("relayd.daemon")
+log = logging.getLogger("relayd.daemon.lifecycle")
 
 
 @dataclass

@@ -8,13 +8,13 @@ import time
 from collections.abc import Callable, MutableSet, Sequence
 from dataclasses import dataclass, replace
 
-from relayd import attempt_log, retry
 from relayd.accounts.account import Account
+from relayd.daemon import attempt_log, retry
+from relayd.daemon.recorder import Recorder
 from relayd.delivery.result import DeliveryResult, Disposition, Reply
 from relayd.delivery.session import DebugSink, OutgoingMessage, PasswordSource, Session
-from relayd.recorder import Recorder
 from relayd.settings import Settings
-from relayd.store.queued import Attempt, AttemptRecord, Outcome, QueuedMessage, Recipient
+from relayd.store.queued import Attempt, AttemptRecord, Outcome, QueuedMessage, Recipient, mail_size
 from relayd.store.records import RecipientState, State
 from relayd.store.sql import SqlStore
 
@@ -26,7 +26,7 @@ _RECIPIENT_STATES = {
 # message) per read: a batch of 100 big messages must not sit in memory at once.
 READ_AHEAD_BYTES = 4 << 20
 
-log = logging.getLogger("relayd.drain")
+log = logging.getLogger("relayd.daemon.drain")
 
 
 @dataclass(frozen=True)
@@ -260,7 +260,7 @@ def _log(
         envelope_from=sender,
         recipients=recipients,
         exit_code=result.exit_code,
-        mailsize=attempt_log.mail_size(data) if ok else None,
+        mailsize=mail_size(data) if ok else None,
         reply=None if lmtp_end else result.reply,
         error=error,
     )

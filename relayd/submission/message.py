@@ -6,10 +6,10 @@ import os
 import re
 import time
 
-from relayd.addresses import check_address, needs_smtputf8, smtp_reverse_path
-from relayd.aliases import expand_aliases
 from relayd.errors import DataError
-from relayd.headers import (
+from relayd.submission.addresses import check_address, needs_smtputf8, smtp_reverse_path
+from relayd.submission.aliases import expand_aliases
+from relayd.submission.headers import (
     HeaderScan,
     parse_recipient_argument,
     parse_recipient_arguments,

@@ -16,9 +16,9 @@ from typing import Any
 
 from aiosmtpd.smtp import DATA_SIZE_DEFAULT, SMTP, Envelope, Session
 
-from relayd import maildir
+from relayd.daemon import maildir
 from relayd.errors import RelaydError, UsageError
-from relayd.headers import display_headers, readable
+from relayd.submission.headers import display_headers, readable
 from relayd.sysexits import ExitCode
 
 __all__ = ["Received", "listen_address", "prepare_maildir", "serve"]
@@ -27,7 +27,7 @@ IDENT = "relayd debug-server"
 _SHUTDOWN = b"421 4.3.2 relayd debug-server shutting down\r\n"
 _LINE_BREAK = re.compile("[\r\n\0]")
 
-log = logging.getLogger("relayd.debugserver")
+log = logging.getLogger("relayd.cli.debugserver")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import subprocess
 NOTIFY_TIMEOUT = 30.0  # a notification that takes longer is killed
 _OUTPUT_LIMIT = 2000  # characters of the command's output kept for the log
 
-log = logging.getLogger("relayd.notify")
+log = logging.getLogger("relayd.daemon.notify")
 
 
 class Notifier:

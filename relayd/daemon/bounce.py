@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from relayd import maildir
+from relayd.daemon import maildir
 from relayd.errors import RelaydError
 from relayd.store.queued import QueuedMessage, Recipient, RecipientState
 from relayd.sysexits import ExitCode
@@ -433,7 +433,7 @@ def _multipart_body(parts: list[bytes], boundary: str) -> bytes:
 
 
 def write_maildir(path: str, notice: Notice) -> str:
-    """Deliver `notice.data` into the Maildir at `path` durably (`relayd.maildir.deliver`);
+    """Deliver `notice.data` into the Maildir at `path` durably (`relayd.daemon.maildir.deliver`);
     the path of the new file. Raises MaildirError when the Maildir cannot be written."""
     try:
         return maildir.deliver(path, notice.data)

@@ -93,7 +93,6 @@ class Mode(Enum):
     """What relayd-sendmail was asked to do."""
 
     SEND = "send"  # store the message (sendmail's -bm, the default)
-    PRETEND = "pretend"
     VERSION = "version"
     HELP = "help"
     SERVERINFO = "serverinfo"

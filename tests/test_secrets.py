@@ -290,9 +290,26 @@ def test_passwordeval_first_line_exit_status_ignored(
     assert (result.password, result.source) == (expected, Source.PASSWORDEVAL)
 
 
+@pytest.fixture
+def stdin_holding_mail() -> Iterator[None]:
+    """File descriptor 0 is a pipe holding text, as in relayd-sendmail (pytest's is empty)."""
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"Subject: the mail on stdin\n")
+    os.close(write_end)
+    saved = os.dup(0)
+    os.dup2(read_end, 0)
+    os.close(read_end)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+
+
+@pytest.mark.usefixtures("stdin_holding_mail")
 def test_passwordeval_reads_no_stdin(lookup: Lookup) -> None:
-    result = lookup(account(passwordeval="cat; echo done"))
-    assert result.password == "done"
+    result = lookup(account(passwordeval="printf 'read [%s]\\n' \"$(cat)\""))
+    assert result.password == "read []"
 
 
 @pytest.mark.parametrize("command", ["true", "exit 1", "echo gone >&2"])

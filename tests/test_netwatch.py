@@ -492,15 +492,34 @@ def _netlink_refused() -> str | None:
     return None
 
 
-def test_start_succeeds_where_netlink_works() -> None:
+def test_start_joins_the_groups_and_watches_the_socket(monkeypatch: pytest.MonkeyPatch) -> None:
     reason = _netlink_refused()
     if reason:
         pytest.skip(reason)
+    opened: list[socket.socket] = []
+    real_open = netwatch._open_socket
+
+    def recording_open() -> socket.socket | None:
+        sock = real_open()
+        if sock is not None:
+            opened.append(sock)
+        return sock
+
+    monkeypatch.setattr(netwatch, "_open_socket", recording_open)
 
     async def main() -> None:
+        loop = asyncio.get_running_loop()
         watch = NetworkWatch(lambda: None)
-        assert watch.start(asyncio.get_running_loop()) is True
-        watch.close()
+        assert watch.start(loop) is True
+        try:
+            [sock] = opened
+            # The kernel reports the multicast groups the socket has joined.
+            port, groups = sock.getsockname()
+            assert (port != 0, groups) == (True, netwatch.GROUPS)
+            assert sock.getblocking() is False
+            assert loop.remove_reader(sock.fileno()) is True  # True: the loop was reading it
+        finally:
+            watch.close()
 
     asyncio.run(main())
 
@@ -620,7 +639,7 @@ def test_watch_sees_the_network_come_up_in_a_namespace(tmp_path: Path) -> None:
         pytest.skip(reason)
     child = tmp_path / "child.py"
     child.write_text(CHILD)
-    root = Path(netwatch.__file__).resolve().parent.parent
+    root = Path(netwatch.__file__).resolve().parents[2]  # relayd/daemon/netwatch.py
     env = {**os.environ, "PYTHONPATH": str(root)}
     done = subprocess.run(
         ["unshare", "--net", "--", sys.executable, str(child)],

@@ -157,15 +157,27 @@ class _Lifecycle:
         return describe(self.runner.settings.database)  # never a password in the log
 
     def _schedule(self) -> None:
-        now = _at(time.time())
-        every = IntervalTrigger(seconds=self.scan_interval, timezone=_UTC)
-        self.scheduler.add_job(self._scan_now, every, id="scan", next_run_time=now, **_JOB)
-        self.scheduler.add_job(self._expire_leases, every, id="leases", **_JOB)
+        """Add the periodic jobs, their run times from the daemon's clock, and start them.
+
+        Every run time is given explicitly: left out, APScheduler would take it from
+        `datetime.now()`, not from `self.clock` (which the queue's due times also use).
+        APScheduler still fires them by the wall clock, which the default clock (`time.time`) is.
+        """
+        now = self.clock()
+        self._add_periodic(self._scan_now, "scan", self.scan_interval, first=now)
+        self._add_periodic(
+            self._expire_leases, "leases", self.scan_interval, first=now + self.scan_interval
+        )
         interval = sdnotify.watchdog_interval()
         if interval is not None:  # pinged from the event loop: a hung loop stops pinging
-            ping = IntervalTrigger(seconds=interval, timezone=_UTC)
-            self.scheduler.add_job(self._ping, ping, id="watchdog", next_run_time=now, **_JOB)
+            self._add_periodic(self._ping, "watchdog", interval, first=now)
         self.scheduler.start()
+
+    def _add_periodic(
+        self, job: Callable[[], Any], name: str, seconds: float, *, first: float
+    ) -> None:
+        every = IntervalTrigger(seconds=seconds, start_date=_at(first), timezone=_UTC)
+        self.scheduler.add_job(job, every, id=name, next_run_time=_at(first), **_JOB)
 
     def wake(self) -> None:
         """Scan now (or once more after the running scan)."""
@@ -281,10 +293,9 @@ class _Lifecycle:
         )
         later = [a.next_at for a in summary if not a.due and a.next_at is not None]
         if later and min(later) - now < self.scan_interval and not self.stopping:
-            when = _at(time.time() + max(0.0, min(later) - now))
             self.scheduler.add_job(
                 self._scan_now,
-                DateTrigger(when, _UTC),
+                DateTrigger(_at(min(later)), _UTC),
                 id="retry-at",
                 replace_existing=True,
                 **_JOB,

@@ -2,11 +2,15 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-CODE   := relayd tests $(wildcard benchmarks)
+CODE   := relayd migrations tests $(wildcard benchmarks)
 
 .PHONY: demo test lint setup clean
 
 $(BIN)/relayd-sendmail: pyproject.toml
+	@# relayd/migrations/ moved to migrations/: bytecode left in a checkout from before the move
+	@# would make relayd/migrations a namespace package that hides the installed mapping.
+	rm -rf relayd/migrations/__pycache__ relayd/migrations/versions/__pycache__
+	rmdir relayd/migrations/versions relayd/migrations 2>/dev/null || true
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'

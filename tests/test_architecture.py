@@ -24,16 +24,18 @@ from pathlib import Path
 
 import pytest
 
-import relayd
+from tests import source_tree
+from tests.source_tree import PACKAGE, module_files
 
-PACKAGE = Path(relayd.__file__).parent
 CORE = frozenset({"relayd", "errors", "sysexits", "paths", "settings", "text"})
 LAYERS = {
     "core": 0,
     "accounts": 1,
     "store": 2,
     "delivery": 2,
-    "migrations": 2,  # Alembic's env imports the store's tables; nothing imports migrations
+    # relayd.migrations, from migrations/ at the top of the repository: Alembic's env imports
+    # the store's tables; nothing imports migrations
+    "migrations": 2,
     "daemon": 3,
     "submission": 4,
     "cli": 5,
@@ -43,17 +45,6 @@ SAME_PACKAGE = {"migrations": {"migrations", "store"}}
 MAX_TOP_LEVEL_FILES = 8
 MAX_LINES = 400
 LONG_REASON = "Why this module is long:"
-
-
-def module_files() -> dict[str, Path]:
-    """Every module of the installed relayd package, by dotted name."""
-    found = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        parts = ("relayd", *path.relative_to(PACKAGE).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        found[".".join(parts)] = path
-    return found
 
 
 def layer_of(module: str) -> str:
@@ -175,6 +166,9 @@ def test_every_top_level_module_is_placed() -> None:
     assert [name for name in top if name[:-3] not in CORE | {"__init__"}] == []
     packages = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
     assert [name for name in packages if name not in LAYERS] == []
+    # Also those installed from outside relayd/ (package-dir), which the walk above misses.
+    installed = {name.split(".")[1] for name in source_tree.packages() if name != "relayd"}
+    assert sorted(installed - LAYERS.keys()) == []
 
 
 @pytest.mark.xfail(strict=True, reason="session, store.sql, headers and bounce are being split")

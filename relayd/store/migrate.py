@@ -20,7 +20,7 @@ from relayd.sysexits import ExitCode
 if TYPE_CHECKING:
     from alembic.config import Config
 
-SCRIPT_LOCATION = "relayd:migrations"
+SCRIPT_LOCATION = "relayd.migrations:."  # migrations/ in the repository, installed under relayd
 # Alembic is imported only to migrate: a daemon on a current queue saves its ~11 MB and 25 ms.
 
 
@@ -36,12 +36,12 @@ def alembic_config(url: str | None = None) -> Config:
 
 
 def head_revision() -> str:
-    """The newest revision in `relayd/migrations/versions`."""
+    """The newest revision in `migrations/versions`."""
     from alembic.script import ScriptDirectory
 
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     if head is None:
-        raise RuntimeError("relayd/migrations has no revisions")
+        raise RuntimeError("migrations/versions has no revisions")
     return head
 
 

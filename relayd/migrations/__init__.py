@@ -1,1 +1,0 @@
-"""Alembic environment and revisions of the queue schema (run by `relayd.store.migrate`)."""

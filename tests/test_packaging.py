@@ -1,0 +1,156 @@
+"""The distribution: the packages pyproject.toml lists, the dependencies it declares, the wheel.
+
+The wheel test builds relayd from a copy of the checkout, installs it alone into a new virtual
+environment and lets that installed relayd-sendmail create (migrate) a new queue: the proof that
+the migrations, kept at the top of the repository, ship inside the wheel.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shutil
+import sqlite3
+import subprocess
+import sys
+import sysconfig
+import tomllib
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from packaging.requirements import Requirement
+
+from relayd.store import SCHEMA_REVISION
+from relayd.store.tables import metadata
+from tests import source_tree
+from tests.sendmail_helpers import queue_db, sendmail_env, stored_messages, write_msmtprc
+
+REPO = Path(__file__).resolve().parent.parent
+# What a build reads never includes these (caches, environments, earlier builds).
+NOT_SOURCE = (
+    ".git",
+    ".venv",
+    "build",
+    "dist",
+    "*.egg-info",
+    "__pycache__",
+    ".*cache",
+    ".hypothesis",
+)
+
+
+def pyproject() -> dict[str, Any]:
+    with open(REPO / "pyproject.toml", "rb") as handle:
+        return tomllib.load(handle)
+
+
+# --- the package list ---------------------------------------------------------------------------
+
+
+def test_pyproject_lists_every_package() -> None:
+    setuptools = pyproject()["tool"]["setuptools"]
+    assert sorted(setuptools["packages"]) == source_tree.packages()
+    assert sorted(setuptools["package-dir"]) == sorted(source_tree.MAPPED)
+    for package, directory in setuptools["package-dir"].items():
+        assert source_tree.package_dir(package) == REPO / directory
+
+
+# --- the wheel ----------------------------------------------------------------------------------
+
+
+def _no_build_backend() -> str | None:
+    """Why no wheel can be built here without fetching the build backend, or None."""
+    [backend] = [Requirement(text) for text in pyproject()["build-system"]["requires"]]
+    try:
+        version = importlib.metadata.version(backend.name)
+    except importlib.metadata.PackageNotFoundError:
+        return f"{backend.name} is not installed here (pyproject's dev extra installs it)"
+    if not backend.specifier.contains(version):
+        return f"{backend.name} {version} is installed here; building relayd needs {backend}"
+    return None
+
+
+def _run(*command: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(
+        [str(part) for part in command],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, f"{command}: {done.stderr}"
+    return done.stdout
+
+
+def build_wheel(tmp_path: Path) -> Path:
+    """Build relayd's wheel from a copy of the checkout (setuptools would reuse a stale build/)."""
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*NOT_SOURCE))
+    dist = tmp_path / "dist"
+    pip = (sys.executable, "-m", "pip")
+    _run(*pip, "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", dist, source, cwd=source)
+    [wheel] = dist.glob("relayd-*.whl")
+    return wheel
+
+
+def fresh_venv(tmp_path: Path, wheel: Path) -> Path:
+    """A new virtualenv holding only the wheel; this environment's packages serve its imports."""
+    venv = tmp_path / "venv"
+    _run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=tmp_path)
+    python = venv / "bin" / "python"
+    pip = (sys.executable, "-m", "pip", "--python", python)
+    _run(*pip, "install", "-q", "--no-deps", "--no-index", wheel, cwd=tmp_path)
+    # A path line in a .pth file adds the directory without running the .pth files in it, so
+    # the editable install's finder stays out and the wheel's relayd is the one imported.
+    code = "import sysconfig; print(sysconfig.get_path('purelib'))"
+    site = Path(_run(python, "-c", code, cwd=tmp_path).strip())
+    (site / "relayd-test-dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    return venv
+
+
+def test_the_wheel_installs_and_migrates_a_new_queue(tmp_path: Path) -> None:
+    reason = _no_build_backend()
+    if reason:
+        pytest.skip(reason)
+    wheel = build_wheel(tmp_path)
+    with zipfile.ZipFile(wheel) as archive:
+        files = set(archive.namelist())
+    expected = {
+        name.replace(".", "/") + ("/__init__.py" if path.name == "__init__.py" else ".py")
+        for name, path in source_tree.module_files().items()
+    }
+    assert sorted(expected - files) == []
+    assert {"relayd/py.typed", "relayd/migrations/script.py.mako"} <= files
+    assert sorted(name for name in files if not name.startswith(("relayd/", "relayd-"))) == []
+
+    venv = fresh_venv(tmp_path, wheel)
+    env = sendmail_env()
+    env.pop("PYTHONPATH", None)
+    # Run outside the checkout: `python -c` puts the working directory first on sys.path.
+    where = "import relayd, relayd.migrations; print(relayd.__file__, relayd.migrations.__file__)"
+    found = _run(venv / "bin" / "python", "-c", where, cwd=tmp_path, env=env).split()
+    assert [Path(path).is_relative_to(venv) for path in found] == [True, True], found
+
+    write_msmtprc()
+    assert not queue_db().exists()
+    sendmail = subprocess.run(
+        [venv / "bin" / "relayd-sendmail", "rcpt@example.org"],
+        input=b"Subject: from the wheel\n\nhello\n",
+        capture_output=True,
+        env=env,
+        cwd=env["HOME"],
+        timeout=60,
+        check=False,
+    )
+    assert (sendmail.returncode, sendmail.stderr) == (0, b"")
+    with sqlite3.connect(queue_db()) as conn:
+        [(revision,)] = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+        tables = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+    assert revision == SCHEMA_REVISION
+    assert tables == {*metadata.tables, "alembic_version"}
+    assert [m.recipients for m in stored_messages()] == [[("rcpt@example.org", "pending")]]

@@ -16,7 +16,6 @@ HEAVY = (
     "aiosmtpd",
     "apscheduler",
     "keyring",
-    "aiosmtplib",
     "click",
 )
 # Standard-library modules that cost milliseconds and the hot path does without.

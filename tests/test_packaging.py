@@ -7,6 +7,7 @@ the migrations, kept at the top of the repository, ship inside the wheel.
 
 from __future__ import annotations
 
+import ast
 import importlib.metadata
 import shutil
 import sqlite3
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from relayd.store import SCHEMA_REVISION
 from relayd.store.tables import metadata
@@ -54,6 +56,68 @@ def test_pyproject_lists_every_package() -> None:
     assert sorted(setuptools["package-dir"]) == sorted(source_tree.MAPPED)
     for package, directory in setuptools["package-dir"].items():
         assert source_tree.package_dir(package) == REPO / directory
+
+
+# --- dependencies -------------------------------------------------------------------------------
+
+
+def third_party_imports() -> dict[str, set[str]]:
+    """Top-level modules outside the standard library that relayd imports, each with its importers.
+
+    Every import counts, also one inside a function or under TYPE_CHECKING.
+    """
+    found: dict[str, set[str]] = {}
+    for module, path in source_tree.module_files().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.partition(".")[0]
+                if top != "relayd" and top not in sys.stdlib_module_names:
+                    found.setdefault(top, set()).add(module)
+    return found
+
+
+def runtime_requirements() -> list[Requirement]:
+    """pyproject.toml's dependencies that apply on this machine (their markers hold)."""
+    requirements = [Requirement(text) for text in pyproject()["project"]["dependencies"]]
+    return [r for r in requirements if r.marker is None or r.marker.evaluate()]
+
+
+def distributions_of(module: str) -> set[str]:
+    """The installed distributions providing top-level `module`, by canonical name."""
+    providers = importlib.metadata.packages_distributions().get(module, [])
+    return {canonicalize_name(name) for name in providers}
+
+
+def test_every_imported_package_is_declared() -> None:
+    declared = {canonicalize_name(r.name) for r in runtime_requirements()}
+    undeclared = [
+        f"{module} (imported by {', '.join(sorted(importers))}) comes from"
+        f" {sorted(distributions_of(module)) or 'no installed distribution'}"
+        for module, importers in sorted(third_party_imports().items())
+        if not distributions_of(module) & declared
+    ]
+    assert undeclared == [], "add these to pyproject.toml's dependencies"
+
+
+def test_every_declared_dependency_is_imported() -> None:
+    imported: set[str] = set()
+    for module in third_party_imports():
+        imported |= distributions_of(module)
+    unused = [str(r) for r in runtime_requirements() if canonicalize_name(r.name) not in imported]
+    assert unused == [], "relayd imports none of these: drop them from pyproject.toml"
+
+
+def test_the_import_scan_sees_lazy_and_migration_imports() -> None:
+    found = third_party_imports()
+    assert "relayd.accounts.keyrings" in found["secretstorage"]  # inside a function
+    assert "relayd.migrations.env" in found["alembic"]  # the migrations at the top
+    assert "__future__" not in found and "relayd" not in found
 
 
 # --- the wheel ----------------------------------------------------------------------------------

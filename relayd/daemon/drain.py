@@ -6,11 +6,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, MutableSet, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from relayd.accounts.account import Account
 from relayd.daemon import attempt_log, retry
-from relayd.daemon.recorder import Recorder
+from relayd.daemon.recorder import Delivered, Recorder
 from relayd.delivery.result import DeliveryResult, Disposition, Reply
 from relayd.delivery.session import DebugSink, OutgoingMessage, PasswordSource, Session
 from relayd.settings import Settings
@@ -27,18 +27,6 @@ _RECIPIENT_STATES = {
 READ_AHEAD_BYTES = 4 << 20
 
 log = logging.getLogger("relayd.daemon.drain")
-
-
-@dataclass(frozen=True)
-class Delivered:
-    """A message's attempt: the result, the state it moved to, and what was sent to whom."""
-
-    message: QueuedMessage
-    result: DeliveryResult
-    outcome: Outcome
-    recipients: tuple[str, ...]
-    data: bytes  # what was sent (bounces quote its headers)
-    changed: bool = True  # False: the record did not move the message (lease lost, deleted)
 
 
 def pending(message: QueuedMessage) -> tuple[Recipient, ...]:

@@ -11,7 +11,7 @@ from dataclasses import replace
 from relayd.accounts.account import Account
 from relayd.daemon import attempt_log, retry
 from relayd.daemon.recorder import Delivered, Recorder
-from relayd.delivery.result import DeliveryResult, Disposition, Reply
+from relayd.delivery.result import DeliveryResult, Disposition, Event, Reply
 from relayd.delivery.session import DebugSink, OutgoingMessage, PasswordSource, Session
 from relayd.settings import Settings
 from relayd.store.queued import Attempt, AttemptRecord, Outcome, QueuedMessage, Recipient, mail_size
@@ -214,16 +214,9 @@ def _forget(on_wire: MutableSet[str], queue_id: str) -> Callable[[asyncio.Future
     return forget
 
 
-def lmtp_refusals(account: Account, result: DeliveryResult) -> list[tuple[str, Reply | None]]:
+def lmtp_refusals(result: DeliveryResult) -> list[tuple[str, Reply | None]]:
     """(msmtp's error, final reply) for each recipient an LMTP server refused after the data."""
-    if account.protocol != "lmtp":
-        return []
-    return [
-        (r.error, r.reply)
-        for r in result.recipients
-        if r.disposition is not Disposition.SENT
-        and r.error == f"the server refuses to send the mail to {r.address}"
-    ]
+    return [(r.error or "", r.reply) for r in result.recipients if r.event is Event.LMTP_RECIPIENT]
 
 
 def _log(
@@ -238,7 +231,7 @@ def _log(
     if not (account.logfile or account.syslog):
         return
     ok = result.disposition is Disposition.SENT
-    refused = lmtp_refusals(account, result)
+    refused = lmtp_refusals(result)
     # msmtp logs no server reply for an LMTP delivery's end, and one summary error.
     lmtp_end = account.protocol == "lmtp" and (ok or bool(refused))
     summary = attempt_log.LMTP_LOG_ERROR if refused else result.error

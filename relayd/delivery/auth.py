@@ -10,8 +10,8 @@ from typing import Any
 
 import scramp
 
-from relayd.delivery.classify import Event, Failure, classify
-from relayd.delivery.result import Reply
+from relayd.delivery.classify import Failure, classify
+from relayd.delivery.result import Event, Reply
 
 #: Methods relayd implements; msmtp's others fail as if not compiled in.
 IMPLEMENTED = frozenset(

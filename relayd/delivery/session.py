@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, replace
 
 from relayd.accounts.account import Account
 from relayd.delivery import auth, tls
-from relayd.delivery.classify import Event, Failure, classify, combine, for_all
-from relayd.delivery.result import DeliveryResult, Disposition, RecipientResult, Reply
+from relayd.delivery.classify import Failure, classify, combine, for_all
+from relayd.delivery.result import DeliveryResult, Disposition, Event, RecipientResult, Reply
 from relayd.delivery.wire import CHUNK as CHUNK
 from relayd.delivery.wire import MAX_REPLY_LINES as MAX_REPLY_LINES
 from relayd.delivery.wire import Abort, Wire, connect, encode
@@ -118,9 +118,7 @@ class _Attempt:
         self.final = reply
 
     def fail(self, index: int, failure: Failure) -> None:
-        self.results[index] = RecipientResult(
-            self.recipients[index], failure.disposition, failure.reply, failure.error
-        )
+        self.results[index] = failure.for_recipient(self.recipients[index])
         self.first = self.first or failure
 
     def fail_rest(self, failure: Failure) -> None:

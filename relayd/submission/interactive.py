@@ -69,7 +69,7 @@ def deliver_now(
     result, state = delivered.result, delivered.outcome.state
     if state is State.SENT:
         return ExitCode.OK
-    refused = drain.lmtp_refusals(account, result)
+    refused = drain.lmtp_refusals(result)
     if refused:
         _stderr(attempt_log.lmtp_stderr_lines(prog, account, refused))
     else:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import re
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from relayd.accounts.account import Account
-from relayd.delivery import auth, tls
+from relayd.delivery import auth, ehlo, tls
 from relayd.delivery.classify import Failure, classify, combine, for_all
+from relayd.delivery.ehlo import Capabilities
 from relayd.delivery.result import DeliveryResult, Disposition, Event, RecipientResult, Reply
 from relayd.delivery.wire import CHUNK as CHUNK
 from relayd.delivery.wire import MAX_REPLY_LINES as MAX_REPLY_LINES
@@ -38,49 +38,6 @@ class OutgoingMessage:
     data: bytes
     smtputf8: bool | None = None
     eightbit: bool | None = None
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What an EHLO/LHLO reply offers, parsed as msmtp parses it (plus 8BITMIME and SMTPUTF8)."""
-
-    starttls: bool = False
-    dsn: bool = False
-    pipelining: bool = False
-    etrn: bool = False
-    eightbitmime: bool = False
-    smtputf8: bool = False
-    size: int | None = None  # the maximum (0 = none); None when not advertised or not a number
-    auth: frozenset[str] | None = None  # None when there is no AUTH line
-
-    @classmethod
-    def parse(cls, ehlo: Reply) -> Capabilities:
-        """msmtp's rules: prefix matches on the upper-cased lines, SIZE read with strtol (a
-        missing, negative or malformed number counts as no SIZE), AUTH methods by substring."""
-        found: set[str] = set()
-        size: int | None = None
-        for line in ehlo.lines[1:]:
-            text = line.upper()
-            keyword = next((k for k in _KEYWORDS if text.startswith(k)), None)
-            if keyword == "SIZE":
-                number = _SIZE.fullmatch(text[4:])
-                size = int(number.group(1)) if number and int(number.group(1)) >= 0 else size
-            elif keyword is not None:
-                found.add(keyword)
-        return cls(
-            starttls="STARTTLS" in found,
-            dsn="DSN" in found,
-            pipelining="PIPELINING" in found,
-            etrn="ETRN" in found,
-            eightbitmime="8BITMIME" in found,
-            smtputf8="SMTPUTF8" in found,
-            size=size,
-            auth=auth.offered_methods(ehlo),
-        )
-
-
-_KEYWORDS = ("STARTTLS", "DSN", "PIPELINING", "SIZE", "ETRN", "8BITMIME", "SMTPUTF8")
-_SIZE = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)")
 
 
 @dataclass
@@ -320,7 +277,7 @@ class Session:
                 self.facts.ehlo, self.facts.helo = None, reply
                 self.facts.capabilities = Capabilities()
                 return
-        self.facts.ehlo, self.facts.capabilities = reply, Capabilities.parse(reply)
+        self.facts.ehlo, self.facts.capabilities = reply, ehlo.parse(reply.lines)
 
     async def _login(self) -> None:
         account, caps = self.account, self.facts.capabilities
@@ -408,8 +365,9 @@ class Session:
         if smtputf8 and not caps.smtputf8:
             return classify(Event.NO_SMTPUTF8)
         size = len(data) + (2 if data and not data.endswith(b"\n") else 0)
-        if caps.size and size > caps.size:
-            return classify(Event.SIZE_EXCEEDED, size=size, limit=caps.size)
+        limit = caps.size_limit
+        if limit is not None and size > limit:
+            return classify(Event.SIZE_EXCEEDED, size=size, limit=limit)
         if any(len(encode(line)) > MAX_COMMAND for line in lines):
             return classify(Event.COMMAND_TOO_LONG)
         return None

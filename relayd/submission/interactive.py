@@ -113,7 +113,7 @@ def server_info(account: Account, facts: ServerFacts) -> ServerInfo:
         canonical_name=_canonical_name(facts.address),
         address=facts.address,
         greeting=facts.greeting.lines if facts.greeting else (),
-        capabilities=facts.ehlo.lines if facts.ehlo else (),
+        capabilities=facts.capabilities,
         tls=tls,
         starttls=account.tls_starttls,
     )

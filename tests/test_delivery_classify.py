@@ -9,7 +9,6 @@ import pytest
 
 from relayd.delivery.classify import (
     RULES,
-    Event,
     classify,
     combine,
     for_all,
@@ -17,7 +16,7 @@ from relayd.delivery.classify import (
     io_failure,
     strerror,
 )
-from relayd.delivery.result import Disposition, RecipientResult, Reply
+from relayd.delivery.result import Disposition, Event, RecipientResult, Reply
 from relayd.sysexits import ExitCode
 
 SENT, RETRY, FAIL, HOLD = (

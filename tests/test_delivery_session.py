@@ -13,8 +13,9 @@ from typing import Any, TypeVar
 import pytest
 
 from relayd.accounts.account import Account
+from relayd.delivery.ehlo import Capabilities, parse
 from relayd.delivery.result import DeliveryResult, Disposition, Reply
-from relayd.delivery.session import Capabilities, OutgoingMessage, Session, deliver
+from relayd.delivery.session import OutgoingMessage, Session, deliver
 from tests.upstream import Fault, Features, UpstreamServer
 
 T = TypeVar("T")
@@ -445,7 +446,7 @@ def test_capabilities_are_parsed_as_msmtp_does() -> None:
             "SMTPUTF8",
         ),
     )
-    caps = Capabilities.parse(ehlo)
+    caps = parse(ehlo.lines)
     assert caps == Capabilities(
         starttls=True,
         dsn=True,
@@ -456,9 +457,9 @@ def test_capabilities_are_parsed_as_msmtp_does() -> None:
         size=52428800,
         auth=frozenset({"PLAIN", "SCRAM-SHA-1"}),
     )
-    assert Capabilities.parse(Reply(250, ("x", "SIZE"))).size is None
-    assert Capabilities.parse(Reply(250, ("x", "SIZE -5"))).size is None
-    assert Capabilities.parse(Reply(250, ("x",))).auth is None
+    assert parse(("x", "SIZE")).size is None
+    assert parse(("x", "SIZE -5")).size is None
+    assert parse(("x",)).auth is None
 
 
 # -- LMTP, UNIX sockets, SOCKS5 --------------------------------------------------------------------

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from relayd.accounts.account import Account
 from relayd.delivery import auth
-from relayd.delivery.classify import Event, Failure
-from relayd.delivery.result import DeliveryResult, Disposition, Reply
+from relayd.delivery.classify import Failure
+from relayd.delivery.result import DeliveryResult, Disposition, Event, Reply
 from relayd.delivery.session import PasswordSource, Session, deliver
 from relayd.errors import ConfigError
 from tests.test_delivery_session import account, message, run, send

@@ -15,6 +15,7 @@ from relayd.store.prepared import PreparedRecord
 from relayd.store.queued import Attempt, AttemptRecord, Outcome, Recipient, RecipientState, State
 from relayd.store.sql import SqlStore
 from tests.store_helpers import message
+from tests.test_architecture import graph
 
 T0 = 1_700_000_000.0
 
@@ -152,3 +153,8 @@ def test_no_command_no_process() -> None:
 
     assert asyncio.run(run()) == 1  # only the test's own task
     assert os.environ.get("RELAYD_QUEUE_ID") is None
+
+
+def test_notices_do_not_import_the_drain() -> None:
+    # What a delivery came to is a plain record kept with the recorder, not in the drain step.
+    assert "relayd.daemon.drain" not in graph()["relayd.daemon.notices"]

@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 
 from relayd.daemon import drain, retry
 from relayd.delivery import classify
-from relayd.delivery.classify import Event
-from relayd.delivery.result import DeliveryResult, Disposition, RecipientResult
+from relayd.delivery.result import DeliveryResult, Disposition, Event, RecipientResult
 from relayd.settings import Settings
 from relayd.store.queued import Outcome, State
 from relayd.sysexits import ExitCode

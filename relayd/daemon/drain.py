@@ -6,12 +6,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, MutableSet, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from relayd.accounts.account import Account
 from relayd.daemon import attempt_log, retry
-from relayd.daemon.recorder import Recorder
-from relayd.delivery.result import DeliveryResult, Disposition, Reply
+from relayd.daemon.recorder import Delivered, Recorder
+from relayd.delivery.result import DeliveryResult, Disposition, Event, Reply
 from relayd.delivery.session import DebugSink, OutgoingMessage, PasswordSource, Session
 from relayd.settings import Settings
 from relayd.store.queued import Attempt, AttemptRecord, Outcome, QueuedMessage, Recipient, mail_size
@@ -27,18 +27,6 @@ _RECIPIENT_STATES = {
 READ_AHEAD_BYTES = 4 << 20
 
 log = logging.getLogger("relayd.daemon.drain")
-
-
-@dataclass(frozen=True)
-class Delivered:
-    """A message's attempt: the result, the state it moved to, and what was sent to whom."""
-
-    message: QueuedMessage
-    result: DeliveryResult
-    outcome: Outcome
-    recipients: tuple[str, ...]
-    data: bytes  # what was sent (bounces quote its headers)
-    changed: bool = True  # False: the record did not move the message (lease lost, deleted)
 
 
 def pending(message: QueuedMessage) -> tuple[Recipient, ...]:
@@ -226,16 +214,9 @@ def _forget(on_wire: MutableSet[str], queue_id: str) -> Callable[[asyncio.Future
     return forget
 
 
-def lmtp_refusals(account: Account, result: DeliveryResult) -> list[tuple[str, Reply | None]]:
+def lmtp_refusals(result: DeliveryResult) -> list[tuple[str, Reply | None]]:
     """(msmtp's error, final reply) for each recipient an LMTP server refused after the data."""
-    if account.protocol != "lmtp":
-        return []
-    return [
-        (r.error, r.reply)
-        for r in result.recipients
-        if r.disposition is not Disposition.SENT
-        and r.error == f"the server refuses to send the mail to {r.address}"
-    ]
+    return [(r.error or "", r.reply) for r in result.recipients if r.event is Event.LMTP_RECIPIENT]
 
 
 def _log(
@@ -250,7 +231,7 @@ def _log(
     if not (account.logfile or account.syslog):
         return
     ok = result.disposition is Disposition.SENT
-    refused = lmtp_refusals(account, result)
+    refused = lmtp_refusals(result)
     # msmtp logs no server reply for an LMTP delivery's end, and one summary error.
     lmtp_end = account.protocol == "lmtp" and (ok or bool(refused))
     summary = attempt_log.LMTP_LOG_ERROR if refused else result.error

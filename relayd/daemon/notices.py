@@ -9,8 +9,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from relayd.daemon import bounce
-from relayd.daemon.drain import Delivered
 from relayd.daemon.notify import Notifier
+from relayd.daemon.recorder import Delivered
 from relayd.errors import RelaydError
 from relayd.settings import Settings
 from relayd.store.queued import QueuedMessage

@@ -1,13 +1,28 @@
 """Group commit of attempt results: each is committed right after its final reply, together with
-the others that arrived while the previous commit was on its way to the disk."""
+the others that arrived while the previous commit was on its way to the disk. `Delivered` is an
+attempt as committed: what the runner counts and the notices act on."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
+from relayd.delivery.result import DeliveryResult
 from relayd.store.prepared import PreparedRecord
-from relayd.store.queued import AttemptRecord
+from relayd.store.queued import AttemptRecord, Outcome, QueuedMessage
 from relayd.store.sql import SqlStore
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """A message's attempt: the result, the state it moved to, and what was sent to whom."""
+
+    message: QueuedMessage
+    result: DeliveryResult
+    outcome: Outcome
+    recipients: tuple[str, ...]
+    data: bytes  # what was sent (bounces quote its headers)
+    changed: bool = True  # False: the record did not move the message (lease lost, deleted)
 
 
 class Recorder:

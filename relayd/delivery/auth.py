@@ -10,16 +10,10 @@ from typing import Any
 
 import scramp
 
-from relayd.delivery.classify import Event, Failure, classify
-from relayd.delivery.result import Reply
+from relayd.delivery.auth_methods import IMPLEMENTED
+from relayd.delivery.classify import Failure, classify
+from relayd.delivery.result import Event, Reply
 
-#: Methods relayd implements; msmtp's others fail as if not compiled in.
-IMPLEMENTED = frozenset(
-    {"PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256", "XOAUTH2", "OAUTHBEARER"}
-    | {"EXTERNAL"}
-)
-NOT_COMPILED_IN = frozenset({"GSSAPI", "NTLM", "DIGEST-MD5"})
-_KNOWN = IMPLEMENTED | NOT_COMPILED_IN
 # msmtp 1.8.23 (GNU SASL build) with TLS active; DIGEST-MD5 and NTLM would follow CRAM-MD5 and
 # LOGIN there. Without TLS only SCRAM is chosen. GSSAPI, EXTERNAL and OAuth are never automatic.
 _CHOICE_WITH_TLS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-1", "CRAM-MD5", "LOGIN")
@@ -34,17 +28,6 @@ def not_compiled_in(configured: str | None) -> Failure | None:
     if configured and configured not in IMPLEMENTED:
         return classify(Event.AUTH_NOT_COMPILED_IN, method=configured)
     return None
-
-
-def offered_methods(ehlo: Reply) -> frozenset[str] | None:
-    """The methods of the `AUTH ` (or broken `AUTH=`) lines, found by substring as msmtp does
-    (so `SCRAM-SHA-1-PLUS` also offers SCRAM-SHA-1); None without any AUTH line."""
-    found: set[str] | None = None
-    for line in ehlo.lines[1:]:
-        upper = line.upper()
-        if upper.startswith(("AUTH ", "AUTH=")):
-            found = (found or set()) | {m for m in _KNOWN if m in upper[5:]}
-    return frozenset(found) if found is not None else None
 
 
 def choose(configured: str, offered: frozenset[str], tls: bool) -> str | Failure:

@@ -2,66 +2,16 @@
 
 from __future__ import annotations
 
-import enum
 import errno
 import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from relayd.delivery.result import DeliveryResult, Disposition, RecipientResult, Reply
+from relayd.delivery.result import DeliveryResult, Disposition, Event, RecipientResult, Reply
 from relayd.sysexits import ExitCode
 
 RETRY, FAIL, HOLD = Disposition.RETRY, Disposition.FAIL, Disposition.HOLD
-
-
-class Event(enum.Enum):
-    """Everything that can go wrong on the way to the server, in the order it can happen."""
-
-    AUTH_NOT_COMPILED_IN = enum.auto()
-    TLS_TRUST_FILE = enum.auto()
-    TLS_CRL_FILE = enum.auto()
-    TLS_KEY_FILE = enum.auto()
-    HOST_NOT_FOUND = enum.auto()
-    SOCKET = enum.auto()
-    BIND = enum.auto()
-    CONNECT = enum.auto()
-    PROXY = enum.auto()
-    READ = enum.auto()
-    WRITE = enum.auto()
-    EMPTY_REPLY = enum.auto()
-    INVALID_REPLY = enum.auto()
-    LONG_REPLY = enum.auto()
-    TLS_HANDSHAKE = enum.auto()
-    TLS_CERTIFICATE = enum.auto()
-    GREETING = enum.auto()
-    HELO = enum.auto()
-    LHLO = enum.auto()
-    NO_STARTTLS = enum.auto()
-    STARTTLS = enum.auto()
-    NO_DSN = enum.auto()
-    NO_AUTH = enum.auto()
-    AUTH_METHOD_NOT_OFFERED = enum.auto()
-    AUTH_NO_SECURE_METHOD = enum.auto()
-    AUTH_NO_USABLE_METHOD = enum.auto()
-    AUTH_NO_USER = enum.auto()
-    AUTH_NO_PASSWORD = enum.auto()
-    PASSWORD_LOOKUP = enum.auto()
-    AUTH_BAD_CHALLENGE = enum.auto()
-    AUTH_REJECTED = enum.auto()
-    COMMAND_TOO_LONG = enum.auto()
-    SIZE_EXCEEDED = enum.auto()
-    NO_SMTPUTF8 = enum.auto()
-    MAIL = enum.auto()
-    RCPT = enum.auto()
-    DATA = enum.auto()
-    END = enum.auto()
-    LMTP_RECIPIENT = enum.auto()
-    RSET = enum.auto()
-    NO_ETRN = enum.auto()
-    ETRN_UNABLE = enum.auto()
-    ETRN_INVALID = enum.auto()
-    ETRN = enum.auto()
 
 
 @dataclass(frozen=True)
@@ -151,6 +101,10 @@ class Failure:
     error: str
     reply: Reply | None = None
 
+    def for_recipient(self, address: str) -> RecipientResult:
+        """This failure as one recipient's outcome."""
+        return RecipientResult(address, self.disposition, self.reply, self.error, self.event)
+
 
 def classify(event: Event, reply: Reply | None = None, **names: object) -> Failure:
     """Apply the table: `names` fill the text (`host`, `address`, `method`, `reason`, …)."""
@@ -202,10 +156,7 @@ def for_all(failure: Failure, recipients: Sequence[str]) -> DeliveryResult:
         exit_code=failure.exit_code,
         error=failure.error,
         reply=failure.reply,
-        recipients=tuple(
-            RecipientResult(r, failure.disposition, failure.reply, failure.error)
-            for r in recipients
-        ),
+        recipients=tuple(failure.for_recipient(r) for r in recipients),
         network=failure.event in NETWORK_EVENTS,
     )
 

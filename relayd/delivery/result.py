@@ -1,4 +1,4 @@
-"""What a delivery attempt produced: replies, per-recipient outcomes, exit code, disposition."""
+"""What a delivery attempt produced: replies, events, per-recipient outcomes, exit code."""
 
 from __future__ import annotations
 
@@ -46,14 +46,66 @@ class Disposition(enum.Enum):
     HOLD = "hold"  # only the user can fix it (auth, certificate, missing TLS/AUTH, password)
 
 
+class Event(enum.Enum):
+    """Everything that can go wrong on the way to the server, in the order it can happen
+    (classify.RULES gives each its exit code, text and disposition)."""
+
+    AUTH_NOT_COMPILED_IN = enum.auto()
+    TLS_TRUST_FILE = enum.auto()
+    TLS_CRL_FILE = enum.auto()
+    TLS_KEY_FILE = enum.auto()
+    HOST_NOT_FOUND = enum.auto()
+    SOCKET = enum.auto()
+    BIND = enum.auto()
+    CONNECT = enum.auto()
+    PROXY = enum.auto()
+    READ = enum.auto()
+    WRITE = enum.auto()
+    EMPTY_REPLY = enum.auto()
+    INVALID_REPLY = enum.auto()
+    LONG_REPLY = enum.auto()
+    TLS_HANDSHAKE = enum.auto()
+    TLS_CERTIFICATE = enum.auto()
+    GREETING = enum.auto()
+    HELO = enum.auto()
+    LHLO = enum.auto()
+    NO_STARTTLS = enum.auto()
+    STARTTLS = enum.auto()
+    NO_DSN = enum.auto()
+    NO_AUTH = enum.auto()
+    AUTH_METHOD_NOT_OFFERED = enum.auto()
+    AUTH_NO_SECURE_METHOD = enum.auto()
+    AUTH_NO_USABLE_METHOD = enum.auto()
+    AUTH_NO_USER = enum.auto()
+    AUTH_NO_PASSWORD = enum.auto()
+    PASSWORD_LOOKUP = enum.auto()
+    AUTH_BAD_CHALLENGE = enum.auto()
+    AUTH_REJECTED = enum.auto()
+    COMMAND_TOO_LONG = enum.auto()
+    SIZE_EXCEEDED = enum.auto()
+    NO_SMTPUTF8 = enum.auto()
+    MAIL = enum.auto()
+    RCPT = enum.auto()
+    DATA = enum.auto()
+    END = enum.auto()
+    LMTP_RECIPIENT = enum.auto()
+    RSET = enum.auto()
+    NO_ETRN = enum.auto()
+    ETRN_UNABLE = enum.auto()
+    ETRN_INVALID = enum.auto()
+    ETRN = enum.auto()
+
+
 @dataclass(frozen=True)
 class RecipientResult:
-    """One recipient's outcome in an attempt."""
+    """One recipient's outcome in an attempt: for a failure, also the event that decided it
+    (what to go by: `error` is only its text)."""
 
     address: str
     disposition: Disposition
     reply: Reply | None = None
     error: str | None = None  # msmtp's text for this recipient's failure, e.g. LMTP's refusal
+    event: Event | None = None
 
 
 @dataclass(frozen=True)

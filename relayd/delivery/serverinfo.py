@@ -2,9 +2,8 @@
 
 The session fills in a `ServerInfo` (plain data) and `format_serverinfo` renders msmtp's text
 (research/msmtp.md §4.2): the header line, the first greeting line, the TLS block (GnuTLS's
-session description and certificate facts) and the capabilities, parsed from the EHLO lines
-with msmtp's own rules (prefix matches on the upper-cased line, strtol for SIZE, substring
-matches for AUTH methods).
+session description and certificate facts) and the capabilities (`ehlo.Capabilities`, read
+from the EHLO reply with msmtp's rules).
 
 The certificate is read from its DER bytes in `certinfo` (a small DER walker, no extra
 dependency), and the distinguished names are written the way GnuTLS's gnutls_x509_crt_get_dn
@@ -14,17 +13,18 @@ writes them.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from relayd.delivery.auth_methods import KNOWN
 from relayd.delivery.certinfo import CertificateInfo as CertificateInfo
 from relayd.delivery.certinfo import ctime_text as ctime_text
 from relayd.delivery.certinfo import fingerprint_text as fingerprint_text
+from relayd.delivery.ehlo import Capabilities
 from relayd.text import sanitize
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Sequence
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,9 @@ class ServerInfo:
     `host` is the account's host as given (or its socket path), `port` the account's port.
     `canonical_name`/`address` are the reverse name and the address connected to, if known.
     `greeting` holds the greeting's lines without the code (msmtp prints the first one);
-    `capabilities` the text of every line of the last EHLO/LHLO reply without the code, the
-    first (domain) line included, or nothing after a HELO fallback. `tls` is set when the
-    account uses TLS; `starttls` says it was started with STARTTLS rather than implicitly.
+    `capabilities` are those of the last EHLO/LHLO reply (none after a HELO fallback). `tls` is
+    set when the account uses TLS; `starttls` says it was started with STARTTLS rather than
+    implicitly.
     """
 
     host: str
@@ -72,107 +72,18 @@ class ServerInfo:
     canonical_name: str | None = None
     address: str | None = None
     greeting: tuple[str, ...] = ()
-    capabilities: tuple[str, ...] = ()
+    capabilities: Capabilities = field(default_factory=Capabilities)
     tls: TLSInfo | None = None
     starttls: bool = False
 
 
 # --- capabilities --------------------------------------------------------------------------
 
-#: The AUTH methods msmtp 1.8.23 recognises, in the order --serverinfo prints them.
-AUTH_METHODS = (
-    "PLAIN",
-    "SCRAM-SHA-1",
-    "SCRAM-SHA-256",
-    "EXTERNAL",
-    "GSSAPI",
-    "CRAM-MD5",
-    "DIGEST-MD5",
-    "LOGIN",
-    "NTLM",
-    "OAUTHBEARER",
-    "XOAUTH2",
-)
 
-_LONG_MAX = 2**63 - 1
-_LONG_MIN = -(2**63)
-_ASCII_UPPER = {c: c - 32 for c in range(ord("a"), ord("z") + 1)}
-_C_SPACE = " \t\n\v\f\r"
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """msmtp's capability flags from an EHLO reply (8BITMIME, SMTPUTF8 … are not recorded)."""
-
-    starttls: bool = False
-    dsn: bool = False
-    pipelining: bool = False
-    etrn: bool = False
-    auth: bool = False
-    auth_methods: frozenset[str] = frozenset()
-    size: int | None = None  # None: no (valid) SIZE seen; 0: no limit
-
-    @property
-    def any(self) -> bool:
-        """msmtp's `srv.cap.flags != 0`."""
-        return (
-            self.starttls
-            or self.dsn
-            or self.pipelining
-            or self.etrn
-            or self.auth
-            or self.size is not None
-        )
-
-
-def _strtol(text: str) -> tuple[int, str, bool]:
-    """C strtol(text, &end, 10): (value, rest after the number, overflowed)."""
-    i = 0
-    while i < len(text) and text[i] in _C_SPACE:
-        i += 1
-    sign = 1
-    if i < len(text) and text[i] in "+-":
-        sign = -1 if text[i] == "-" else 1
-        i += 1
-    start = i
-    while i < len(text) and "0" <= text[i] <= "9":
-        i += 1
-    if i == start:
-        return 0, text, False  # no digits: end = the start of the string
-    value = sign * int(text[start:i])
-    if value > _LONG_MAX:
-        return _LONG_MAX, text[i:], True
-    if value < _LONG_MIN:
-        return _LONG_MIN, text[i:], True
-    return value, text[i:], False
-
-
-def parse_capabilities(lines: Sequence[str]) -> Capabilities:
-    """msmtp's smtp_init parsing of EHLO/LHLO reply lines (the text after `250-`/`250 `)."""
-    flags = {"starttls": False, "dsn": False, "pipelining": False, "etrn": False, "auth": False}
-    methods: set[str] = set()
-    size_seen = False
-    size = 0
-    for raw in lines:
-        line = raw.translate(_ASCII_UPPER)
-        if line.startswith("STARTTLS"):
-            flags["starttls"] = True
-        elif line.startswith("DSN"):
-            flags["dsn"] = True
-        elif line.startswith("PIPELINING"):
-            flags["pipelining"] = True
-        elif line.startswith("SIZE"):
-            # The value is stored even when invalid; only a valid one sets the flag.
-            argument = line[4:]
-            size, rest, overflow = _strtol(argument)
-            if argument and not rest and size >= 0 and not overflow:
-                size_seen = True
-        elif line.startswith("AUTH") and line[4:5] in (" ", "="):
-            flags["auth"] = True
-            methods.update(m for m in AUTH_METHODS if m in line[5:])
-        elif line.startswith("ETRN"):
-            flags["etrn"] = True
-    return Capabilities(**flags, auth_methods=frozenset(methods), size=size if size_seen else None)
+def _any(caps: Capabilities) -> bool:
+    """msmtp's `srv.cap.flags != 0` (it reads neither 8BITMIME nor SMTPUTF8)."""
+    flags = (caps.starttls, caps.dsn, caps.pipelining, caps.etrn)
+    return any(flags) or caps.auth is not None or caps.size is not None
 
 
 def _f32(value: float) -> float:
@@ -327,9 +238,9 @@ def format_serverinfo(info: ServerInfo) -> str:
         lines.append(f"    {sanitize(info.greeting[0])}")
     if info.tls is not None:
         lines += _tls_lines(info.tls)
-    caps = parse_capabilities(info.capabilities)
+    caps = info.capabilities
     starttls_account = info.tls is not None and info.starttls
-    if not caps.any and not starttls_account:
+    if not _any(caps) and not starttls_account:
         lines.append("No special capabilities.")
     else:
         lines.append("Capabilities:")
@@ -349,8 +260,8 @@ def format_serverinfo(info: ServerInfo) -> str:
                 "    STARTTLS:",
                 "        Support for TLS encryption via the STARTTLS command",
             ]
-        if caps.auth:
-            methods = "".join(f"{m} " for m in AUTH_METHODS if m in caps.auth_methods)
+        if caps.auth is not None:
+            methods = "".join(f"{m} " for m in KNOWN if m in caps.auth)
             lines += [
                 "    AUTH:",
                 "        Supported authentication methods:",

@@ -1,86 +1,26 @@
-"""One upstream SMTP/LMTP connection as msmtp makes it: connect, TLS, EHLO, AUTH, mail, QUIT."""
+"""One upstream SMTP/LMTP connection as msmtp makes it: connect, TLS, EHLO, AUTH, messages, QUIT."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import inspect
-import re
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from relayd.accounts.account import Account
-from relayd.delivery import auth, tls
-from relayd.delivery.classify import Event, Failure, classify, combine, for_all
-from relayd.delivery.result import DeliveryResult, Disposition, RecipientResult, Reply
-from relayd.delivery.wire import CHUNK as CHUNK
-from relayd.delivery.wire import MAX_REPLY_LINES as MAX_REPLY_LINES
-from relayd.delivery.wire import Abort, Wire, connect, encode
+from relayd.delivery import auth, ehlo, tls
+from relayd.delivery.classify import Failure, classify, for_all
+from relayd.delivery.ehlo import Capabilities
+from relayd.delivery.result import DeliveryResult, Event, Reply
+from relayd.delivery.transaction import OutgoingMessage as OutgoingMessage
+from relayd.delivery.transaction import Transaction
+from relayd.delivery.wire import Abort, Wire, connect
 from relayd.delivery.wire import DebugSink as DebugSink
 from relayd.errors import RelaydError
 
-MAX_COMMAND = 4094  # msmtp's SMTP_MAXCMDLEN in 1.8.23
-PIPELINE_LIMIT = 100  # commands in flight, as msmtp
-
 PasswordSource = Callable[[Account], Awaitable[str | None] | str | None]
-
-
-@dataclass(frozen=True)
-class OutgoingMessage:
-    """One message to send: the envelope and the stored bytes (CRLF line ends, not dot-stuffed).
-
-    `smtputf8`/`eightbit` default to detection: a non-ASCII address / a byte ≥ 0x80.
-    """
-
-    sender: str
-    recipients: Sequence[str]
-    data: bytes
-    smtputf8: bool | None = None
-    eightbit: bool | None = None
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What an EHLO/LHLO reply offers, parsed as msmtp parses it (plus 8BITMIME and SMTPUTF8)."""
-
-    starttls: bool = False
-    dsn: bool = False
-    pipelining: bool = False
-    etrn: bool = False
-    eightbitmime: bool = False
-    smtputf8: bool = False
-    size: int | None = None  # the maximum (0 = none); None when not advertised or not a number
-    auth: frozenset[str] | None = None  # None when there is no AUTH line
-
-    @classmethod
-    def parse(cls, ehlo: Reply) -> Capabilities:
-        """msmtp's rules: prefix matches on the upper-cased lines, SIZE read with strtol (a
-        missing, negative or malformed number counts as no SIZE), AUTH methods by substring."""
-        found: set[str] = set()
-        size: int | None = None
-        for line in ehlo.lines[1:]:
-            text = line.upper()
-            keyword = next((k for k in _KEYWORDS if text.startswith(k)), None)
-            if keyword == "SIZE":
-                number = _SIZE.fullmatch(text[4:])
-                size = int(number.group(1)) if number and int(number.group(1)) >= 0 else size
-            elif keyword is not None:
-                found.add(keyword)
-        return cls(
-            starttls="STARTTLS" in found,
-            dsn="DSN" in found,
-            pipelining="PIPELINING" in found,
-            etrn="ETRN" in found,
-            eightbitmime="8BITMIME" in found,
-            smtputf8="SMTPUTF8" in found,
-            size=size,
-            auth=auth.offered_methods(ehlo),
-        )
-
-
-_KEYWORDS = ("STARTTLS", "DSN", "PIPELINING", "SIZE", "ETRN", "8BITMIME", "SMTPUTF8")
-_SIZE = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)")
 
 
 @dataclass
@@ -100,37 +40,6 @@ class ServerFacts:
 
 
 # -- the session ---------------------------------------------------------------------------------
-
-
-@dataclass
-class _Attempt:
-    """One message's transaction in progress: each recipient's outcome so far (by position, as
-    msmtp sends duplicates too)."""
-
-    recipients: tuple[str, ...]
-    results: dict[int, RecipientResult] = field(default_factory=dict)
-    first: Failure | None = None
-    final: Reply | None = None
-    dot_sent: bool = False
-
-    def sent(self, index: int, reply: Reply) -> None:
-        self.results[index] = RecipientResult(self.recipients[index], Disposition.SENT, reply)
-        self.final = reply
-
-    def fail(self, index: int, failure: Failure) -> None:
-        self.results[index] = RecipientResult(
-            self.recipients[index], failure.disposition, failure.reply, failure.error
-        )
-        self.first = self.first or failure
-
-    def fail_rest(self, failure: Failure) -> None:
-        for index in range(len(self.recipients)):
-            if index not in self.results:
-                self.fail(index, failure)
-
-    def result(self) -> DeliveryResult:
-        ordered = [self.results[i] for i in range(len(self.recipients))]
-        return combine(ordered, self.first, self.final)
 
 
 class Session:
@@ -212,19 +121,22 @@ class Session:
             await self.open()
         if self._state == "closed":
             raise RuntimeError("send() on a closed session")
-        attempt = _Attempt(tuple(message.recipients))
         if self.failure is not None:
-            return for_all(self.failure, attempt.recipients)
+            return for_all(self.failure, message.recipients)
+        assert self._wire is not None  # open without a failure
+        sent_ahead, self._ahead = self._ahead is message, None
+        transaction = Transaction(self._wire, self.account, self.facts.capabilities, message)
+        progress = transaction.progress
         self._busy = True  # stays set if cancelled in the middle
         try:
-            await self._transaction(message, attempt, following)
+            self._ahead = await transaction.run(sent_ahead=sent_ahead, following=following)
         except Abort as abort:
-            attempt.fail_rest(abort.failure)
+            progress.fail_rest(abort.failure)
             await self._end(abort.failure, quit=False)
             self._busy = False
-            return replace(attempt.result(), possibly_delivered=attempt.dot_sent)
+            return replace(progress.result(), possibly_delivered=progress.dot_sent)
         self._busy = False
-        return attempt.result()
+        return progress.result()
 
     async def etrn(self, argument: str) -> Reply | Failure:
         """msmtp --rmqs: `ETRN argument` on the open session; the reply, or the failure."""
@@ -322,7 +234,7 @@ class Session:
                 self.facts.ehlo, self.facts.helo = None, reply
                 self.facts.capabilities = Capabilities()
                 return
-        self.facts.ehlo, self.facts.capabilities = reply, Capabilities.parse(reply)
+        self.facts.ehlo, self.facts.capabilities = reply, ehlo.parse(reply.lines)
 
     async def _login(self) -> None:
         account, caps = self.account, self.facts.capabilities
@@ -385,162 +297,6 @@ class Session:
             with contextlib.suppress(Abort):  # closing anyway
                 await wire.command("QUIT")
         await wire.close()
-
-    # -- one message ----------------------------------------------------------------------------
-
-    def _mail_line(self, message: OutgoingMessage, smtputf8: bool) -> str:
-        sender = "" if message.sender.upper() == "MAILER-DAEMON" else message.sender
-        line = f"MAIL FROM:<{sender}>"
-        if self.account.dsn_return:
-            line += f" RET={self.account.dsn_return}"
-        eightbit = message.eightbit if message.eightbit is not None else not message.data.isascii()
-        if eightbit and self.facts.capabilities.eightbitmime:
-            line += " BODY=8BITMIME"
-        return line + (" SMTPUTF8" if smtputf8 else "")
-
-    def _rcpt_line(self, recipient: str) -> str:
-        notify = self.account.dsn_notify
-        return f"RCPT TO:<{recipient}>" + (f" NOTIFY={notify}" if notify else "")
-
-    def _precheck(
-        self, message: OutgoingMessage, lines: Sequence[str], smtputf8: bool
-    ) -> Failure | None:
-        """What fails before anything is sent: SMTPUTF8 missing, SIZE exceeded, long commands."""
-        caps, data = self.facts.capabilities, message.data
-        if smtputf8 and not caps.smtputf8:
-            return classify(Event.NO_SMTPUTF8)
-        size = len(data) + (2 if data and not data.endswith(b"\n") else 0)
-        if caps.size and size > caps.size:
-            return classify(Event.SIZE_EXCEEDED, size=size, limit=caps.size)
-        if any(len(encode(line)) > MAX_COMMAND for line in lines):
-            return classify(Event.COMMAND_TOO_LONG)
-        return None
-
-    def _envelope(self, message: OutgoingMessage) -> tuple[list[str], Failure | None]:
-        """MAIL and RCPT lines for `message`, or what fails before anything is sent."""
-        smtputf8 = message.smtputf8
-        if smtputf8 is None:
-            smtputf8 = not all(a.isascii() for a in (message.sender, *message.recipients))
-        rcpts = [self._rcpt_line(r) for r in message.recipients]
-        lines = [self._mail_line(message, smtputf8), *rcpts]
-        return lines, self._precheck(message, lines, smtputf8)
-
-    def _announce(self, following: OutgoingMessage | None) -> list[str]:
-        """The envelope of `following` to send with this message's data, if it can go early."""
-        if following is None or not following.recipients:
-            return []
-        lines, early = self._envelope(following)
-        if early is not None or len(lines) + 1 > PIPELINE_LIMIT:
-            return []  # it takes the ordinary way (and fails there before sending anything)
-        self._ahead = following
-        return [*lines, "DATA"]
-
-    async def _transaction(
-        self, message: OutgoingMessage, attempt: _Attempt, following: OutgoingMessage | None
-    ) -> None:
-        wire = self._wire
-        assert wire is not None
-        lines, early = self._envelope(message)
-        rcpts = lines[1:]
-        sent_ahead, self._ahead = self._ahead is message, None
-        if early is not None:
-            attempt.fail_rest(early)
-            return
-        ask: Callable[[str], Awaitable[Reply]] = wire.command
-        pipelined = self.facts.capabilities.pipelining
-        if pipelined:  # MAIL, every RCPT and DATA in one burst; the replies are then taken in turn
-            got, abort = await self._pipeline([*lines, "DATA"], sent=sent_ahead)
-            pending = iter(got)
-
-            async def ask(line: str) -> Reply:
-                reply = next(pending, None)
-                if reply is None:
-                    raise abort or Abort(classify(Event.INVALID_REPLY))
-                return reply
-
-        reply = await ask(lines[0])
-        if reply.code != 250:
-            attempt.fail_rest(classify(Event.MAIL, reply, address=message.sender))
-            if pipelined and len(got) == len(lines) + 1 and got[-1].code == 354:
-                await self._abandon_data()
-            await self._recover()
-            return
-        accepted: list[int] = []
-        for index, line in enumerate(rcpts):
-            reply = await ask(line)
-            if reply.code in (250, 251):
-                accepted.append(index)
-            else:
-                address = attempt.recipients[index]
-                attempt.fail(index, classify(Event.RCPT, reply, address=address))
-        if not accepted:
-            if pipelined and (await ask("DATA")).code == 354:
-                await self._abandon_data()
-            await self._recover()
-            return
-        reply = await ask("DATA")
-        if reply.code != 354:
-            attempt.fail_rest(classify(Event.DATA, reply))
-            await self._recover()
-            return
-        ahead = self._announce(following) if pipelined else []
-        await wire.send_data(message.data, then=ahead)
-        attempt.dot_sent = True
-        await self._finish(attempt, accepted)
-
-    async def _finish(self, attempt: _Attempt, accepted: Sequence[int]) -> None:
-        """Read the reply to the final dot (LMTP: one per accepted recipient)."""
-        assert self._wire is not None
-        if self.account.protocol == "lmtp":
-            for index in accepted:
-                reply = await self._wire.read_reply()
-                if reply.code == 250:
-                    attempt.sent(index, reply)
-                else:
-                    address = attempt.recipients[index]
-                    attempt.fail(index, classify(Event.LMTP_RECIPIENT, reply, address=address))
-            return
-        reply = await self._wire.read_reply()
-        if reply.code != 250:
-            attempt.fail_rest(classify(Event.END, reply))
-            return
-        for index in accepted:
-            attempt.sent(index, reply)
-
-    async def _pipeline(
-        self, lines: Sequence[str], *, sent: bool = False
-    ) -> tuple[list[Reply], Abort | None]:
-        """Send in bursts of PIPELINE_LIMIT and read every reply; stop at a broken connection.
-        `sent`: the lines (one burst) went out already, with the previous message's data."""
-        assert self._wire is not None
-        replies: list[Reply] = []
-        try:
-            for start in range(0, len(lines), PIPELINE_LIMIT):
-                batch = lines[start : start + PIPELINE_LIMIT]
-                if not sent:
-                    await self._wire.send(batch)
-                for _ in batch:
-                    replies.append(await self._wire.read_reply())
-        except Abort as abort:
-            return replies, abort
-        return replies, None
-
-    async def _abandon_data(self) -> None:
-        """A 354 nobody wanted (pipelining): end the empty data and ignore the reply."""
-        assert self._wire is not None
-        await self._wire.send_data(b"")
-        await self._wire.read_reply()
-
-    async def _recover(self) -> None:
-        """RSET after a refused transaction so the connection can carry the next message."""
-        assert self._wire is not None
-        try:
-            reply = await self._wire.command("RSET")
-        except Abort as abort:
-            await self._end(abort.failure, quit=False)
-            return
-        if reply.code != 250:
-            await self._end(classify(Event.RSET, reply), quit=False)
 
 
 async def deliver(

@@ -6,7 +6,8 @@ import hashlib
 import ssl
 
 from relayd.accounts.account import Account
-from relayd.delivery.classify import Event, Failure, classify
+from relayd.delivery.classify import Failure, classify
+from relayd.delivery.result import Event
 
 _FILE_UNREADABLE = "Error while reading file."
 # GnuTLS's texts for files it could read but not use, per kind (seen with Debian's msmtp 1.8.23).

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 from relayd.accounts.account import Account
 from relayd.delivery import tls
-from relayd.delivery.classify import Event, Failure, classify, host_not_found, io_failure, strerror
-from relayd.delivery.result import Reply
+from relayd.delivery.classify import Failure, classify, host_not_found, io_failure, strerror
+from relayd.delivery.result import Event, Reply
 
 MAX_REPLY_LINES = 50  # msmtp's SMTP_MAXLINES
 CHUNK = 64 * 1024  # message bytes per write

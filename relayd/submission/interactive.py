@@ -69,7 +69,7 @@ def deliver_now(
     result, state = delivered.result, delivered.outcome.state
     if state is State.SENT:
         return ExitCode.OK
-    refused = drain.lmtp_refusals(account, result)
+    refused = drain.lmtp_refusals(result)
     if refused:
         _stderr(attempt_log.lmtp_stderr_lines(prog, account, refused))
     else:
@@ -113,7 +113,7 @@ def server_info(account: Account, facts: ServerFacts) -> ServerInfo:
         canonical_name=_canonical_name(facts.address),
         address=facts.address,
         greeting=facts.greeting.lines if facts.greeting else (),
-        capabilities=facts.ehlo.lines if facts.ehlo else (),
+        capabilities=facts.capabilities,
         tls=tls,
         starttls=account.tls_starttls,
     )

@@ -16,6 +16,7 @@ from relayd.accounts import files, msmtprc
 from relayd.cli import app, configcheck
 from relayd.errors import ConfigError
 from relayd.sysexits import ExitCode
+from tests.test_text import assert_harmless
 
 SECRET = "hunter2-do-not-print"
 GOOD_RC = (
@@ -369,6 +370,23 @@ def test_colour_on_a_terminal_only(isolated_home: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr("relayd.cli.config.on_terminal", lambda: True)
     coloured = CliRunner().invoke(app, ["config", "check"], color=True)
     assert "\x1b[1m" in coloured.stdout and "unknown command bogus" in coloured.stdout
+
+
+def test_hostile_file_contents_reach_no_terminal(
+    isolated_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bogus = "bo\x9b31m\u202egus\x85\u2066x\x1b[2J"
+    write_rc(isolated_home, f"account a\n{bogus}\n")
+    plain, as_json = check(), check("--json")
+    monkeypatch.setattr("relayd.cli.config.on_terminal", lambda: True)
+    coloured = CliRunner().invoke(app, ["config", "check"], color=True).stdout
+    escaped = "bo\\x9b31m\\u202egus\\x85\\u2066x\\x1b[2J"
+    assert f"unknown command {escaped}" in plain.stdout
+    assert f"unknown command {escaped}" in coloured
+    for output in (plain.stdout, as_json.stdout, coloured.replace("\x1b[", "")):
+        assert_harmless(output)
+    messages = [problem["message"] for problem in problems(as_json)]
+    assert f"unknown command {bogus}" in messages  # exact in the JSON
 
 
 def test_key_line_best_effort() -> None:

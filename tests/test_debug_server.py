@@ -22,7 +22,8 @@ import pytest
 from typer.testing import CliRunner
 
 from relayd.cli import app
-from relayd.submission.headers import display_headers
+from relayd.text import display_headers
+from tests.test_text import HOSTILE, HOSTILE_ESCAPED, assert_harmless
 
 RELAYD = str(Path(sys.executable).with_name("relayd"))
 TIMEOUT = 15.0
@@ -340,6 +341,18 @@ def test_a_maildir_that_cannot_be_created(tmp_path: Path) -> None:
     result = run_debug_server("--port", "0", "--maildir", str(tmp_path / "file"))
     assert result.returncode == 73
     assert result.stderr.startswith(f"relayd: cannot create Maildir {tmp_path / 'file'}: ")
+
+
+def test_a_hostile_header_reaches_no_terminal(servers: list[Server]) -> None:
+    data = b"X-Hostile: " + HOSTILE.encode() + b"\r\n\r\nbody\r\n"
+    text, as_json = start(servers), start(servers, "--json")
+    for server in (text, as_json):
+        send(server, "alice@example.org", ["bob@example.org"], data, mail_options=["BODY=8BITMIME"])
+    report = text.report()
+    assert report[-1] == f"X-Hostile: {HOSTILE_ESCAPED}"
+    line = as_json.line()
+    assert_harmless("\n".join([*report, line]))
+    assert json.loads(line)["headers"] == [["X-Hostile", HOSTILE]]  # the data, exact
 
 
 def test_header_fields_survive_undecodable_bytes() -> None:

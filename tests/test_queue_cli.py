@@ -38,6 +38,7 @@ from tests.test_daemon import (
     submit,
     upstream,
 )
+from tests.test_text import HOSTILE, HOSTILE_ESCAPED, assert_harmless
 from tests.upstream import Fault, UpstreamServer
 
 __all__ = ["start_daemon", "upstream"]  # pytest fixtures, used by name
@@ -401,7 +402,29 @@ def test_show_never_passes_control_characters_to_the_terminal(store: SqlStore) -
     code, out = invoke("queue", "show", queue_id)
     assert code == 0
     assert "\x1b" not in out and "\x07" not in out
-    assert "Subject: ?]0;pwned?x" in out
+    # Shown escaped, as every output for people shows them (relayd.text's "terminal" policy).
+    assert "Subject: \\x1b]0;pwned\\x07x" in out and "X-Raw: a\\x1bb" in out
+
+
+def test_a_hostile_reply_or_header_reaches_no_terminal(store: SqlStore) -> None:
+    data = b"X-Hostile: " + HOSTILE.encode() + b"\r\n\r\nbody\r\n"
+    queue_id = store.enqueue(message(data=data), time.time())
+    pending = Recipient(0, "rcpt@example.org", RecipientState.PENDING, 451, HOSTILE)
+    deferred(store, queue_id, f"451 {HOSTILE}", pending)
+    listing, shown = invoke("queue", "list")[1], invoke("queue", "show", queue_id)[1]
+    assert f"(451 {HOSTILE_ESCAPED})" in listing
+    assert f"  X-Hostile: {HOSTILE_ESCAPED}" in shown.splitlines()
+    listed, record = (
+        invoke("queue", "list", "--json")[1],
+        invoke("queue", "show", queue_id, "-j")[1],
+    )
+    for output in (listing, shown, listed, record):
+        assert_harmless(output)
+    # JSON escapes them in its text: a program reads the data exactly as stored.
+    assert json.loads(listed)["reason"] == f"451 {HOSTILE}"
+    assert json.loads(listed)["recipients"][0]["reply"] == f"451 {HOSTILE}"
+    assert json.loads(record)["headers"] == [["X-Hostile", HOSTILE]]
+    assert json.loads(record)["attempt_log"][0]["reply"] == f"451 {HOSTILE}"
 
 
 def test_mailq_into_a_closed_pipe_ends_quietly(store: SqlStore) -> None:

@@ -24,6 +24,7 @@ from tests.sendmail_helpers import sendmail_env
 from tests.store_helpers import message
 from tests.test_daemon import RELAYD
 from tests.test_status import T0, store, utc
+from tests.test_text import HOSTILE, assert_harmless
 
 __all__ = ["store", "utc"]  # pytest fixtures, used by name (utc: autouse, TZ=UTC)
 
@@ -186,6 +187,18 @@ def test_json_one_object_per_attempt(store: SqlStore) -> None:
     assert (objects[0]["reply_code"], objects[0]["reply"]) == (None, REFUSED)
     assert [o["possible_duplicate"] for o in objects] == [False, False, True, False]
     assert objects[3]["exit_name"] == "EX_OK"
+
+
+def test_a_hostile_reply_reaches_no_terminal(store: SqlStore) -> None:
+    queue_id = store.enqueue(message(recipients=(YOU,), data=DATA, sender=ME), T0)
+    hostile = Attempt(T0 + 1, 0.1, "127.0.0.1", False, False, 69, 451, HOSTILE, ())
+    store.record_attempt(queue_id, hostile, Outcome(State.QUEUED, T0 + 60, "later"))
+    text, as_json = log().stdout, log("--json").stdout
+    assert_harmless(text)
+    assert_harmless(as_json)
+    # msmtp's log line already made C0 `?`; the rest is escaped (NEL, LS and PS end lines).
+    assert "smtpmsg='451-a\\x9b31m b\\n451-c \\u202ed\\n451-e\\n451 f \\u2066g" in text
+    assert json.loads(as_json)["reply"] == HOSTILE
 
 
 def test_colour_only_on_a_terminal(store: SqlStore, monkeypatch: pytest.MonkeyPatch) -> None:

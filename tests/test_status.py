@@ -23,6 +23,7 @@ from tests.sendmail_helpers import write_msmtprc
 from tests.store_helpers import message
 from tests.test_attempt_log import utc
 from tests.test_daemon import Daemon, run_relayd, start_daemon
+from tests.test_text import HOSTILE, assert_harmless
 
 __all__ = ["start_daemon", "utc"]  # pytest fixtures, used by name (utc: autouse, TZ=UTC)
 
@@ -156,6 +157,19 @@ def test_plain_text_when_piped(store: SqlStore) -> None:
         "work     2026-11-24 15:35:29  550 5.1.1 no such user second line\n"
     )
     assert "\x1b" not in result.stdout
+
+
+def test_a_hostile_last_error_reaches_no_terminal(store: SqlStore) -> None:
+    attempt(store, store.enqueue(message(1), T0), T0 + 10, 65, (550, HOSTILE))
+    text, as_json = status().stdout, status("--json").stdout
+    assert_harmless(text)
+    assert_harmless(as_json)
+    assert text.endswith(
+        "  550 a\\x9b31m b c \\u202ed e f \\u2066g\\u200eh\\u061ci \\U000e0041 \\x1b[2J\n"
+    )
+    # The stored error, its lines joined: exact in the JSON, only escaped in its text.
+    last_error = json.loads(as_json)["accounts"][0]["last_error"]
+    assert last_error == "550 " + " ".join(HOSTILE.splitlines())
 
 
 def test_rich_tables_on_a_terminal(store: SqlStore, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ import typer
 
 from relayd.cli.output import json_line, on_terminal, run
 from relayd.sysexits import ExitCode
+from relayd.text import sanitize
 
 if TYPE_CHECKING:
     from relayd.cli import configcheck
@@ -40,10 +41,12 @@ def _check(conffile: str | None, as_json: bool) -> int:
         if as_json:
             typer.echo(json_line(problem.as_dict()))
         elif colour and problem.file:
-            where = typer.style(problem.location(), bold=True)
-            typer.echo(f"{where} {typer.style(problem.message, fg='red')}")
+            # Messages quote the files, which may hold anything: shown escaped, as everywhere.
+            where = typer.style(sanitize(problem.location(), "terminal"), bold=True)
+            message = typer.style(sanitize(problem.message, "terminal"), fg="red")
+            typer.echo(f"{where} {message}")
         else:
-            typer.echo(str(problem))
+            typer.echo(sanitize(str(problem), "terminal"))
     if report.problems:
         if not as_json:
             count = len(report.problems)
@@ -51,7 +54,7 @@ def _check(conffile: str | None, as_json: bool) -> int:
         return ExitCode.CONFIG
     if not as_json:
         for line in _summary(report):
-            typer.echo(line)
+            typer.echo(sanitize(line, "terminal"))
         ok = "configuration OK"
         typer.echo(typer.style(ok, fg="green", bold=True) if colour else ok)
     return ExitCode.OK

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import sys
 from typing import TYPE_CHECKING, Any
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from relayd.cli.output import json_line, local_time, run
+from relayd.text import sanitize
 
 if TYPE_CHECKING:
     from relayd.cli.debugserver import Received
@@ -19,8 +19,6 @@ if TYPE_CHECKING:
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 1025  # unprivileged, the usual port of local test sinks (2525 is [listen]'s example)
 SEPARATOR = "-" * 72
-# Control characters in what a client sent would drive the terminal: shown escaped instead.
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 
 def debug_server_command(
@@ -139,8 +137,5 @@ def _text(received: Received) -> str:
         *(f"{name}: {value}" for name, value in received.headers),
         SEPARATOR,
     ]
-    return "\n".join(_CONTROL.sub(_escaped, line) for line in lines)
-
-
-def _escaped(match: re.Match[str]) -> str:
-    return f"\\x{ord(match.group()):02x}"
+    # What a client sent could drive the terminal: shown escaped instead.
+    return "\n".join(sanitize(line, "terminal") for line in lines)

@@ -6,7 +6,6 @@ import asyncio
 import ipaddress
 import logging
 import os
-import re
 import signal
 import socket
 import time
@@ -18,14 +17,13 @@ from aiosmtpd.smtp import DATA_SIZE_DEFAULT, SMTP, Envelope, Session
 
 from relayd.daemon import maildir
 from relayd.errors import RelaydError, UsageError
-from relayd.submission.headers import display_headers, readable
 from relayd.sysexits import ExitCode
+from relayd.text import display_headers, readable, sanitize
 
 __all__ = ["Received", "listen_address", "prepare_maildir", "serve"]
 
 IDENT = "relayd debug-server"
 _SHUTDOWN = b"421 4.3.2 relayd debug-server shutting down\r\n"
-_LINE_BREAK = re.compile("[\r\n\0]")
 
 log = logging.getLogger("relayd.cli.debugserver")
 
@@ -99,7 +97,7 @@ def _delivery_headers(sender: str, recipients: list[str]) -> bytes:
     fields += [("X-Original-To", address) for address in recipients]
     fields += [("Delivered-To", address) for address in recipients]
     return b"".join(
-        f"{name}: {_LINE_BREAK.sub(' ', value)}\r\n".encode("utf-8", "surrogateescape")
+        f"{name}: {sanitize(value, 'header')}\r\n".encode("utf-8", "surrogateescape")
         for name, value in fields
     )
 

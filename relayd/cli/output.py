@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 import typer
 
 from relayd.errors import RelaydError
+from relayd.text import sanitize
 
 
 def on_terminal() -> bool:
@@ -21,8 +22,10 @@ def on_terminal() -> bool:
 
 
 def json_line(value: dict[str, Any]) -> str:
-    """`value` as one JSON object on one line (UTF-8 kept, as `postqueue -j` prints)."""
-    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+    """`value` as one JSON object on one line (UTF-8 kept, as `postqueue -j` prints), with
+    every control, format or separator character escaped: the data stays exact, and nothing in
+    it can drive the terminal it is printed on."""
+    return sanitize(json.dumps(value, ensure_ascii=False, separators=(", ", ": ")), "json")
 
 
 def local_time(timestamp: float | None, *, never: str = "-") -> str:

@@ -18,6 +18,7 @@ from relayd.store.records import State
 from relayd.store.sql import SqlStore
 from relayd.submission import queuelist
 from relayd.sysexits import ExitCode
+from relayd.text import display_headers, sanitize
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -230,8 +231,6 @@ def show_lines(record: dict[str, Any]) -> list[str]:
 
 
 def _show(queue_id: str, raw: bool, as_json: bool) -> int:
-    from relayd.submission.headers import display_headers
-
     store = open_queue()
     message = data = None
     if store is not None:
@@ -250,7 +249,7 @@ def _show(queue_id: str, raw: bool, as_json: bool) -> int:
         typer.echo(json_line(record))
         return 0
     # Headers, replies and reasons come from outside: no control character reaches a terminal.
-    lines = [queuelist.printable(line) for line in show_lines(record)]
+    lines = [sanitize(line, "terminal") for line in show_lines(record)]
     if on_terminal():
         _show_styled(lines)
     else:

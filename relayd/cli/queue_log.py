@@ -24,6 +24,7 @@ from relayd.store.reports import PAGE, LogEntry, log_entries
 from relayd.store.rows import attempt_row
 from relayd.store.sql import SqlStore
 from relayd.sysexits import ExitCode
+from relayd.text import sanitize
 
 POLL_INTERVAL = 0.5  # seconds between looks for new attempts with --follow
 DUPLICATE = "(possible duplicate)"
@@ -54,7 +55,8 @@ def entry_line(entry: LogEntry) -> str:
         reply=reply,
         error=attempt.reply if reply is None else None,
     )
-    line = f"{local_time(attempt.started_at)} {entry.queue_id} {info}"
+    # msmtp's log line makes only C0 controls harmless; a server's reply may hold worse.
+    line = sanitize(f"{local_time(attempt.started_at)} {entry.queue_id} {info}", "terminal")
     return f"{line} {DUPLICATE}" if attempt.possible_duplicate else line
 
 

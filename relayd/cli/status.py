@@ -90,7 +90,7 @@ def _facts(
     totals = ", ".join(f"{sum(r.counts[s] for r in reports)} {s.value}" for s in State)
     return [
         ("daemon", _DAEMON[daemon]),
-        ("database", database),
+        ("database", sanitize(database, "terminal")),
         ("messages", totals),
         ("next retry", local_time(_overall_retry(reports))),
     ]
@@ -101,12 +101,21 @@ def _tables(reports: Sequence[AccountReport]) -> list[_Table]:
     if not reports:
         return []
     counts = [
-        [r.account, *(str(r.counts[s]) for s in State), local_time(r.next_retry)] for r in reports
+        [
+            sanitize(r.account, "terminal"),
+            *(str(r.counts[s]) for s in State),
+            local_time(r.next_retry),
+        ]
+        for r in reports
     ]
     headers = ["ACCOUNT", *(s.value.upper() for s in State), "NEXT RETRY"]
     tables = [_Table(headers, counts, range(1, 1 + len(State)))]
     errors = [
-        [r.account, local_time(r.last_error_at), sanitize(r.last_error)]
+        [
+            sanitize(r.account, "terminal"),
+            local_time(r.last_error_at),
+            sanitize(r.last_error, "terminal"),
+        ]
         for r in reports
         if r.last_error is not None
     ]

@@ -21,7 +21,7 @@ import sys
 import time
 
 from relayd.sysexits import ExitCode
-from relayd.text import LOG_CONTROL, sanitize
+from relayd.text import sanitize
 
 TYPE_CHECKING = False  # typing costs milliseconds at import: -odi is on the sendmail path
 if TYPE_CHECKING:
@@ -36,9 +36,6 @@ LOCK_TIMEOUT = 10  # seconds msmtp retries the logfile's write lock
 #: msmtp's errormsg for an LMTP attempt where some recipients failed (no smtpstatus then).
 LMTP_LOG_ERROR = "delivery to one or more recipients failed"
 _TIME_BUFFER = 128  # msmtp's time_str[128]: a longer result is "invalid logfile_time_format"
-
-# iscntrl() on single bytes: 0x00-0x1F and 0x7F (bytes >= 0x80 are not controls in C or UTF-8).
-_CONTROL_AND_QUOTE = {**LOG_CONTROL, ord("'"): "?"}
 
 
 def log_info(
@@ -103,10 +100,10 @@ def attempt_info(
         parts.append(f"mailsize={mailsize}")
     if reply is not None:
         wire = reply.wire_lines() or [str(reply.code)]
-        text = "\\n".join(line.translate(_CONTROL_AND_QUOTE) for line in wire)
+        text = "\\n".join(sanitize(line, "log-field") for line in wire)
         parts.append(f"smtpstatus={reply.code} smtpmsg='{text}'")
     if code != ExitCode.OK and error:
-        parts.append(f"errormsg='{error.translate(_CONTROL_AND_QUOTE)}'")
+        parts.append(f"errormsg='{sanitize(error, 'log-field')}'")
     parts.append(f"exitcode={code.ex_name}")
     return " ".join(parts)
 
@@ -306,9 +303,11 @@ def stderr_lines(
     """
     lines = []
     if error is not None:
-        lines.append(f"{prog}: {sanitize(error)}")
+        lines.append(f"{prog}: {sanitize(error, 'log')}")
     if reply is not None:
-        lines.extend(f"{prog}: server message: {sanitize(line)}" for line in reply.wire_lines())
+        lines.extend(
+            f"{prog}: server message: {sanitize(line, 'log')}" for line in reply.wire_lines()
+        )
     if sendmail:
         lines.append(f"{prog}: could not send mail{_account_suffix(account)}")
     return lines
@@ -324,10 +323,11 @@ def lmtp_stderr_lines(
     """
     lines = []
     for error, reply in failures:
-        lines.append(f"{prog}: {sanitize(error)}")
+        lines.append(f"{prog}: {sanitize(error, 'log')}")
         if reply is not None:
             lines.extend(
-                f"{prog}: LMTP server message: {sanitize(line)}" for line in reply.wire_lines()
+                f"{prog}: LMTP server message: {sanitize(line, 'log')}"
+                for line in reply.wire_lines()
             )
     lines.append(f"{prog}: could not send mail to all recipients{_account_suffix(account)}")
     return lines

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 from relayd.sysexits import ExitCode
 
-_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
+# RFC 3463's class.subject.detail at the start of a reply line (also read by the bounces).
+ENHANCED_STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class Reply:
     @property
     def enhanced(self) -> str | None:
         """`5.1.1` from `550 5.1.1 user unknown`, if present."""
-        match = _ENHANCED.match(self.lines[0]) if self.lines else None
+        match = ENHANCED_STATUS.match(self.lines[0]) if self.lines else None
         return match.group(0) if match else None
 
     @property

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 from relayd.errors import DataError
+from relayd.submission.address_fields import SP, TAB, AddressTokenizer
+from relayd.text import sanitize
 
 TYPE_CHECKING = False  # typing and dataclasses cost milliseconds at import: this is the hot path
 if TYPE_CHECKING:
@@ -16,156 +18,9 @@ if TYPE_CHECKING:
 # behaviour but works a line at a time, running the byte-level part only on the bodies of the
 # address fields, so scanning stays cheap.
 
-_SP, _TAB = 0x20, 0x09
-
 # A line whose first byte (CRs aside) can start a header msmtp looks at, or an empty line.
 # Other lines matter only inside a Resent- block or after an address field.
 _NOTABLE_LINE = re.compile(rb"^\r*[DdMmFfTtCcBbRr\n]", re.MULTILINE)
-
-# States of the address tokenizer (the part of the machine inside To/Cc/Bcc/From bodies).
-_DEFAULT = 0  # between addresses
-_QUOTED = 1  # inside "..." (a display name: skipped)
-_ANGLE_OPEN = 2  # just after "<"
-_IN_ANGLE = 3  # inside <...>: collecting
-_PAREN_OPEN = 4  # just after "("
-_IN_PAREN = 5  # inside a (comment): skipped
-_IN_ATOM = 6  # a bare address: collecting
-_ESCAPED = 7  # just after a backslash
-
-
-def _sanitized(byte: int) -> int:
-    """msmtp puts "_" for control and space characters it copies into an address."""
-    return 0x5F if byte <= 0x20 or byte == 0x7F else byte
-
-
-class _AddressTokenizer:
-    """Pulls addresses out of address-field bodies; resumable across folded lines.
-
-    Quirks kept on purpose (they decide which addresses msmtp sends to): whitespace between
-    two bare words keeps only the second (`a@x b@y` → `b@y`), a quoted string drops what was
-    collected before it (`"a b"@x` → `@x`), a backslash quotes the next byte, comments nest
-    oddly (`(a())` leaves `)`), and an unclosed comment's depth carries into a directly
-    following address field.
-    """
-
-    __slots__ = ("current", "depth", "escape_return", "fold_state", "paren_return", "state")
-
-    def __init__(self) -> None:
-        self.state = _DEFAULT
-        self.fold_state = _DEFAULT
-        self.paren_return = _DEFAULT
-        self.escape_return = _DEFAULT
-        self.depth = 0
-        self.current: bytearray | None = None
-
-    def start_field(self) -> None:
-        self.state = _DEFAULT
-
-    def resume_folded(self) -> None:
-        """A folded line continues the field; its first (blank) byte is consumed unread."""
-        self.state = self.fold_state
-
-    def take(self) -> bytes | None:
-        """The address in progress, if any (the field ended)."""
-        current, self.current = self.current, None
-        return bytes(current) if current is not None else None
-
-    def feed(self, text: bytes, line_ends: bool) -> list[bytes]:
-        """Read `text` (one line's part of a field, without its LF); return finished addresses."""
-        done: list[bytes] = []
-        state = self.state
-        current = self.current
-        for byte in text:
-            collect = True
-            if state == _DEFAULT:
-                if byte == 0x5C:  # backslash
-                    self.escape_return, state = _DEFAULT, _ESCAPED
-                elif byte == 0x28:  # (
-                    self.paren_return, state = _DEFAULT, _PAREN_OPEN
-                elif byte == 0x22:  # "
-                    current, state = None, _QUOTED
-                elif byte == 0x3C:  # <
-                    current, state = None, _ANGLE_OPEN
-                elif byte in (_SP, _TAB):
-                    pass
-                elif byte == 0x3A:  # ":" of a group name
-                    current = None
-                elif byte in (0x2C, 0x3B):  # , ;
-                    if current is not None:
-                        done.append(bytes(current))
-                        current = None
-                else:
-                    current, state = bytearray(), _IN_ATOM
-            elif state == _IN_ATOM:
-                if byte == 0x5C:
-                    self.escape_return, state = _IN_ATOM, _ESCAPED
-                elif byte == 0x22:
-                    current, state = None, _QUOTED
-                elif byte == 0x28:
-                    self.paren_return, state = _IN_ATOM, _PAREN_OPEN
-                elif byte == 0x3C:
-                    current, state = None, _ANGLE_OPEN
-                elif byte in (_SP, _TAB):
-                    state = _DEFAULT
-                elif byte == 0x3A:
-                    current, state = None, _DEFAULT
-                elif byte in (0x2C, 0x3B):
-                    assert current is not None
-                    done.append(bytes(current))
-                    current, state = None, _DEFAULT
-            elif state == _IN_ANGLE:
-                if byte == 0x5C:
-                    self.escape_return, state = _IN_ANGLE, _ESCAPED
-                elif byte == 0x28:
-                    self.paren_return, state = _IN_ANGLE, _PAREN_OPEN
-                elif byte == 0x3E:  # >
-                    assert current is not None
-                    done.append(bytes(current))
-                    current, state = None, _DEFAULT
-            elif state == _ANGLE_OPEN:
-                if byte == 0x28:
-                    self.paren_return, state = _ANGLE_OPEN, _PAREN_OPEN
-                elif byte == 0x3E:
-                    state = _DEFAULT
-                else:
-                    current, state = bytearray(), _IN_ANGLE
-            elif state == _QUOTED:
-                if byte == 0x5C:
-                    self.escape_return, state = _QUOTED, _ESCAPED
-                elif byte == 0x22:
-                    state = _DEFAULT
-            elif state == _PAREN_OPEN:
-                collect = False  # the byte after "(" is never part of an address
-                if byte == 0x29:  # )
-                    state = self.paren_return
-                else:
-                    self.depth += 1
-                    state = _IN_PAREN
-            elif state == _IN_PAREN:
-                collect = False
-                if byte == 0x5C:
-                    self.escape_return, state = _IN_PAREN, _ESCAPED
-                elif byte == 0x28:
-                    state = _PAREN_OPEN
-                elif byte == 0x29:
-                    self.depth -= 1
-                    if self.depth == 0:
-                        state = self.paren_return
-            else:  # _ESCAPED: the byte is taken literally where the backslash stood
-                state = self.escape_return
-            if collect and state in (_IN_ATOM, _IN_ANGLE):
-                if current is None:
-                    current = bytearray()
-                current.append(_sanitized(byte))
-        if line_ends:
-            if state == _DEFAULT and current is not None:
-                done.append(bytes(current))
-                current = None
-            # After a bare address or a backslash the folded line restarts between addresses.
-            self.fold_state = _DEFAULT if state in (_IN_ATOM, _ESCAPED) else state
-        self.state = state
-        self.current = current
-        return done
 
 
 def _prefix_length(line: bytes, start: int, name: bytes) -> int:
@@ -254,11 +109,13 @@ class _HeaderReader:
         self.resent = _RESENT_BEFORE
         self.normal: list[bytes] = []
         self.resent_recipients: list[bytes] = []
-        self.tokenizer = _AddressTokenizer()
+        self.tokenizer = AddressTokenizer()
         self.in_address_field = False  # the previous line belongs to an address field
         self.field_is_from = False  # the address field being read is the first From:
 
     def _finished(self, address: bytes) -> None:
+        # msmtp works on bytes; latin-1 maps each byte to the code point of the same value.
+        address = sanitize(address.decode("latin-1"), "address").encode("latin-1")
         if self.from_state == _FROM_IN:
             self.from_address = address
             self.from_state = _FROM_AFTER
@@ -293,7 +150,7 @@ class _HeaderReader:
             if not line and not line_ends:
                 break  # only CRs before the end of the input
             if self.in_address_field:
-                if line and (line[0] == _SP or line[0] == _TAB):
+                if line and (line[0] == SP or line[0] == TAB):
                     self.tokenizer.resume_folded()
                     self._feed(line[1:], line_ends)
                     pos = next_pos
@@ -422,29 +279,3 @@ def parse_recipient_arguments(arguments: Sequence[str]) -> list[str]:
 def parse_recipient_argument(argument: str) -> list[str]:
     """The addresses in one command-line recipient argument (see parse_recipient_arguments)."""
     return parse_recipient_arguments([argument])
-
-
-def display_headers(raw: bytes) -> list[tuple[str, str]]:
-    """The header fields of a stored or received message as (name, value) pairs for people to
-    read: unfolded, RFC 2047 encoded words decoded, invalid UTF-8 shown as U+FFFD. Every field
-    is read as unstructured text, so no malformed address can make the stdlib's structured
-    parsers fail a display; the body is not parsed. (`email` is imported and the patterns are
-    compiled here, not at import: this module is on the sendmail hot path.)"""
-    from email.headerregistry import HeaderRegistry, UnstructuredHeader
-    from email.parser import BytesHeaderParser
-    from email.policy import compat32
-
-    registry = HeaderRegistry(default_class=UnstructuredHeader, use_default_map=False)
-    parsed = BytesHeaderParser(policy=compat32).parsebytes(raw)
-    return [
-        (readable(name), readable(str(registry(name, re.sub(r"\r?\n(?=[ \t])", "", value)))))
-        for name, value in parsed.raw_items()
-    ]
-
-
-def readable(value: str) -> str:
-    """`value` with the surrogate escapes of undecodable bytes decoded as UTF-8 or U+FFFD."""
-    try:
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeEncodeError:  # a lone surrogate that stands for no byte
-        return re.sub("[\ud800-\udfff]", "\ufffd", value)

@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 from relayd.store.listing import Listed, ListedRecipient
 from relayd.store.records import RecipientState, State
+from relayd.text import sanitize
 
 # What `mailq` shows, as Postfix does: mail not yet delivered nor given up.
 WAITING = (State.QUEUED, State.SENDING, State.HELD)
@@ -36,13 +37,6 @@ HEADINGS = (
 )
 _RECIPIENT_INDENT = " " * (17 + 1 + 8 + 1 + 19 + 1)
 _NULL_SENDER = "MAILER-DAEMON"  # how Postfix lists `<>`
-
-
-def printable(text: str) -> str:
-    """Control characters as `?`, as Postfix's `printable()` does; UTF-8 stays readable."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def _arrival(timestamp: float, cache: dict[int, str]) -> str:
@@ -80,18 +74,18 @@ def message_lines(message: Listed, cache: dict[int, str]) -> list[str]:
     """One message's lines: the id with its marker, size, arrival and sender; then each shown
     recipient, preceded by its reason whenever that differs from the previous one
     (showq_compat's rule, `reason unavailable` included)."""
-    sender = printable(message.sender) if message.sender else _NULL_SENDER
+    sender = sanitize(message.sender, "terminal") if message.sender else _NULL_SENDER
     marked = message.queue_id + MARKERS.get(message.state, "?")
     arrival = _arrival(message.created_at, cache)
     lines = [f"{marked:<17} {message.size:>8} {arrival} {sender}"]
     previous = ""
     for recipient in shown_recipients(message):
         reason = recipient_reason(message, recipient)
-        reason = printable(reason) if reason else ""
+        reason = sanitize(reason, "terminal") if reason else ""
         if reason != previous:
             previous = reason
             lines.append(reason_line(reason or "reason unavailable"))
-        lines.append(_RECIPIENT_INDENT + printable(recipient.address))
+        lines.append(_RECIPIENT_INDENT + sanitize(recipient.address, "terminal"))
     return lines
 
 

@@ -19,8 +19,9 @@ from relayd.daemon import instance
 from relayd.errors import QueueError
 from relayd.store.queued import Attempt, Outcome, State
 from relayd.store.sql import SqlStore
+from tests.queue_fill import enqueue_many
 from tests.sendmail_helpers import write_msmtprc
-from tests.store_helpers import message
+from tests.store_helpers import message, record_attempt
 from tests.test_attempt_log import utc
 from tests.test_daemon import Daemon, run_relayd, start_daemon
 
@@ -54,7 +55,8 @@ def attempt(
 ) -> None:
     """Log one attempt of `queue_id`: 0 sent, 75 deferred (due an hour later), else failed."""
     state = {0: State.SENT, 75: State.QUEUED}.get(code, State.FAILED)
-    store.record_attempt(
+    record_attempt(
+        store,
         queue_id,
         Attempt(when, 0.2, "127.0.0.1", False, False, code, reply[0], reply[1]),
         Outcome(state, when + 3600 if state is State.QUEUED else None, reply[1] if code else None),
@@ -171,7 +173,7 @@ def test_rich_tables_on_a_terminal(store: SqlStore, monkeypatch: pytest.MonkeyPa
 
 
 def test_status_reads_aggregates_only(store: SqlStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    ids = store.enqueue_many([message(n, account=f"a{n % 3}") for n in range(3000)], T0)
+    ids = enqueue_many(store, [message(n, account=f"a{n % 3}") for n in range(3000)], T0)
     for queue_id in ids[:500]:
         attempt(store, queue_id, T0 + 1, 75, (451, "4.3.0 later"))
 

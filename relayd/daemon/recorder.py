@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+from relayd.store.interface import RunnerStore
 from relayd.store.prepared import PreparedRecord
 from relayd.store.queued import AttemptRecord
-from relayd.store.sql import SqlStore
 
 
 class Recorder:
@@ -19,7 +19,7 @@ class Recorder:
     Every record goes to the store even if whoever waits for it is cancelled.
     """
 
-    def __init__(self, store: SqlStore) -> None:
+    def __init__(self, store: RunnerStore) -> None:
         self._store = store
         self._waiting: list[tuple[PreparedRecord, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None

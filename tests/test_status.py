@@ -19,6 +19,7 @@ from relayd.daemon import instance
 from relayd.errors import QueueError
 from relayd.store.queued import Attempt, Outcome, State
 from relayd.store.sql import SqlStore
+from relayd.submission import sendmail
 from tests.queue_fill import enqueue_many
 from tests.sendmail_helpers import write_msmtprc
 from tests.store_helpers import message, record_attempt
@@ -237,6 +238,15 @@ def test_a_postgresql_queue_asks_the_wake_socket_without_waking(tmp_path: Path) 
     os.unlink(path)
     assert status_cli.daemon_state(url) is None  # a stale socket file: nobody listens
     assert "s3cret" not in status_cli._location(url)
+
+
+def test_status_and_sendmail_version_ask_the_one_wake_socket_probe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert vars(status_cli)["daemon_listening"] is instance.daemon_listening
+    assert not instance.daemon_listening(paths.wake_socket())  # nothing listens in this test
+    monkeypatch.setattr(instance, "daemon_listening", lambda wake_socket: True)
+    assert any(line.startswith("Daemon: running") for line in sendmail.version_lines("x"))
 
 
 def test_status_with_a_running_daemon(start_daemon: Callable[..., Daemon]) -> None:

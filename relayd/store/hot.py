@@ -96,23 +96,26 @@ def _message_id() -> sa.ScalarSelect[Any]:
 DUE = [column.name for column in SUMMARY].index("next_attempt_at")
 
 
-def _listed(queue_ids: sa.BindParameter[str], dialect: sa.Dialect) -> sa.Select[Any]:
-    """The elements of the JSON array of strings `queue_ids`, one row each."""
+def _elements(
+    array: sa.BindParameter[str], dialect: sa.Dialect, type_: sa.types.TypeEngine[Any]
+) -> sa.Select[Any]:
+    """The elements of the JSON array `array`, one row each, as `type_` (for an IN).
+
+    One parameter however long the list, so the statement is compiled once, and the database
+    hashes the list whatever plan it caches (PostgreSQL's generic plan of `= ANY($1)` compares
+    each row with every element: seconds for a flush naming 10,000 messages).
+    """
     if dialect.name == "postgresql":
-        values = sa.func.json_array_elements_text(sa.cast(queue_ids, sa.JSON)).table_valued("value")
-    else:
-        values = sa.func.json_each(queue_ids).table_valued("value")
-    return sa.select(values.c.value)
+        values = sa.func.json_array_elements_text(sa.cast(array, sa.JSON)).table_valued("value")
+        return sa.select(sa.cast(values.c.value, type_))
+    # SQLite's json_each gives numbers as integers and strings as text already.
+    return sa.select(sa.func.json_each(array).table_valued("value").c.value)
 
 
 def _claim(dialect: sa.Dialect) -> sa.ClauseElement:
     """Lease the `b_limit` earliest due messages of `b_account` (any if NULL), only those named
     in the JSON array `b_queue_ids` unless it is NULL, to `b_owner` until `b_until`; RETURNING
-    their summary rows (as they are after the claim).
-
-    The ids are one parameter, not an IN list, so that the statement is compiled once: a
-    flush of the whole queue names every message in it.
-    """
+    their summary rows (as they are after the claim)."""
     account = sa.bindparam("b_account", type_=sa.Text())
     listed = sa.bindparam("b_queue_ids", type_=sa.Text())
     due = (
@@ -121,7 +124,9 @@ def _claim(dialect: sa.Dialect) -> sa.ClauseElement:
             messages.c.state == State.QUEUED.value,
             messages.c.next_attempt_at <= sa.bindparam("b_now", type_=sa.Double()),
             sa.or_(account.is_(None), messages.c.account == account),
-            sa.or_(listed.is_(None), messages.c.queue_id.in_(_listed(listed, dialect))),
+            sa.or_(
+                listed.is_(None), messages.c.queue_id.in_(_elements(listed, dialect, sa.Text()))
+            ),
         )
         .order_by(messages.c.next_attempt_at, messages.c.id)
         .limit(sa.bindparam("b_limit", type_=sa.Integer()))
@@ -139,15 +144,13 @@ def _claim(dialect: sa.Dialect) -> sa.ClauseElement:
     )
 
 
-def _claimed_recipients() -> sa.ClauseElement:
-    """The recipients of what `b_owner` holds until `b_until` (the claim just made)."""
+def _claimed_recipients(dialect: sa.Dialect) -> sa.ClauseElement:
+    """The recipients of the messages whose row ids are in the JSON array `b_ids` (the claim
+    just made): found through the recipients' key, not by a scan for the claim's lease."""
+    ids = _elements(sa.bindparam("b_ids", type_=sa.Text()), dialect, sa.BigInteger())
     return (
         sa.select(*RECIPIENT)
-        .join(messages, messages.c.id == recipients.c.message_id)
-        .where(
-            messages.c.lease_owner == sa.bindparam("b_owner", type_=sa.Text()),
-            messages.c.lease_until == sa.bindparam("b_until", type_=sa.Double()),
-        )
+        .where(recipients.c.message_id.in_(ids))
         .order_by(recipients.c.message_id, recipients.c.position)
     )
 
@@ -163,7 +166,7 @@ class HotStatements:
             .where(messages.c.queue_id == sa.bindparam("b_queue_id", type_=sa.Text())),
             dialect,
         )
-        self.claimed_recipients = Prepared(_claimed_recipients(), dialect)
+        self.claimed_recipients = Prepared(_claimed_recipients(dialect), dialect)
         self.finish = Prepared(_finish(), dialect)
         columns = [c for c in attempts.columns if c.name not in ("id", "message_id")]
         self.attempt = Prepared(
@@ -211,8 +214,9 @@ class HotStatements:
         rows = self.claim.fetch(conn, self.claim.args(params))
         if not rows:
             return ClaimedRows([], [])
+        ids = {"b_ids": json.dumps([row[0] for row in rows])}
         return ClaimedRows(
-            rows, self.claimed_recipients.fetch(conn, self.claimed_recipients.args(params))
+            rows, self.claimed_recipients.fetch(conn, self.claimed_recipients.args(ids))
         )
 
     def read_bodies(self, conn: sa.Connection, queue_ids: Sequence[str]) -> dict[str, bytes]:

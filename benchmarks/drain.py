@@ -47,6 +47,7 @@ from common import (
     CACHE,
     POSTFIX_DIR,
     RECIPIENT,
+    REPO,
     RUN_TIMEOUT,
     SENDER,
     SINK_START_TIMEOUT,
@@ -122,18 +123,21 @@ QUEUE_DIRS = (
     *("hold", "incoming", "private", "saved", "trace"),
 )
 
-# Runs on the benchmark venv's python, so it uses the relayd installed there.
+# Runs on the benchmark venv's python, so it uses the relayd installed there; the checkout
+# goes last on sys.path only for the tests' queue filler (relayd still comes from the venv).
 ENQUEUE = """\
 import sys, time
+url, path, count, sender, recipient, repo = sys.argv[1:7]
+sys.path.append(repo)
 from relayd.store.records import NewMessage
 from relayd.store.sql import SqlStore
-url, path, count, sender, recipient = sys.argv[1:6]
+from tests.queue_fill import enqueue_many
 with open(path, "rb") as f:
     data = f.read()
 batch = (NewMessage("default", (), sender, (recipient,), data) for _ in range(int(count)))
 store = SqlStore.open(url)
 try:
-    print(len(store.enqueue_many(batch, time.time())))
+    print(len(enqueue_many(store, batch, time.time())))
 finally:
     store.close()
 """
@@ -247,7 +251,7 @@ def enqueue(python: Path, env: dict[str, str], work: Path, count: int) -> float:
     start = time.perf_counter()
     try:
         done = subprocess.run(
-            [*argv, SENDER, RECIPIENT],
+            [*argv, SENDER, RECIPIENT, str(REPO)],
             env=env,
             stdin=subprocess.DEVNULL,
             capture_output=True,

@@ -1,4 +1,5 @@
-"""Helpers for the store tests: sample messages, database URLs for SQLite and PostgreSQL."""
+"""Helpers for the store tests: sample messages, database URLs for SQLite and PostgreSQL, and
+the reads and writes that only tests need (the product uses `relayd.store.interface`)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,20 @@ import secrets
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from relayd.store.records import NewMessage
+from relayd.store.hot import HotStatements, recipient_params
+from relayd.store.interface import RunnerStore
+from relayd.store.queued import Attempt, AttemptRecord, Outcome, QueuedMessage, Recipient
+from relayd.store.records import NewMessage, State
+from relayd.store.rows import load_messages
+from relayd.store.sql import SqlStore
+from relayd.store.tables import messages
 
 PG_URL = os.environ.get("RELAYD_TEST_DATABASE_URL", "")
 BACKENDS = [
@@ -49,6 +56,54 @@ def message(
         config_file=None,
         uid=1000,
     )
+
+
+def list_messages(
+    store: SqlStore, state: State | None = None, account: str | None = None
+) -> list[QueuedMessage]:
+    """Stored messages in arrival order, optionally only one state and/or account."""
+    conditions = []
+    if state is not None:
+        conditions.append(messages.c.state == state.value)
+    if account is not None:
+        conditions.append(messages.c.account == account)
+    with store.reading() as conn:
+        return load_messages(conn, sa.and_(sa.true(), *conditions))
+
+
+def counts(store: SqlStore) -> dict[tuple[str, State], int]:
+    """How many messages each (account, state) has."""
+    query = sa.select(messages.c.account, messages.c.state, sa.func.count()).group_by(
+        messages.c.account, messages.c.state
+    )
+    with store.reading() as conn:
+        return {(account, State(state)): int(n) for account, state, n in conn.execute(query)}
+
+
+def record_attempts(store: RunnerStore, records: Sequence[AttemptRecord]) -> list[bool]:
+    """Commit `records` as a runner does (one group commit); whether each moved its message."""
+    return store.commit_prepared([store.prepare(record) for record in records])
+
+
+def record_attempt(
+    store: RunnerStore,
+    queue_id: str,
+    attempt: Attempt,
+    outcome: Outcome,
+    *,
+    owner: str | None = None,
+) -> bool:
+    """Commit one attempt (unconditionally when `owner` is None); whether it moved its message."""
+    return record_attempts(store, [AttemptRecord(queue_id, attempt, outcome, owner)])[0]
+
+
+def mark_recipients(store: SqlStore, queue_id: str, results: Iterable[Recipient]) -> None:
+    """Set recipients' results alone, without an attempt (nothing if there is no such message)."""
+    statement = HotStatements(store.engine.dialect).recipients
+    with store.engine.begin() as conn:
+        statement.executemany(
+            conn, [statement.args(row) for row in recipient_params(queue_id, results)]
+        )
 
 
 @contextmanager

@@ -171,7 +171,6 @@ def test_every_top_level_module_is_placed() -> None:
     assert sorted(installed - LAYERS.keys()) == []
 
 
-@pytest.mark.xfail(strict=True, reason="session, store.sql, headers and bounce are being split")
 def test_long_modules_say_why() -> None:
     long = []
     for module, path in module_files().items():

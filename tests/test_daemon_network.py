@@ -11,17 +11,19 @@ from relayd.daemon import lifecycle as daemon
 from relayd.settings import Settings
 from relayd.store.queued import Attempt, AttemptRecord, Outcome, State
 from relayd.store.sql import SqlStore
-from tests.store_helpers import message
+from tests.queue_fill import enqueue_many
+from tests.store_helpers import list_messages, message, record_attempts
 
 
 def test_network_up_makes_offline_failures_due_and_scans(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'q.sqlite3'}"
     now = time.time()
     with SqlStore.open(url) as store:
-        offline, refused = store.enqueue_many([message(number=n) for n in range(2)], now)
+        offline, refused = enqueue_many(store, [message(number=n) for n in range(2)], now)
         store.claim_due("default", now, 300, "r", 2)
         later = now + 3600
-        store.record_attempts(
+        record_attempts(
+            store,
             [
                 AttemptRecord(
                     offline,
@@ -35,7 +37,7 @@ def test_network_up_makes_offline_failures_due_and_scans(tmp_path: Path) -> None
                     Outcome(State.QUEUED, later, "try later"),
                     "r",
                 ),
-            ]
+            ],
         )
         woken: list[bool] = []
 
@@ -45,7 +47,7 @@ def test_network_up_makes_offline_failures_due_and_scans(tmp_path: Path) -> None
             await life._network_up()
 
         asyncio.run(run())
-        due = {m.queue_id: m.next_attempt_at for m in store.list(State.QUEUED)}
+        due = {m.queue_id: m.next_attempt_at for m in list_messages(store, State.QUEUED)}
     made_due = due[offline]
     assert made_due is not None and made_due <= time.time()
     assert due[refused] == later

@@ -17,7 +17,8 @@ from relayd.daemon import lifecycle
 from relayd.settings import Settings
 from relayd.store.queued import Attempt, AttemptRecord, Outcome, State
 from relayd.store.sql import SqlStore
-from tests.store_helpers import message
+from tests.queue_fill import enqueue_many
+from tests.store_helpers import message, record_attempts
 
 NOW = 2_000_000_000.0  # May 2033
 SCAN_INTERVAL = 30.0
@@ -36,9 +37,10 @@ def test_jobs_run_at_times_of_the_daemons_clock(
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
     url = f"sqlite:///{tmp_path / 'q.sqlite3'}"
     with SqlStore.open(url) as store:
-        [queue_id] = store.enqueue_many([message()], NOW)
+        [queue_id] = enqueue_many(store, [message()], NOW)
         store.claim_due("default", NOW, 300, "r", 1)
-        store.record_attempts(
+        record_attempts(
+            store,
             [
                 AttemptRecord(
                     queue_id,
@@ -46,7 +48,7 @@ def test_jobs_run_at_times_of_the_daemons_clock(
                     Outcome(State.QUEUED, NOW + RETRY_IN, "try later"),
                     "r",
                 )
-            ]
+            ],
         )
 
         async def run() -> dict[str, datetime.datetime | None]:

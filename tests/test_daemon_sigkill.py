@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relayd.store.sql import SqlStore
+from tests.queue_fill import enqueue_many
 from tests.sendmail_helpers import check_consistent, queue_db
 from tests.store_helpers import message as new_message
 from tests.test_daemon import (
@@ -78,7 +79,7 @@ def enqueue(count: int) -> dict[str, int]:
         for seq in range(count)
     ]
     with SqlStore.open(os.environ["RELAYD_DATABASE_URL"]) as store:
-        ids = store.enqueue_many(batch, time.time())
+        ids = enqueue_many(store, batch, time.time())
     return {queue_id: seq for seq, queue_id in enumerate(ids)}
 
 

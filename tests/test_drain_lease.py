@@ -11,6 +11,7 @@ from relayd.accounts.stored import account_for
 from relayd.daemon import drain, retry
 from relayd.settings import Settings
 from relayd.store.sql import SqlStore
+from tests.queue_fill import enqueue_many
 from tests.store_helpers import message
 from tests.test_daemon import rc_for
 from tests.upstream import UpstreamServer
@@ -25,7 +26,7 @@ def test_a_batch_outliving_half_its_lease_renews_it(
     lease = retry.lease_seconds(settings)
     with UpstreamServer(timeout=20) as upstream, SqlStore.open(settings.database) as store:
         rc_for(upstream.port)
-        store.enqueue_many([message(number=n) for n in range(3)], T0)
+        enqueue_many(store, [message(number=n) for n in range(3)], T0)
         claimed = store.claim_due("default", T0, lease, "r", 3)
         renewals: list[tuple[str, float]] = []
         real = store.extend_lease

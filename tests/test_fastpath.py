@@ -22,7 +22,16 @@ from relayd.store.migrate import migrate_url
 from relayd.store.records import State
 from relayd.store.sql import SqlStore
 from relayd.sysexits import ExitCode
-from tests.store_helpers import PG_URL, REPO, count, message, orphans, postgres_schema, run_python
+from tests.store_helpers import (
+    PG_URL,
+    REPO,
+    count,
+    list_messages,
+    message,
+    orphans,
+    postgres_schema,
+    run_python,
+)
 
 T0 = 1_700_000_000.0
 
@@ -117,7 +126,7 @@ def test_submit_to_postgresql_goes_through_sqlstore() -> None:
     with postgres_schema() as url:
         queue_id = fastpath.submit(url, message(), T0)
         with SqlStore.open(url) as store:
-            assert [m.queue_id for m in store.list()] == [queue_id]
+            assert [m.queue_id for m in list_messages(store)] == [queue_id]
 
 
 def test_wake_without_a_daemon_is_silent(tmp_path: Path) -> None:

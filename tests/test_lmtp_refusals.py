@@ -13,6 +13,7 @@ from relayd.errors import RelaydError
 from relayd.settings import Settings
 from relayd.store.sql import SqlStore
 from relayd.sysexits import ExitCode
+from tests.queue_fill import enqueue_many
 from tests.store_helpers import message as new_message
 from tests.test_delivery_session import account, message, send
 from tests.upstream import Fault, Features, UpstreamServer
@@ -58,7 +59,7 @@ def test_the_log_tells_a_lookalike_password_failure_from_a_refusal(tmp_path: Pat
         UpstreamServer(lmtp=True, features=features) as server,
         SqlStore.open(settings.database) as store,
     ):
-        store.enqueue_many([new_message()], T0)
+        enqueue_many(store, [new_message()], T0)
         claimed = store.claim_due("default", T0, 300, "r", 1)
         lmtp = account(server, protocol="lmtp", auth="PLAIN", user="me", logfile=str(logfile))
         (delivered,) = asyncio.run(

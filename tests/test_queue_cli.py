@@ -26,8 +26,9 @@ from relayd.cli import queue as queue_cli
 from relayd.store import location
 from relayd.store.queued import Attempt, Outcome, Recipient, RecipientState, State
 from relayd.store.sql import SqlStore
+from tests.queue_fill import enqueue_many
 from tests.sendmail_helpers import run_sendmail, sendmail_env
-from tests.store_helpers import message
+from tests.store_helpers import message, record_attempt
 from tests.test_daemon import (
     RELAYD,
     Daemon,
@@ -76,7 +77,7 @@ def attempt(code: int | None, text: str, *recipients: Recipient, exit_code: int 
 def deferred(store: SqlStore, queue_id: str, reason: str, *recipients: Recipient) -> None:
     outcome = Outcome(State.QUEUED, next_attempt_at=time.time() + 600, reason=reason)
     text = reason.removeprefix("451 ")  # the attempt keeps the code and the text apart
-    assert store.record_attempt(queue_id, attempt(451, text, *recipients), outcome)
+    assert record_attempt(store, queue_id, attempt(451, text, *recipients), outcome)
 
 
 # -- queue list --------------------------------------------------------------------------------
@@ -134,7 +135,7 @@ def test_each_recipient_shows_its_own_reason_and_delivered_ones_drop_out(
         Recipient(1, "later@example.org", RecipientState.PENDING, 451, "4.3.0 busy"),
         Recipient(2, "gone@example.org", RecipientState.FAILED, 550, "5.1.1 no such user"),
     )
-    assert store.record_attempt(queue_id, attempt(451, "busy", *results), outcome)
+    assert record_attempt(store, queue_id, attempt(451, "busy", *results), outcome)
     lines = invoke("queue", "list")[1].splitlines()
     assert lines[2:6] == [
         " " * (76 - 8) + "(451 busy)",
@@ -149,9 +150,9 @@ def test_markers_states_and_account_filters(store: SqlStore) -> None:
     sent, failed, sending = (store.enqueue(message(n), time.time()) for n in range(3))
     other = store.enqueue(message(9, account="work"), time.time())
     done = (Recipient(0, "rcpt@example.org", RecipientState.SENT, 250, "ok"),)
-    store.record_attempt(sent, attempt(250, "ok", *done, exit_code=0), Outcome(State.SENT))
+    record_attempt(store, sent, attempt(250, "ok", *done, exit_code=0), Outcome(State.SENT))
     gone = (Recipient(0, "rcpt@example.org", RecipientState.FAILED, 550, "no"),)
-    store.record_attempt(failed, attempt(550, "no", *gone, exit_code=69), Outcome(State.FAILED))
+    record_attempt(store, failed, attempt(550, "no", *gone, exit_code=69), Outcome(State.FAILED))
     assert store.claim_due("default", time.time(), 60, "me", queue_ids=[sending])
 
     def ids(*args: str) -> list[str]:
@@ -428,7 +429,7 @@ def test_a_hostile_reply_or_header_reaches_no_terminal(store: SqlStore) -> None:
 
 
 def test_mailq_into_a_closed_pipe_ends_quietly(store: SqlStore) -> None:
-    store.enqueue_many([message(n) for n in range(3000)], time.time())
+    enqueue_many(store, [message(n) for n in range(3000)], time.time())
     mailq = subprocess.Popen(
         [str(Path(RELAYD).with_name("relayd-sendmail")), "-bp"],
         stdout=subprocess.PIPE,

@@ -20,8 +20,9 @@ from relayd.daemon.attempt_log import log_info
 from relayd.delivery.result import Reply
 from relayd.store.queued import Attempt, Outcome, Recipient, RecipientState, State, mail_size
 from relayd.store.sql import SqlStore
+from tests.queue_fill import enqueue_many
 from tests.sendmail_helpers import sendmail_env
-from tests.store_helpers import message
+from tests.store_helpers import message, record_attempt
 from tests.test_daemon import RELAYD
 from tests.test_status import T0, store, utc
 from tests.test_text import HOSTILE, assert_harmless
@@ -50,7 +51,8 @@ def populate(store: SqlStore) -> tuple[str, str]:
     sent at once over a socket with AUTH. Their queue ids."""
     first = store.enqueue(message(recipients=(YOU, BAD), data=DATA, sender=ME), T0)
     retry = Outcome(State.QUEUED, T0 + 60, "later")
-    store.record_attempt(
+    record_attempt(
+        store,
         first,
         Attempt(
             T0 + 1,
@@ -76,7 +78,7 @@ def populate(store: SqlStore) -> tuple[str, str]:
         "4.3.0 it's busy\n4.3.0 \x01 come back",
         (pending(0, YOU, 451, "4.3.0 busy"), pending(1, BAD, 451, "4.3.0 busy")),
     )
-    store.record_attempt(first, deferred, retry)
+    record_attempt(store, first, deferred, retry)
     done = Attempt(
         T0 + 3,
         0.5,
@@ -89,10 +91,10 @@ def populate(store: SqlStore) -> tuple[str, str]:
         (sent(0, YOU), sent(1, BAD)),
         possible_duplicate=True,
     )
-    store.record_attempt(first, done, Outcome(State.SENT))
+    record_attempt(store, first, done, Outcome(State.SENT))
     second = store.enqueue(message(recipients=(YOU,), data=b"x\n", sender=""), T0 + 4)
     over_socket = Attempt(T0 + 5, 0.2, "/run/lmtp.sock", False, True, 0, 250, "ok", (sent(0, YOU),))
-    store.record_attempt(second, over_socket, Outcome(State.SENT))
+    record_attempt(store, second, over_socket, Outcome(State.SENT))
     return first, second
 
 
@@ -192,7 +194,7 @@ def test_json_one_object_per_attempt(store: SqlStore) -> None:
 def test_a_hostile_reply_reaches_no_terminal(store: SqlStore) -> None:
     queue_id = store.enqueue(message(recipients=(YOU,), data=DATA, sender=ME), T0)
     hostile = Attempt(T0 + 1, 0.1, "127.0.0.1", False, False, 69, 451, HOSTILE, ())
-    store.record_attempt(queue_id, hostile, Outcome(State.QUEUED, T0 + 60, "later"))
+    record_attempt(store, queue_id, hostile, Outcome(State.QUEUED, T0 + 60, "later"))
     text, as_json = log().stdout, log("--json").stdout
     assert_harmless(text)
     assert_harmless(as_json)
@@ -211,10 +213,10 @@ def test_colour_only_on_a_terminal(store: SqlStore, monkeypatch: pytest.MonkeyPa
 
 def test_the_whole_log_in_pages(store: SqlStore, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(queue_log_cli, "PAGE", 3)
-    ids = store.enqueue_many([message(n) for n in range(7)], T0)
+    ids = enqueue_many(store, [message(n) for n in range(7)], T0)
     for n, queue_id in enumerate(ids):
         attempt = Attempt(T0 + n, 0.1, "mx", False, False, 75, None, f"refused {n}")
-        store.record_attempt(queue_id, attempt, Outcome(State.QUEUED, T0 + 99))
+        record_attempt(store, queue_id, attempt, Outcome(State.QUEUED, T0 + 99))
     lines = log().stdout.splitlines()
     assert [line.split()[2] for line in lines] == ids
 
@@ -276,7 +278,7 @@ def test_follow_prints_new_attempts_until_signalled(
         lines = _lines(proc.stdout)
         assert queue_id_of(lines.get(timeout=15), as_json) == second  # the last old attempt
         later = Attempt(time.time(), 0.1, "127.0.0.1", False, False, 75, None, "new refusal")
-        store.record_attempt(first, later, Outcome(State.QUEUED, time.time() + 60))
+        record_attempt(store, first, later, Outcome(State.QUEUED, time.time() + 60))
         started = time.monotonic()
         line = lines.get(timeout=10)
         assert time.monotonic() - started < 5

@@ -14,6 +14,7 @@ from relayd.daemon.recorder import Recorder
 from relayd.store.prepared import PreparedRecord
 from relayd.store.queued import Attempt, AttemptRecord, Outcome, Recipient, RecipientState, State
 from relayd.store.sql import SqlStore
+from tests.queue_fill import enqueue_many
 from tests.store_helpers import message
 from tests.test_architecture import graph
 
@@ -35,7 +36,7 @@ def sent(queue_id: str, owner: str) -> AttemptRecord:
 def test_records_arriving_during_a_commit_share_the_next_one(
     store: SqlStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ids = store.enqueue_many([message(number=n) for n in range(50)], T0)
+    ids = enqueue_many(store, [message(number=n) for n in range(50)], T0)
     store.claim_due("default", T0, 300, "r", 50)
     batches: list[int] = []
     real = store.commit_prepared
@@ -61,7 +62,7 @@ def test_records_arriving_during_a_commit_share_the_next_one(
 
 
 def test_a_cancelled_waiter_does_not_lose_its_record(store: SqlStore) -> None:
-    (queue_id,) = store.enqueue_many([message()], T0)
+    (queue_id,) = enqueue_many(store, [message()], T0)
     store.claim_due("default", T0, 300, "r", 1)
 
     async def run() -> None:

@@ -19,8 +19,10 @@ from relayd.daemon import instance
 from relayd.errors import QueueError
 from relayd.store.queued import Attempt, Outcome, State
 from relayd.store.sql import SqlStore
+from relayd.submission import sendmail
+from tests.queue_fill import enqueue_many
 from tests.sendmail_helpers import write_msmtprc
-from tests.store_helpers import message
+from tests.store_helpers import message, record_attempt
 from tests.test_attempt_log import utc
 from tests.test_daemon import Daemon, run_relayd, start_daemon
 from tests.test_text import HOSTILE, assert_harmless
@@ -55,7 +57,8 @@ def attempt(
 ) -> None:
     """Log one attempt of `queue_id`: 0 sent, 75 deferred (due an hour later), else failed."""
     state = {0: State.SENT, 75: State.QUEUED}.get(code, State.FAILED)
-    store.record_attempt(
+    record_attempt(
+        store,
         queue_id,
         Attempt(when, 0.2, "127.0.0.1", False, False, code, reply[0], reply[1]),
         Outcome(state, when + 3600 if state is State.QUEUED else None, reply[1] if code else None),
@@ -185,7 +188,7 @@ def test_rich_tables_on_a_terminal(store: SqlStore, monkeypatch: pytest.MonkeyPa
 
 
 def test_status_reads_aggregates_only(store: SqlStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    ids = store.enqueue_many([message(n, account=f"a{n % 3}") for n in range(3000)], T0)
+    ids = enqueue_many(store, [message(n, account=f"a{n % 3}") for n in range(3000)], T0)
     for queue_id in ids[:500]:
         attempt(store, queue_id, T0 + 1, 75, (451, "4.3.0 later"))
 
@@ -249,6 +252,15 @@ def test_a_postgresql_queue_asks_the_wake_socket_without_waking(tmp_path: Path) 
     os.unlink(path)
     assert status_cli.daemon_state(url) is None  # a stale socket file: nobody listens
     assert "s3cret" not in status_cli._location(url)
+
+
+def test_status_and_sendmail_version_ask_the_one_wake_socket_probe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert vars(status_cli)["daemon_listening"] is instance.daemon_listening
+    assert not instance.daemon_listening(paths.wake_socket())  # nothing listens in this test
+    monkeypatch.setattr(instance, "daemon_listening", lambda wake_socket: True)
+    assert any(line.startswith("Daemon: running") for line in sendmail.version_lines("x"))
 
 
 def test_status_with_a_running_daemon(start_daemon: Callable[..., Daemon]) -> None:

@@ -5,16 +5,26 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from relayd.store import sql
 from relayd.store.ids import is_queue_id
+from relayd.store.interface import ReportStore, Store
+from relayd.store.prepared import Prepared
 from relayd.store.queued import Attempt, Outcome, Recipient, RecipientState, State
 from relayd.store.sql import SqlStore
 from relayd.store.tables import attempts, recipients
-from tests.store_helpers import BACKENDS, database_url, message
+from tests.store_helpers import (
+    BACKENDS,
+    database_url,
+    list_messages,
+    mark_recipients,
+    message,
+    record_attempt,
+)
 
 T0 = 1_700_000_000.0
 LEASE = 300.0
@@ -35,6 +45,19 @@ def store(url: str) -> Iterator[SqlStore]:
 def rows(store: SqlStore, table: sa.Table) -> int:
     with store.engine.connect() as conn:
         return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+def test_sqlstore_is_the_interface_and_no_more(store: SqlStore) -> None:
+    roles: tuple[Store, ReportStore] = (store, store)  # mypy checks each method's signature
+    promised = {
+        name
+        for role in (*Store.__mro__, ReportStore)
+        for name in vars(role)
+        if not name.startswith("_") and callable(vars(role)[name])
+    }
+    opening = {"open", "open_existing", "close", "engine"}  # not the store's work: its life
+    public = {name for name in dir(SqlStore) if not name.startswith("_")}
+    assert roles and public - opening == promised
 
 
 def test_enqueue_then_get_returns_every_field(store: SqlStore) -> None:
@@ -98,7 +121,7 @@ def test_a_colliding_queue_id_is_drawn_again(
     draws = iter([first, first, "0000000000AB"])
     monkeypatch.setattr(sql, "new_queue_id", lambda now: next(draws))
     assert store.enqueue(message(1), T0) == "0000000000AB"
-    assert len(store.list()) == 2
+    assert len(list_messages(store)) == 2
 
 
 def test_list_filters_by_state_and_account_in_arrival_order(store: SqlStore) -> None:
@@ -106,11 +129,11 @@ def test_list_filters_by_state_and_account_in_arrival_order(store: SqlStore) -> 
     second = store.enqueue(message(2, account="b"), T0 + 1)
     third = store.enqueue(message(3, account="a"), T0 + 3)
     store.hold([third], "by the user")
-    assert [m.queue_id for m in store.list()] == [second, first, third]
-    assert [m.queue_id for m in store.list(account="a")] == [first, third]
-    assert [m.queue_id for m in store.list(state=State.HELD)] == [third]
-    assert [m.queue_id for m in store.list(state=State.QUEUED, account="b")] == [second]
-    assert store.list(state=State.SENT) == []
+    assert [m.queue_id for m in list_messages(store)] == [second, first, third]
+    assert [m.queue_id for m in list_messages(store, account="a")] == [first, third]
+    assert [m.queue_id for m in list_messages(store, state=State.HELD)] == [third]
+    assert [m.queue_id for m in list_messages(store, state=State.QUEUED, account="b")] == [second]
+    assert list_messages(store, state=State.SENT) == []
 
 
 def test_claim_leases_due_messages_of_one_account(store: SqlStore) -> None:
@@ -128,7 +151,7 @@ def test_claim_leases_due_messages_of_one_account(store: SqlStore) -> None:
         )
         assert got.recipients
     assert store.claim_due("default", T0 + 10, LEASE, "runner-2", limit=10) == []
-    assert len(store.list()) == 4  # leased, never deleted
+    assert len(list_messages(store)) == 4  # leased, never deleted
 
 
 def test_claim_respects_the_limit_and_any_account(store: SqlStore) -> None:
@@ -136,6 +159,45 @@ def test_claim_respects_the_limit_and_any_account(store: SqlStore) -> None:
         store.enqueue(message(n, account=f"acct{n % 2}"), T0 + n)
     assert len(store.claim_due(None, T0 + 10, LEASE, "r", limit=3)) == 3
     assert len(store.claim_due(None, T0 + 10, LEASE, "r", limit=3)) == 2
+
+
+def test_a_claim_by_queue_ids_takes_only_those_due_earliest_first(store: SqlStore) -> None:
+    a, b, c, d = (store.enqueue(message(n), T0 + 3 - n) for n in range(4))  # d is due first
+    later = store.enqueue(message(4), T0 + 100)
+    unasked = store.enqueue(message(5), T0)
+    claimed = store.claim_due(None, T0 + 10, LEASE, "odi", limit=2, queue_ids=[a, b, c, later])
+    assert [m.queue_id for m in claimed] == [c, b]
+    assert {(m.state, m.lease_owner, m.lease_until) for m in claimed} == {
+        (State.SENDING, "odi", T0 + 10 + LEASE)
+    }
+    ids = [a, b, c, d, later]
+    assert [m.queue_id for m in store.claim_due("other", T0 + 10, LEASE, "x", queue_ids=ids)] == []
+    assert [m.queue_id for m in store.claim_due("default", T0 + 10, LEASE, "x", queue_ids=ids)] == [
+        d,
+        a,
+    ]
+    assert store.claim_due(None, T0 + 10, LEASE, "x", queue_ids=[]) == []
+    assert {m.queue_id for m in list_messages(store, State.QUEUED)} == {later, unasked}
+
+
+def test_a_claim_by_queue_ids_runs_the_runners_statement(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = (store.enqueue(message(n), T0) for n in range(2))
+    ran: list[str] = []
+    fetch = Prepared.fetch
+
+    def recording(self: Prepared, conn: sa.Connection, args: Any) -> list[Any]:
+        ran.append(self.sql)
+        return fetch(self, conn, args)
+
+    monkeypatch.setattr(Prepared, "fetch", recording)
+    assert [m.queue_id for m in store.claim_due(None, T0, LEASE, "runner", 1)] == [first]
+    runners = ran[0]
+    ran.clear()
+    claimed = store.claim_due(None, T0, LEASE, "odi", 1, queue_ids=[second])
+    assert [m.queue_id for m in claimed] == [second]
+    assert ran[:1] == [runners]
 
 
 def test_expired_leases_return_to_the_queue(store: SqlStore) -> None:
@@ -163,8 +225,8 @@ def test_record_attempt_retry_logs_and_reschedules(store: SqlStore) -> None:
         Recipient(1, "b@x.org", RecipientState.PENDING, 451, "4.3.0 try later"),
     )
     attempt = Attempt(T0 + 1, 0.25, "mx.x.org", True, True, 75, 451, "451 4.3.0 try later", results)
-    changed = store.record_attempt(
-        queue_id, attempt, Outcome(State.QUEUED, T0 + 61, "451 4.3.0 try later"), owner="r1"
+    changed = record_attempt(
+        store, queue_id, attempt, Outcome(State.QUEUED, T0 + 61, "451 4.3.0 try later"), owner="r1"
     )
     assert changed
     got = store.get(queue_id)
@@ -185,7 +247,7 @@ def test_record_attempt_final_states(store: SqlStore, state: State) -> None:
     queue_id = store.enqueue(message(), T0)
     store.claim_due("default", T0, LEASE, "r1", 1)
     attempt = Attempt(T0, 1.0, "mx", False, False, 0, 250, "250 ok", possible_duplicate=True)
-    assert store.record_attempt(queue_id, attempt, Outcome(state, reason="why"), owner="r1")
+    assert record_attempt(store, queue_id, attempt, Outcome(state, reason="why"), owner="r1")
     got = store.get(queue_id)
     assert got is not None and (got.state, got.reason, got.attempts) == (state, "why", 1)
     assert store.attempts(queue_id)[0].possible_duplicate
@@ -197,25 +259,26 @@ def test_a_runner_that_lost_its_lease_does_not_overwrite(store: SqlStore) -> Non
     store.release_stale(T0 + 20)
     store.claim_due("default", T0 + 20, 10, "fast", 1)
     late = Attempt(T0 + 25, 25.0, "mx", False, False, 0, 250, "250 ok")
-    assert not store.record_attempt(queue_id, late, Outcome(State.SENT), owner="slow")
+    assert not record_attempt(store, queue_id, late, Outcome(State.SENT), owner="slow")
     got = store.get(queue_id)
     assert got is not None and (got.state, got.lease_owner) == (State.SENDING, "fast")
     assert len(store.attempts(queue_id)) == 1  # the attempt is still logged
-    assert not store.record_attempt("0000000000ZZ", late, Outcome(State.SENT))
+    assert not record_attempt(store, "0000000000ZZ", late, Outcome(State.SENT))
 
 
 def test_record_attempt_rejects_impossible_outcomes(store: SqlStore) -> None:
     queue_id = store.enqueue(message(), T0)
     attempt = Attempt(T0, 0.0, "mx", False, False, 75)
     with pytest.raises(ValueError):
-        store.record_attempt(queue_id, attempt, Outcome(State.SENDING))
+        record_attempt(store, queue_id, attempt, Outcome(State.SENDING))
     with pytest.raises(ValueError):
-        store.record_attempt(queue_id, attempt, Outcome(State.QUEUED))
+        record_attempt(store, queue_id, attempt, Outcome(State.QUEUED))
 
 
 def test_mark_recipients_commits_each_result(store: SqlStore) -> None:
     queue_id = store.enqueue(message(recipients=("a@x", "b@x", "c@x")), T0)
-    store.mark_recipients(
+    mark_recipients(
+        store,
         queue_id,
         [
             Recipient(0, "a@x", RecipientState.SENT, 250, "ok"),
@@ -229,7 +292,7 @@ def test_mark_recipients_commits_each_result(store: SqlStore) -> None:
         (RecipientState.PENDING, None),
         (RecipientState.FAILED, 550),
     ]
-    store.mark_recipients("0000000000ZZ", [Recipient(0, "a@x", RecipientState.SENT)])
+    mark_recipients(store, "0000000000ZZ", [Recipient(0, "a@x", RecipientState.SENT)])
 
 
 def test_hold_release_make_due_and_delete(store: SqlStore) -> None:
@@ -256,13 +319,13 @@ def test_hold_release_make_due_and_delete(store: SqlStore) -> None:
     assert store.make_due(T0 + 150, account="nobody") == ()
     assert [m.queue_id for m in store.claim_due("default", T0 + 150, LEASE, "r", 10)] == [a]
     assert set(store.delete([a, b, "0000000000ZZ"])) == {a, b}
-    assert [m.queue_id for m in store.list()] == [c]
+    assert [m.queue_id for m in list_messages(store)] == [c]
 
 
 def test_delete_removes_recipients_and_attempts(store: SqlStore) -> None:
     queue_id = store.enqueue(message(recipients=("a@x", "b@x")), T0)
-    store.record_attempt(
-        queue_id, Attempt(T0, 1, "mx", False, False, 75), Outcome(State.QUEUED, T0)
+    record_attempt(
+        store, queue_id, Attempt(T0, 1, "mx", False, False, 75), Outcome(State.QUEUED, T0)
     )
     assert rows(store, recipients) == 2 and rows(store, attempts) == 1
     store.delete([queue_id])
@@ -296,8 +359,11 @@ def test_listing_streams_messages_with_recipients_in_envelope_order(store: SqlSt
     held = store.enqueue(message(2, account="work"), T0 + 1)
     store.hold([held], "held by the user")
     refused = (Recipient(3, "r3@x", RecipientState.FAILED, 550, "no such user"),)
-    store.record_attempt(
-        first, Attempt(T0, 1, "mx", False, False, 75, recipients=refused), Outcome(State.QUEUED, T0)
+    record_attempt(
+        store,
+        first,
+        Attempt(T0, 1, "mx", False, False, 75, recipients=refused),
+        Outcome(State.QUEUED, T0),
     )
     listed = list(store.listing())
     assert [m.queue_id for m in listed] == [first, held]

@@ -20,6 +20,7 @@ from relayd.daemon.attempt_log import attempt_info
 from relayd.delivery.result import Reply
 from relayd.errors import RelaydError
 from relayd.store import fastpath
+from relayd.store.interface import ReportStore
 from relayd.store.reports import PAGE, LogEntry, log_entries
 from relayd.store.rows import attempt_row
 from relayd.store.sql import SqlStore
@@ -101,7 +102,7 @@ def _until_signalled() -> Iterator[threading.Event]:
 
 
 def _print_after(
-    store: SqlStore,
+    store: ReportStore,
     show: Callable[[LogEntry], None],
     queue_id: str | None,
     after: int,

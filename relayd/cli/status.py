@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -13,7 +12,7 @@ from rich.text import Text
 
 from relayd import paths, settings
 from relayd.cli.output import json_line, local_time, on_terminal, run
-from relayd.daemon.instance import daemon_running
+from relayd.daemon.instance import daemon_listening, daemon_running
 from relayd.store import fastpath
 from relayd.store.dialects import describe
 from relayd.store.queued import State
@@ -25,24 +24,12 @@ _DAEMON = {True: "running", False: "not running", None: "unknown (none on this h
 _DAEMON_STYLE = {_DAEMON[True]: "bold green", _DAEMON[False]: "bold red"}
 
 
-def wake_listener(path: str) -> bool:
-    """Whether something has the wake-up socket at `path` bound: a connect(), no datagram."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-    try:
-        sock.connect(path)
-    except OSError:
-        return False
-    finally:
-        sock.close()
-    return True
-
-
 def daemon_state(database: str) -> bool | None:
     """The instance lock's answer on a SQLite queue; elsewhere (PostgreSQL, a lock file this
     user may not read) True if a daemon listens on this host's wake-up socket, else None:
     a daemon on another host may serve the queue."""
     running = daemon_running(database)
-    if running is None and wake_listener(paths.wake_socket()):
+    if running is None and daemon_listening(paths.wake_socket()):
         return True
     return running
 

@@ -14,9 +14,9 @@ from relayd.daemon.recorder import Delivered, Recorder
 from relayd.delivery.result import DeliveryResult, Disposition, Event, Reply
 from relayd.delivery.session import DebugSink, OutgoingMessage, PasswordSource, Session
 from relayd.settings import Settings
+from relayd.store.interface import RunnerStore
 from relayd.store.queued import Attempt, AttemptRecord, Outcome, QueuedMessage, Recipient, mail_size
 from relayd.store.records import RecipientState, State
-from relayd.store.sql import SqlStore
 
 _RECIPIENT_STATES = {
     Disposition.SENT: RecipientState.SENT,
@@ -86,7 +86,7 @@ def outcome_for(
 class _Bodies:
     """The claimed messages' stored bytes, read a bounded group ahead of the one being sent."""
 
-    def __init__(self, store: SqlStore, messages: Sequence[QueuedMessage]) -> None:
+    def __init__(self, store: RunnerStore, messages: Sequence[QueuedMessage]) -> None:
         self._store = store
         self._messages = messages
         self._read: dict[str, bytes] = {}
@@ -115,7 +115,7 @@ class _Bodies:
 
 
 async def deliver_claimed(
-    store: SqlStore,
+    store: RunnerStore,
     account: Account,
     messages: Sequence[QueuedMessage],
     settings: Settings,

@@ -15,6 +15,7 @@ from relayd import paths
 from relayd.daemon.instance import AlreadyRunning, instance_lock
 from relayd.settings import Settings
 from relayd.store import fastpath
+from relayd.store.interface import QueueStore, Store
 from relayd.store.records import State
 from relayd.store.sql import SqlStore
 from relayd.sysexits import ExitCode
@@ -92,7 +93,7 @@ def flush(
 
 
 def _deliver_here(
-    store: SqlStore, settings: Settings, flushed: Sequence[str], advance: Callable[[int], None]
+    store: Store, settings: Settings, flushed: Sequence[str], advance: Callable[[int], None]
 ) -> runner.Tally:
     from relayd.daemon import (
         runner,  # the delivery engine: only when this process delivers
@@ -118,7 +119,7 @@ def _finished(state: State, last_attempt: float | None, since: float) -> bool:
 
 
 def _await_daemon(
-    store: SqlStore,
+    store: QueueStore,
     flushed: Collection[str],
     since: float,
     timeout: float | None,
@@ -145,7 +146,7 @@ def _state_time(found: tuple[State, str, float | None]) -> tuple[State, float | 
     return found[0], found[2]
 
 
-def pass_code(store: SqlStore, flushed: Collection[str], since: float) -> int:
+def pass_code(store: QueueStore, flushed: Collection[str], since: float) -> int:
     """The pass in one sysexits code: the last attempt's code of a failed message, else of a
     held one (77 for an AUTH refusal, …), else 75 while any is still queued, else 0 (all sent
     or deleted)."""

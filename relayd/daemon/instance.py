@@ -1,7 +1,12 @@
-"""The daemon's instance lock on a SQLite queue, and the defaults the CLI shows (light imports)."""
+"""Whether a daemon is there (its instance lock on a SQLite queue, its wake-up socket); defaults.
+
+Light imports: `relayd-sendmail --version` asks too, and the CLI shows the defaults.
+"""
 
 from __future__ import annotations
 
+# The C module behind `socket`: `import socket` costs ~2 ms, and one connect() needs none of it.
+import _socket
 import fcntl
 import os
 
@@ -75,3 +80,16 @@ def daemon_running(database_url: str) -> bool | None:
         return not _try_lock(fd, fcntl.LOCK_SH)
     finally:
         os.close(fd)
+
+
+def daemon_listening(wake_socket: str) -> bool:
+    """Whether something has the wake-up socket at `wake_socket` bound (a daemon on this host):
+    a connect(), which fails with no listener; no datagram is sent, so nothing is woken."""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(wake_socket)
+    except OSError:
+        return False
+    finally:
+        sock.close()
+    return True

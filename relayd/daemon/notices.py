@@ -13,9 +13,9 @@ from relayd.daemon.notify import Notifier
 from relayd.daemon.recorder import Delivered
 from relayd.errors import RelaydError
 from relayd.settings import Settings
+from relayd.store.interface import RunnerStore
 from relayd.store.queued import QueuedMessage
 from relayd.store.records import NewMessage, State
-from relayd.store.sql import SqlStore
 
 log = logging.getLogger("relayd.daemon.notices")
 
@@ -32,7 +32,7 @@ class Notices:
 
     def __init__(
         self,
-        store: SqlStore,
+        store: RunnerStore,
         settings: Callable[[], Settings],
         notifier: Notifier,
         kick: Callable[[str], None],

@@ -8,9 +8,9 @@ import asyncio
 from dataclasses import dataclass
 
 from relayd.delivery.result import DeliveryResult
+from relayd.store.interface import RunnerStore
 from relayd.store.prepared import PreparedRecord
 from relayd.store.queued import AttemptRecord, Outcome, QueuedMessage
-from relayd.store.sql import SqlStore
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Recorder:
     Every record goes to the store even if whoever waits for it is cancelled.
     """
 
-    def __init__(self, store: SqlStore) -> None:
+    def __init__(self, store: RunnerStore) -> None:
         self._store = store
         self._waiting: list[tuple[PreparedRecord, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None

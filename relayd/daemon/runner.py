@@ -19,9 +19,9 @@ from relayd.daemon.notify import Notifier
 from relayd.daemon.recorder import Recorder
 from relayd.errors import ConfigError, RelaydError
 from relayd.settings import Settings
+from relayd.store.interface import RunnerStore
 from relayd.store.queued import QueuedMessage
 from relayd.store.records import State
-from relayd.store.sql import SqlStore
 
 log = logging.getLogger("relayd.daemon.lifecycle")
 
@@ -61,7 +61,7 @@ class Runner:
 
     def __init__(
         self,
-        store: SqlStore,
+        store: RunnerStore,
         settings: Settings,
         *,
         owner: str,
@@ -165,22 +165,16 @@ class Runner:
         return claimed_total
 
     async def _claim(self, account: str, owner: str) -> Sequence[QueuedMessage]:
-        limit = self.settings.delivery.messages_per_connection
-        now = self._clock()
-        if self._queue_ids is not None:
-            return await asyncio.to_thread(
-                self.store.claim_due,
-                account,
-                now,
-                self.lease_seconds,
-                owner,
-                limit,
-                queue_ids=self._queue_ids,
-            )
         # The database half in a thread, the records made here: a thread busy in Python
         # holds the GIL that every socket call of the event loop needs back.
         rows = await asyncio.to_thread(
-            self.store.claim_rows, account, now, self.lease_seconds, owner, limit
+            self.store.claim_rows,
+            account,
+            self._clock(),
+            self.lease_seconds,
+            owner,
+            self.settings.delivery.messages_per_connection,
+            queue_ids=self._queue_ids,
         )
         return self.store.build_claimed(rows)
 

@@ -1,4 +1,4 @@
-"""The durable queue: schema, records, the SQLAlchemy store and the stdlib sendmail fast path.
+"""The durable queue: schema, records, the store interface, SqlStore, the sendmail fast path.
 
 This package's `__init__` stays import-free: `relayd.store.fastpath` is on the sendmail hot
 path and must not pull in SQLAlchemy through its parent package.

@@ -3,7 +3,7 @@
 SQLite: WAL, `synchronous=FULL` (the commit is fsynced), a busy timeout, foreign keys on, and
 every write transaction opened with `BEGIN IMMEDIATE` so a read-then-write (a claim) never fails
 to upgrade its lock. Read-only work uses a deferred `BEGIN` (see `reader`). PostgreSQL needs
-nothing special here; claims use `FOR UPDATE SKIP LOCKED` in `sql.py`.
+nothing special here; claims use `FOR UPDATE SKIP LOCKED` in `hot.py`.
 """
 
 from __future__ import annotations

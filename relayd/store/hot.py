@@ -1,15 +1,21 @@
-"""The runner's hot statements, compiled once per dialect: claims, group-commit writes, reads."""
+"""The runner's hot statements, compiled once per dialect: the claim, group-commit writes, reads.
+
+There is one claim: the daemon's runner, an in-process `queue flush` and `relayd-sendmail -odi`
+all lease mail with the same statement, so they follow the same lease rules.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
-from relayd.store.prepared import Prepared
-from relayd.store.queued import AttemptRecord, Outcome
+from relayd.store.prepared import ClaimedRows, Prepared, PreparedRecord
+from relayd.store.queued import AttemptRecord, Outcome, QueuedMessage, Recipient
 from relayd.store.records import State
-from relayd.store.rows import RECIPIENT, SUMMARY
+from relayd.store.rows import RECIPIENT, SUMMARY, attempt_row, join_messages
 from relayd.store.tables import attempts, bodies, messages, recipients
 
 
@@ -32,6 +38,20 @@ def message_params(record: AttemptRecord) -> dict[str, Any]:
         "b_network": outcome.network_failure,
         "b_delay": outcome.delay_notified,
     }
+
+
+def recipient_params(queue_id: str, results: Iterable[Recipient]) -> list[dict[str, Any]]:
+    """Parameters of the `recipients` statement: one dict per recipient result."""
+    return [
+        {
+            "b_queue_id": queue_id,
+            "b_position": result.position,
+            "b_state": result.state.value,
+            "b_code": result.reply_code,
+            "b_text": result.reply_text,
+        }
+        for result in results
+    ]
 
 
 def _finish() -> sa.ClauseElement:
@@ -76,16 +96,37 @@ def _message_id() -> sa.ScalarSelect[Any]:
 DUE = [column.name for column in SUMMARY].index("next_attempt_at")
 
 
-def _claim() -> sa.ClauseElement:
-    """Lease the `b_limit` earliest due messages of `b_account` (any if NULL) to `b_owner`;
-    RETURNING their summary rows (as they are after the claim)."""
+def _elements(
+    array: sa.BindParameter[str], dialect: sa.Dialect, type_: sa.types.TypeEngine[Any]
+) -> sa.Select[Any]:
+    """The elements of the JSON array `array`, one row each, as `type_` (for an IN).
+
+    One parameter however long the list, so the statement is compiled once, and the database
+    hashes the list whatever plan it caches (PostgreSQL's generic plan of `= ANY($1)` compares
+    each row with every element: seconds for a flush naming 10,000 messages).
+    """
+    if dialect.name == "postgresql":
+        values = sa.func.json_array_elements_text(sa.cast(array, sa.JSON)).table_valued("value")
+        return sa.select(sa.cast(values.c.value, type_))
+    # SQLite's json_each gives numbers as integers and strings as text already.
+    return sa.select(sa.func.json_each(array).table_valued("value").c.value)
+
+
+def _claim(dialect: sa.Dialect) -> sa.ClauseElement:
+    """Lease the `b_limit` earliest due messages of `b_account` (any if NULL), only those named
+    in the JSON array `b_queue_ids` unless it is NULL, to `b_owner` until `b_until`; RETURNING
+    their summary rows (as they are after the claim)."""
     account = sa.bindparam("b_account", type_=sa.Text())
+    listed = sa.bindparam("b_queue_ids", type_=sa.Text())
     due = (
         sa.select(messages.c.id)
         .where(
             messages.c.state == State.QUEUED.value,
             messages.c.next_attempt_at <= sa.bindparam("b_now", type_=sa.Double()),
             sa.or_(account.is_(None), messages.c.account == account),
+            sa.or_(
+                listed.is_(None), messages.c.queue_id.in_(_elements(listed, dialect, sa.Text()))
+            ),
         )
         .order_by(messages.c.next_attempt_at, messages.c.id)
         .limit(sa.bindparam("b_limit", type_=sa.Integer()))
@@ -103,15 +144,13 @@ def _claim() -> sa.ClauseElement:
     )
 
 
-def _claimed_recipients() -> sa.ClauseElement:
-    """The recipients of what `b_owner` holds until `b_until` (the claim just made)."""
+def _claimed_recipients(dialect: sa.Dialect) -> sa.ClauseElement:
+    """The recipients of the messages whose row ids are in the JSON array `b_ids` (the claim
+    just made): found through the recipients' key, not by a scan for the claim's lease."""
+    ids = _elements(sa.bindparam("b_ids", type_=sa.Text()), dialect, sa.BigInteger())
     return (
         sa.select(*RECIPIENT)
-        .join(messages, messages.c.id == recipients.c.message_id)
-        .where(
-            messages.c.lease_owner == sa.bindparam("b_owner", type_=sa.Text()),
-            messages.c.lease_until == sa.bindparam("b_until", type_=sa.Double()),
-        )
+        .where(recipients.c.message_id.in_(ids))
         .order_by(recipients.c.message_id, recipients.c.position)
     )
 
@@ -120,14 +159,14 @@ class HotStatements:
     """The runner's statements: claims and group commits, compiled once for the dialect."""
 
     def __init__(self, dialect: sa.Dialect) -> None:
-        self.claim = Prepared(_claim(), dialect)
+        self.claim = Prepared(_claim(dialect), dialect)
         self.body = Prepared(
             sa.select(bodies.c.data)
             .join(messages, messages.c.id == bodies.c.message_id)
             .where(messages.c.queue_id == sa.bindparam("b_queue_id", type_=sa.Text())),
             dialect,
         )
-        self.claimed_recipients = Prepared(_claimed_recipients(), dialect)
+        self.claimed_recipients = Prepared(_claimed_recipients(dialect), dialect)
         self.finish = Prepared(_finish(), dialect)
         columns = [c for c in attempts.columns if c.name not in ("id", "message_id")]
         self.attempt = Prepared(
@@ -152,3 +191,65 @@ class HotStatements:
             ),
             dialect,
         )
+
+    def claim_rows(
+        self,
+        conn: sa.Connection,
+        account: str | None,
+        now: float,
+        lease_seconds: float,
+        owner: str,
+        limit: int,
+        queue_ids: Sequence[str] | None,
+    ) -> ClaimedRows:
+        """Run the claim and read the claimed messages' recipients, in `conn`'s transaction."""
+        params = {
+            "b_account": account,
+            "b_now": now,
+            "b_limit": limit,
+            "b_owner": owner,
+            "b_until": now + lease_seconds,
+            "b_queue_ids": None if queue_ids is None else json.dumps(list(queue_ids)),
+        }
+        rows = self.claim.fetch(conn, self.claim.args(params))
+        if not rows:
+            return ClaimedRows([], [])
+        ids = {"b_ids": json.dumps([row[0] for row in rows])}
+        return ClaimedRows(
+            rows, self.claimed_recipients.fetch(conn, self.claimed_recipients.args(ids))
+        )
+
+    def read_bodies(self, conn: sa.Connection, queue_ids: Sequence[str]) -> dict[str, bytes]:
+        """The stored wire bytes of each of `queue_ids` that exists."""
+        found = self.body.each_row(conn, [self.body.args({"b_queue_id": q}) for q in queue_ids])
+        return {q: bytes(row[0]) for q, row in zip(queue_ids, found, strict=True) if row}
+
+    def prepare(self, record: AttemptRecord) -> PreparedRecord:
+        """`record` as driver arguments of `finish`, `attempt` and `recipients` (pure Python)."""
+        check_outcome(record.outcome)
+        # The attempt row is found by queue id (`b_queue_id`), so its message id is a
+        # placeholder that the statement does not read.
+        attempt = attempt_row(0, record.attempt)
+        attempt["recipient_replies"] = json.dumps(attempt["recipient_replies"])
+        attempt["b_queue_id"] = record.queue_id
+        return PreparedRecord(
+            self.finish.args(message_params(record)),
+            self.attempt.args(attempt),
+            [
+                self.recipients.args(row)
+                for row in recipient_params(record.queue_id, record.attempt.recipients)
+            ],
+        )
+
+    def commit(self, conn: sa.Connection, batch: Sequence[PreparedRecord]) -> list[bool]:
+        """Write prepared records in `conn`'s transaction; whether each moved its message."""
+        changed = self.finish.each(conn, [record.finish for record in batch])
+        self.attempt.executemany(conn, [record.attempt for record in batch])
+        self.recipients.executemany(conn, [row for record in batch for row in record.recipients])
+        return changed
+
+
+def build_claimed(claimed: ClaimedRows) -> list[QueuedMessage]:
+    """The records of a claim's rows, earliest due first."""
+    rows = sorted(claimed.messages, key=lambda row: (row[DUE], row[0]))
+    return join_messages(rows, claimed.recipients)

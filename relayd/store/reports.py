@@ -1,4 +1,4 @@
-"""Report queries on a SqlStore: `relayd status`'s aggregates and `relayd queue log`'s attempts."""
+"""Report queries in one read transaction: `relayd status`'s aggregates, `queue log`'s attempts."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from relayd.store.interface import ReportStore
 from relayd.store.queued import Attempt, State, mail_size
 from relayd.store.rows import attempt_from_row
-from relayd.store.sql import SqlStore
 from relayd.store.tables import attempts, bodies, messages
 
 PAGE = 1000  # attempts per read transaction when printing a whole log
@@ -66,7 +66,7 @@ def _reply_text(code: int | None, text: str | None) -> str:
     return f"{code} {line}".strip() if code is not None else line
 
 
-def account_reports(store: SqlStore) -> list[AccountReport]:
+def account_reports(store: ReportStore) -> list[AccountReport]:
     """Every account with mail, by name, from three aggregates in one read transaction.
 
     Counts and next retries come from the due index; the last errors from one row per account
@@ -122,7 +122,7 @@ def account_reports(store: SqlStore) -> list[AccountReport]:
 
 
 def log_entries(
-    store: SqlStore,
+    store: ReportStore,
     *,
     after: int = 0,
     queue_id: str | None = None,

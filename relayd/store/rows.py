@@ -1,4 +1,4 @@
-"""Conversions between table rows and the store's records (JSON columns included)."""
+"""Conversions between table rows and the store's records (JSON columns included), both ways."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from relayd.store.queued import Attempt, QueuedMessage, Recipient, RecipientState, State
-from relayd.store.tables import messages, recipients
+from relayd.store.records import NewMessage
+from relayd.store.tables import bodies, messages, recipients
 
 # Everything but the body (listing 100,000 messages must not read their data), in the order
 # `message_from_row` unpacks. Overrides come back raw: most are "[]", not worth a json.loads.
@@ -162,47 +163,39 @@ def attempt_from_row(row: sa.Row[Any]) -> Attempt:
     )
 
 
-def find_message_id(conn: sa.Connection, queue_id: str) -> int | None:
-    found = conn.execute(
-        sa.select(messages.c.id).where(messages.c.queue_id == queue_id)
-    ).scalar_one_or_none()
-    return None if found is None else int(found)
-
-
-# One recipient's result; its parameters come from `recipient_rows`.
-RECIPIENT_UPDATE = (
-    recipients.update()
-    .where(
-        recipients.c.message_id == sa.bindparam("b_message"),
-        recipients.c.position == sa.bindparam("b_position"),
+def insert_message(conn: sa.Connection, queue_id: str, message: NewMessage, now: float) -> None:
+    """Insert `message` as `queue_id`, due and arrived at `now`, every recipient pending."""
+    result = conn.execute(
+        messages.insert().values(
+            queue_id=queue_id,
+            state=State.QUEUED.value,
+            account=message.account,
+            config_file=message.config_file,
+            overrides=[list(pair) for pair in message.overrides],
+            sender=message.sender,
+            size=len(message.data),
+            needs_smtputf8=message.smtputf8,
+            needs_8bitmime=message.eightbit,
+            created_at=now,
+            next_attempt_at=now,
+            attempts=0,
+            submitted_uid=message.uid,
+        )
     )
-    .values(
-        state=sa.bindparam("b_state"),
-        reply_code=sa.bindparam("b_code"),
-        reply_text=sa.bindparam("b_text"),
+    (message_id,) = result.inserted_primary_key or (None,)
+    conn.execute(bodies.insert().values(message_id=message_id, data=bytes(message.data)))
+    conn.execute(
+        recipients.insert(),
+        [
+            {
+                "message_id": message_id,
+                "position": position,
+                "address": address,
+                "state": RecipientState.PENDING.value,
+            }
+            for position, address in enumerate(message.recipients)
+        ],
     )
-)
-
-
-def recipient_rows(message_id: int, results: Iterable[Recipient]) -> list[dict[str, Any]]:
-    """Parameters for `RECIPIENT_UPDATE`: one dict per recipient result."""
-    return [
-        {
-            "b_message": message_id,
-            "b_position": result.position,
-            "b_state": result.state.value,
-            "b_code": result.reply_code,
-            "b_text": result.reply_text,
-        }
-        for result in results
-    ]
-
-
-def update_recipients(conn: sa.Connection, message_id: int, results: Iterable[Recipient]) -> None:
-    """Apply one message's recipient results in one executemany."""
-    rows = recipient_rows(message_id, results)
-    if rows:
-        conn.execute(RECIPIENT_UPDATE, rows)
 
 
 def join_messages(

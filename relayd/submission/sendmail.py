@@ -169,6 +169,7 @@ def choose_account(
 def version_lines(prog: str) -> list[str]:
     """--version: relayd's version, msmtp's configuration file names, the queue and daemon."""
     from relayd import paths
+    from relayd.daemon.instance import daemon_listening
     from relayd.store import location
 
     try:
@@ -176,7 +177,7 @@ def version_lines(prog: str) -> list[str]:
     except RelaydError as err:
         queue = f"(unusable: {err.message})"
     wake = paths.wake_socket()
-    daemon = "running" if _daemon_listening(wake) else "not running"
+    daemon = "running" if daemon_listening(wake) else "not running"
     return [
         f"{prog} (relayd) version {__version__}",
         f"Compatible with msmtp version {MSMTP_VERSION}",
@@ -194,18 +195,6 @@ def _redact(url: str) -> str:
     if not sep or not at or ":" not in userinfo:
         return url
     return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
-
-
-def _daemon_listening(path: str) -> bool:
-    """Is a daemon bound to the wake-up socket? (connect() fails with no listener)."""
-    import socket
-
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.connect(path)
-        except OSError:
-            return False
-    return True
 
 
 def help_text(prog: str) -> str:

@@ -1,0 +1,185 @@
+"""The store's narrow interface, by role: what the runner, the daemon and the queue commands use.
+
+`SqlStore` implements every role on SQLite and PostgreSQL; `tests/test_store_contract.py` checks
+that (mypy) and runs the contract on both. Each method is one transaction. Time is always a
+parameter (`now`), never read by the store. Claimed rows are leased (state `sending`, owner,
+expiry), never deleted. Database failures surface as QueueError (exit 73 or 75).
+
+Importing this module costs no SQLAlchemy: the driver-shaped types are for annotations only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Protocol
+
+from relayd.store.queued import AccountDue, Attempt, AttemptRecord, QueuedMessage
+from relayd.store.records import NewMessage, State
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from relayd.store.listing import Listed
+    from relayd.store.prepared import ClaimedRows, PreparedRecord
+
+
+class MessageStore(Protocol):
+    """What both sides do to messages named by queue id: read one, hold some."""
+
+    def get(self, queue_id: str) -> QueuedMessage | None:
+        """The message with `queue_id` (without its body), or None."""
+        ...
+
+    def hold(self, queue_ids: Iterable[str], reason: str) -> tuple[str, ...]:
+        """Hold queued or in-flight messages (a runner's later result will not release them);
+        those held."""
+        ...
+
+
+class RunnerStore(MessageStore, Protocol):
+    """What a delivery pass uses: the daemon's runner, an in-process flush, `sendmail -odi`."""
+
+    def claim_due(
+        self,
+        account: str | None,
+        now: float,
+        lease_seconds: float,
+        owner: str,
+        limit: int = 100,
+        *,
+        queue_ids: Sequence[str] | None = None,
+    ) -> Sequence[QueuedMessage]:
+        """Lease up to `limit` queued messages due at `now` to `owner` until `now` plus
+        `lease_seconds`, earliest due first: of `account`, or of any if None; only those of
+        `queue_ids` when given. Atomic across processes and hosts: two runners never get the
+        same message, nor wait on each other."""
+        ...
+
+    def claim_rows(
+        self,
+        account: str | None,
+        now: float,
+        lease_seconds: float,
+        owner: str,
+        limit: int,
+        *,
+        queue_ids: Sequence[str] | None = None,
+    ) -> ClaimedRows:
+        """`claim_due`'s database half (for a thread): the claimed rows as the driver gives
+        them, turned into records by `build_claimed` (on the caller's event loop, since a
+        thread busy in Python holds the GIL that every socket call of the loop needs)."""
+        ...
+
+    def build_claimed(self, claimed: ClaimedRows) -> list[QueuedMessage]:
+        """The records of `claim_rows`' rows, earliest due first."""
+        ...
+
+    def read_data_many(self, queue_ids: Sequence[str]) -> dict[str, bytes]:
+        """The stored wire bytes of several messages in one read (a runner's batch)."""
+        ...
+
+    def extend_lease(self, owner: str, until: float) -> int:
+        """Keep `owner`'s claims leased until `until` (a long batch); how many it holds."""
+        ...
+
+    def prepare(self, record: AttemptRecord) -> PreparedRecord:
+        """`record` ready for `commit_prepared`. Pure Python: a runner calls it on its event
+        loop, so the thread that commits holds the GIL only for the driver calls."""
+        ...
+
+    def commit_prepared(self, batch: Sequence[PreparedRecord]) -> list[bool]:
+        """Commit attempt records in one transaction (a group commit); whether each moved its
+        message.
+
+        Each attempt is logged (if its message still exists) with its recipient results; the
+        message takes the outcome's state only while the record's owner still holds its lease
+        (or unconditionally, owner None): a runner whose lease expired, or whose message was
+        held meanwhile, does not overwrite the newer state.
+        """
+        ...
+
+    def enqueue(self, message: NewMessage, now: float) -> str:
+        """Store `message` with all its recipients pending, due at `now`; its queue id."""
+        ...
+
+
+class QueueStore(MessageStore, Protocol):
+    """What the user's side uses: `relayd queue …`, `mailq`, `queue flush` and its wait."""
+
+    def read_data(self, queue_id: str) -> bytes | None:
+        """The stored wire bytes of `queue_id`, or None if there is no such message."""
+        ...
+
+    def attempts(self, queue_id: str) -> Sequence[Attempt]:
+        """Every attempt logged for `queue_id`, oldest first."""
+        ...
+
+    def listing(
+        self, states: Collection[State] | None = None, account: str | None = None
+    ) -> Iterator[Listed]:
+        """Messages in arrival order for a listing, streamed in one read transaction,
+        optionally only some states and/or one account."""
+        ...
+
+    def states_of(self, queue_ids: Collection[str]) -> dict[str, tuple[State, str, float | None]]:
+        """Each existing message's (state, account, last attempt time)."""
+        ...
+
+    def release(self, queue_ids: Iterable[str], now: float) -> tuple[str, ...]:
+        """Put held messages back in the queue, due at `now`; those released."""
+        ...
+
+    def make_due(
+        self,
+        now: float,
+        queue_ids: Iterable[str] | None = None,
+        account: str | None = None,
+        *,
+        network_only: bool = False,
+    ) -> tuple[str, ...]:
+        """Make queued messages (all, some, or one account's) due at `now` (`queue flush`);
+        with `network_only`, those whose last attempt never reached a server (the network is
+        back). Those made due."""
+        ...
+
+    def delete(self, queue_ids: Iterable[str], *, now: float | None = None) -> tuple[str, ...]:
+        """Delete messages with their recipients and attempts, in any state; given `now`, not
+        one being sent under a lease that is still valid (its runner would record a result
+        for a message that is gone, and the server may already have it). Those deleted."""
+        ...
+
+
+class Store(RunnerStore, QueueStore, Protocol):
+    """Every role, and what the daemon's scheduler adds: scans and lease sweeps."""
+
+    def due_summary(self, now: float) -> Sequence[AccountDue]:
+        """Per account with queued mail: how much, how much is due at `now`, the next due
+        time; one aggregate, so a scan costs the same memory with 100,000 messages as with ten."""
+        ...
+
+    def release_stale(
+        self, now: float, *, possibly_sent: Collection[str] | None = None
+    ) -> tuple[str, ...]:
+        """Return messages whose lease expired by `now` (a runner died) to `queued`.
+
+        Each is marked `lease_lost`, so its next attempt is logged as a possible duplicate: the
+        runner may have had the server's final reply and died before committing it. A runner
+        that knows which of its messages were on the wire (a daemon stopping) passes them as
+        `possibly_sent`; then only those are marked.
+        """
+        ...
+
+    def release_owned(self, prefix: str, *, possibly_sent: Collection[str] = ()) -> tuple[str, ...]:
+        """Return every message leased by an owner starting with `prefix` (one stopping
+        runner's claims, on any database) to `queued`; only `possibly_sent` are marked
+        `lease_lost`."""
+        ...
+
+
+class ReportStore(Protocol):
+    """What the report queries of `relayd.store.reports` run on: one read transaction."""
+
+    def reading(self, action: str = "read the queue") -> AbstractContextManager[sa.Connection]:
+        """A read-only transaction; database errors become QueueError naming `action`."""
+        ...

@@ -97,6 +97,16 @@ def record_attempt(
     return record_attempts(store, [AttemptRecord(queue_id, attempt, outcome, owner)])[0]
 
 
+def return_expired(
+    store: RunnerStore, now: float, *, interrupted: Iterable[str] = ()
+) -> tuple[str, ...]:
+    """Return every lease expired by `now`, as a sweep does; those in `interrupted` were on
+    the wire."""
+    return store.release_leases(
+        store.leases(expired_by=now), now, interrupted=frozenset(interrupted)
+    )
+
+
 def mark_recipients(store: SqlStore, queue_id: str, results: Iterable[Recipient]) -> None:
     """Set recipients' results alone, without an attempt (nothing if there is no such message)."""
     statement = HotStatements(store.engine.dialect).recipients

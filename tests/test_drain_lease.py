@@ -1,55 +1,72 @@
-"""A long batch keeps its lease: the drain step renews the claims it still means to send."""
+"""A live runner's lease never expires under an open transaction: renewed while on the wire."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from relayd.accounts.stored import account_for
 from relayd.daemon import drain, retry
-from relayd.settings import Settings
+from relayd.settings import Delivery, Settings
 from relayd.store.sql import SqlStore
 from tests.queue_fill import enqueue_many
+from tests.sendmail_helpers import write_msmtprc
 from tests.store_helpers import message
-from tests.test_daemon import rc_for
-from tests.upstream import UpstreamServer
-
-T0 = 1_700_000_000.0
+from tests.upstream import Fault, UpstreamServer
 
 
-def test_a_batch_outliving_half_its_lease_renews_it(
+def test_a_slow_final_reply_keeps_the_lease(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = Settings(database=f"sqlite:///{tmp_path / 'q.sqlite3'}")
+    # A 1 s delivery timeout makes a 4 s lease; the account's own timeout (msmtprc) is longer,
+    # and the server takes 2.5 s for each final reply: two messages outlive the lease.
+    settings = Settings(
+        database=f"sqlite:///{tmp_path / 'q.sqlite3'}", delivery=Delivery(timeout=1)
+    )
     lease = retry.lease_seconds(settings)
+    assert lease == 4
+    expired: list[list[object]] = []
+    done = threading.Event()
     with UpstreamServer(timeout=20) as upstream, SqlStore.open(settings.database) as store:
-        rc_for(upstream.port)
-        enqueue_many(store, [message(number=n) for n in range(3)], T0)
-        claimed = store.claim_due("default", T0, lease, "r", 3)
-        renewals: list[tuple[str, float]] = []
+        write_msmtprc(
+            f"account default\nhost 127.0.0.1\nport {upstream.port}\nfrom me@example.org\n"
+            "timeout 10\n"
+        )
+        upstream.fail("END", Fault(delay=2.5))
+        now = time.time()
+        enqueue_many(store, [message(number=n) for n in range(2)], now)
+        claimed = store.claim_due("default", now, lease, "r", 2)
+        renewals: list[float] = []
         real = store.extend_lease
 
         def spy(owner: str, until: float) -> int:
-            renewals.append((owner, until))
+            assert owner == "r"
+            renewals.append(until)
             return real(owner, until)
 
+        def sweep() -> None:  # what another daemon's lease sweep would see meanwhile
+            while not done.wait(0.2):
+                found = store.leases(expired_by=time.time())
+                if found:
+                    expired.append(list(found))
+
         monkeypatch.setattr(store, "extend_lease", spy)
-        # Every message takes a third of the lease by this clock: the second one starts
-        # past the half.
-        ticks = iter(T0 + n * lease / 6 for n in range(100))
-        delivered = asyncio.run(
-            drain.deliver_claimed(
-                store,
-                account_for("default", None, ()),
-                claimed,
-                settings,
-                owner="r",
-                clock=lambda: next(ticks),
+        sweeper = threading.Thread(target=sweep)
+        sweeper.start()
+        try:
+            drained = asyncio.run(
+                drain.deliver_claimed(
+                    store, account_for("default", None, ()), claimed, settings, owner="r"
+                )
             )
-        )
-    assert [d.outcome.state.value for d in delivered] == ["sent"] * 3
-    assert len(upstream.transactions) == 3
-    assert renewals and all(owner == "r" for owner, _ in renewals)
-    assert renewals[0][1] > T0 + lease  # pushed beyond the original expiry
+        finally:
+            done.set()
+            sweeper.join()
+    assert [d.outcome.state.value for d in drained.delivered] == ["sent"] * 2
+    assert len(upstream.transactions) == 2
+    assert expired == []
+    assert len(renewals) >= 3 and renewals[-1] > now + lease

@@ -62,9 +62,10 @@ def test_the_log_tells_a_lookalike_password_failure_from_a_refusal(tmp_path: Pat
         enqueue_many(store, [new_message()], T0)
         claimed = store.claim_due("default", T0, 300, "r", 1)
         lmtp = account(server, protocol="lmtp", auth="PLAIN", user="me", logfile=str(logfile))
-        (delivered,) = asyncio.run(
+        drained = asyncio.run(
             drain.deliver_claimed(store, lmtp, claimed, settings, owner="r", password=password)
         )
+    (delivered,) = drained.delivered
     assert delivered.result.error == LOOKALIKE
     (line,) = logfile.read_text().splitlines()
     assert f"errormsg='{LOOKALIKE}'" in line

@@ -28,7 +28,7 @@ from relayd.store.queued import Attempt, Outcome, Recipient, RecipientState, Sta
 from relayd.store.sql import SqlStore
 from tests.queue_fill import enqueue_many
 from tests.sendmail_helpers import run_sendmail, sendmail_env
-from tests.store_helpers import message, record_attempt
+from tests.store_helpers import message, record_attempt, return_expired
 from tests.test_daemon import (
     RELAYD,
     Daemon,
@@ -269,7 +269,7 @@ def test_delete_spares_a_message_being_sent(store: SqlStore) -> None:
     assert "relayd: 0000000000ZZ: no such message" in out
     assert store.get(idle) is None and store.get(busy) is not None
     # Once its lease has run out (the runner died), it can go.
-    store.release_stale(time.time() + 120)
+    return_expired(store, time.time() + 120)
     assert invoke("queue", "delete", busy) == (0, f"relayd: {busy}: removed\n")
 
 

@@ -184,6 +184,7 @@ def test_json_one_object_per_attempt(store: SqlStore) -> None:
             {"position": 1, "address": BAD, "state": "pending", "code": 451, "text": "4.3.0 busy"},
         ],
         "possible_duplicate": False,
+        "note": None,
     }
     assert (objects[0]["exit_code"], objects[0]["exit_name"]) == (75, "EX_TEMPFAIL")
     assert (objects[0]["reply_code"], objects[0]["reply"]) == (None, REFUSED)

@@ -14,7 +14,7 @@ from relayd.store import sql
 from relayd.store.ids import is_queue_id
 from relayd.store.interface import ReportStore, Store
 from relayd.store.prepared import Prepared
-from relayd.store.queued import Attempt, Outcome, Recipient, RecipientState, State
+from relayd.store.queued import Attempt, AttemptRecord, Outcome, Recipient, RecipientState, State
 from relayd.store.sql import SqlStore
 from relayd.store.tables import attempts, recipients
 from tests.store_helpers import (
@@ -24,6 +24,8 @@ from tests.store_helpers import (
     mark_recipients,
     message,
     record_attempt,
+    record_attempts,
+    return_expired,
 )
 
 T0 = 1_700_000_000.0
@@ -205,8 +207,8 @@ def test_expired_leases_return_to_the_queue(store: SqlStore) -> None:
     store.claim_due("default", T0, 10.0, "dead-runner", limit=1)
     young = store.enqueue(message(2), T0)
     store.claim_due("default", T0 + 5, 100.0, "live-runner", limit=1)
-    assert store.release_stale(T0 + 9) == ()
-    assert store.release_stale(T0 + 10) == (old,)
+    assert return_expired(store, T0 + 9) == ()
+    assert return_expired(store, T0 + 10) == (old,)
     got = store.get(old)
     assert got is not None and (got.state, got.lease_owner, got.lease_until) == (
         State.QUEUED,
@@ -256,13 +258,18 @@ def test_record_attempt_final_states(store: SqlStore, state: State) -> None:
 def test_a_runner_that_lost_its_lease_does_not_overwrite(store: SqlStore) -> None:
     queue_id = store.enqueue(message(), T0)
     store.claim_due("default", T0, 10, "slow", 1)
-    store.release_stale(T0 + 20)
+    return_expired(store, T0 + 20)
     store.claim_due("default", T0 + 20, 10, "fast", 1)
-    late = Attempt(T0 + 25, 25.0, "mx", False, False, 0, 250, "250 ok")
+    done = (Recipient(0, "to@example.org", RecipientState.SENT, 250, "ok"),)
+    late = Attempt(T0 + 25, 25.0, "mx", False, False, 0, 250, "250 ok", done)
     assert not record_attempt(store, queue_id, late, Outcome(State.SENT), owner="slow")
     got = store.get(queue_id)
     assert got is not None and (got.state, got.lease_owner) == (State.SENDING, "fast")
-    assert len(store.attempts(queue_id)) == 1  # the attempt is still logged
+    # Nothing changed but an attempt row noted `late`: the recipient is still pending, so
+    # the new owner's attempt has something to send (SPEC §4).
+    assert [r.state for r in got.recipients] == [RecipientState.PENDING]
+    (logged,) = store.attempts(queue_id)
+    assert logged.note == "late" and logged.reply == "250 ok"
     assert not record_attempt(store, "0000000000ZZ", late, Outcome(State.SENT))
 
 
@@ -299,7 +306,14 @@ def test_hold_release_make_due_and_delete(store: SqlStore) -> None:
     a, b, c = (store.enqueue(message(n), T0 + n) for n in range(3))
     store.claim_due("default", T0 + 1, LEASE, "r", limit=1)  # a is in flight
     assert set(store.hold([a, b, "0000000000ZZ"], "user hold")) == {a, b}
-    assert store.hold([a], "again") == ()  # already held
+    assert store.hold([b], "again") == ()  # already held
+    in_flight = store.get(a)  # the hold waits for the attempt to end
+    assert in_flight is not None and (in_flight.state, in_flight.lease_owner) == (
+        State.SENDING,
+        "r",
+    )
+    retry = Attempt(T0 + 2, 1, "mx", False, False, 75, 451, "later")
+    assert record_attempt(store, a, retry, Outcome(State.QUEUED, T0 + 60, "later"), owner="r")
     held = store.get(a)
     assert held is not None and (held.state, held.reason, held.lease_owner) == (
         State.HELD,
@@ -320,6 +334,52 @@ def test_hold_release_make_due_and_delete(store: SqlStore) -> None:
     assert [m.queue_id for m in store.claim_due("default", T0 + 150, LEASE, "r", 10)] == [a]
     assert set(store.delete([a, b, "0000000000ZZ"])) == {a, b}
     assert [m.queue_id for m in list_messages(store)] == [c]
+
+
+def test_a_hold_while_sending_applies_when_the_attempt_ends(store: SqlStore) -> None:
+    sent_id, retried, cancelled, lost = (store.enqueue(message(n), T0) for n in range(4))
+    store.claim_due("default", T0, LEASE, "r", limit=4)
+    assert set(store.hold([sent_id, retried, cancelled, lost], "user hold")) == {
+        sent_id,
+        retried,
+        cancelled,
+        lost,
+    }
+    assert store.release([cancelled], T0 + 1) == (cancelled,)  # the hold is called off
+    done = (Recipient(0, "to@example.org", RecipientState.SENT, 250, "ok"),)
+    ok = Attempt(T0, 1, "mx", False, False, 0, 250, "ok", done)
+    later = Attempt(T0, 1, "mx", False, False, 75, 451, "later")
+    record_attempt(store, sent_id, ok, Outcome(State.SENT), owner="r")
+    for queue_id in (retried, cancelled):
+        record_attempt(store, queue_id, later, Outcome(State.QUEUED, T0 + 60, "later"), owner="r")
+    store.release_leases(store.leases(owner_prefix="r"), T0 + 2)  # the runner stopped
+    found = {q: store.get(q) for q in (sent_id, retried, cancelled, lost)}
+    assert {q: (m.state, m.reason) for q, m in found.items() if m} == {
+        sent_id: (State.SENT, None),  # done is done: a hold cannot unsend it
+        retried: (State.HELD, "user hold"),
+        cancelled: (State.QUEUED, "later"),
+        lost: (State.HELD, "user hold"),
+    }
+    delivered = found[sent_id]
+    assert delivered is not None
+    assert [r.state for r in delivered.recipients] == [RecipientState.SENT]
+    assert set(store.release([retried, lost], T0 + 3)) == {retried, lost}
+
+
+def test_a_message_with_no_recipient_left_settles(store: SqlStore) -> None:
+    queue_id = store.enqueue(message(recipients=("a@x", "b@x")), T0)
+    mark_recipients(
+        store,
+        queue_id,
+        [Recipient(0, "a@x", RecipientState.SENT), Recipient(1, "b@x", RecipientState.FAILED)],
+    )
+    store.claim_due("default", T0, LEASE, "r", 1)
+    assert record_attempts(
+        store, [AttemptRecord(queue_id, None, Outcome(State.FAILED, reason="why"), "r")]
+    ) == [True]
+    found = store.get(queue_id)
+    assert found is not None and (found.state, found.attempts) == (State.FAILED, 0)
+    assert store.attempts(queue_id) == []
 
 
 def test_delete_removes_recipients_and_attempts(store: SqlStore) -> None:

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from relayd.store.queued import (
     Attempt,
     AttemptRecord,
+    Lease,
     Outcome,
     QueuedMessage,
     Recipient,
@@ -21,7 +22,14 @@ from relayd.store.queued import (
 from relayd.store.sql import SqlStore
 from relayd.store.tables import attempts, bodies
 from tests.queue_fill import enqueue_many
-from tests.store_helpers import BACKENDS, counts, database_url, message, record_attempts
+from tests.store_helpers import (
+    BACKENDS,
+    counts,
+    database_url,
+    message,
+    record_attempts,
+    return_expired,
+)
 
 T0 = 1_700_000_000.0
 LEASE = 300.0
@@ -99,35 +107,47 @@ def test_a_delay_notice_is_remembered_for_good(store: SqlStore) -> None:
         assert found is not None and found.delay_notified
 
 
-def test_expired_leases_are_marked_as_possible_duplicates(store: SqlStore) -> None:
+def test_returned_leases_flag_and_log_only_the_interrupted(store: SqlStore) -> None:
     a, b, c = enqueue_many(store, [message(number=n) for n in range(3)], T0)
     store.claim_due("default", T0, 10, "dead", 3)
-    assert set(store.release_stale(T0 + 11, possibly_sent=[b])) == {a, b, c}
-    marks = {q: got(store, q).lease_lost for q in (a, b, c)}
-    assert marks == {a: False, b: True, c: False}
-    store.claim_due("default", T0 + 20, 10, "dead-again", 3)
-    store.release_stale(T0 + 31)  # nobody knows what was on the wire: all of them
-    assert all(got(store, q).lease_lost for q in (a, b, c))
-    (claimed,) = [m for m in store.claim_due("default", T0 + 40, LEASE, "r", 3) if m.queue_id == a]
+    assert set(return_expired(store, T0 + 11, interrupted=[b])) == {a, b, c}
+    found = {q: got(store, q) for q in (a, b, c)}
+    assert {q: m.lease_lost for q, m in found.items()} == {a: False, b: True, c: False}
+    assert {q: m.attempts for q, m in found.items()} == {a: 0, b: 1, c: 0}
+    assert {q: m.state for q, m in found.items()} == dict.fromkeys((a, b, c), State.QUEUED)
+    assert store.attempts(a) == [] and store.attempts(c) == []
+    (cut,) = store.attempts(b)
+    assert (cut.note, cut.exit_code, cut.possible_duplicate) == ("interrupted", 75, False)
+    (claimed,) = [m for m in store.claim_due("default", T0 + 40, LEASE, "r", 3) if m.queue_id == b]
     assert claimed.lease_lost
-    record_attempts(store, [sent(a, "r")])
-    found = store.get(a)
-    assert found is not None and not found.lease_lost
+    record_attempts(store, [sent(b, "r")])
+    found_b = store.get(b)
+    assert found_b is not None and not found_b.lease_lost
 
 
-def test_release_owned_returns_only_one_runners_claims(store: SqlStore) -> None:
+def test_leases_by_owner_prefix_find_only_one_runners_claims(store: SqlStore) -> None:
     a, b, c = enqueue_many(store, [message(number=n) for n in range(3)], T0)
     store.claim_due("default", T0, LEASE, "daemon-h-1/1", 1)
     store.claim_due("default", T0, LEASE, "daemon-h-1/2", 1)
     store.claim_due("default", T0, LEASE, "daemon-h-12/1", 1)  # another daemon, same prefix
-    assert set(store.release_owned("daemon-h-1/", possibly_sent=[b])) == {a, b}
-    states = {q: got(store, q) for q in (a, b, c)}
-    assert (states[a].state, states[a].lease_lost) == (
-        State.QUEUED,
-        False,
-    )
-    assert (states[b].state, states[b].lease_lost) == (State.QUEUED, True)
-    assert states[c].state is State.SENDING
+    mine = store.leases(owner_prefix="daemon-h-1/")
+    assert {lease.queue_id for lease in mine} == {a, b}
+    assert store.leases(owner_prefix="daemon-h-1/", keep=["daemon-h-1/1"]) == [
+        Lease(b, "daemon-h-1/2")
+    ]
+    assert set(store.release_leases(mine, T0)) == {a, b}
+    assert got(store, c).state is State.SENDING
+
+
+def test_a_lease_claimed_again_is_not_returned_by_its_old_owner(store: SqlStore) -> None:
+    (a,) = enqueue_many(store, [message()], T0)
+    store.claim_due("default", T0, 10, "old", 1)
+    stale = store.leases(expired_by=T0 + 20)
+    assert return_expired(store, T0 + 20) == (a,)
+    store.claim_due("default", T0 + 20, LEASE, "new", 1)
+    assert store.release_leases(stale, T0 + 21, interrupted=[a]) == ()
+    found = got(store, a)
+    assert (found.state, found.lease_owner, found.attempts) == (State.SENDING, "new", 0)
 
 
 def test_due_summary_counts_per_account_without_listing(store: SqlStore) -> None:
@@ -183,5 +203,5 @@ def test_extend_lease_keeps_only_the_owners_claims(store: SqlStore) -> None:
     store.claim_due("default", T0, 10, "mine", 1)
     store.claim_due("default", T0, 10, "other", 1)
     assert store.extend_lease("mine", T0 + 500) == 1
-    assert set(store.release_stale(T0 + 100)) == {b}
+    assert set(return_expired(store, T0 + 100)) == {b}
     assert got(store, a).state is State.SENDING and got(store, a).lease_until == T0 + 500

@@ -157,6 +157,7 @@ def show_record(
                 "exit_name": _exit_name(a.exit_code),
                 "reply": reply_text(a.reply_code, a.reply),
                 "possible_duplicate": a.possible_duplicate,
+                "note": a.note,
                 "recipients": [
                     {
                         "address": r.address,
@@ -216,6 +217,8 @@ def show_lines(record: dict[str, Any]) -> list[str]:
     for a in record["attempt_log"]:
         flags = f"tls={'on' if a['tls'] else 'off'} auth={'on' if a['auth'] else 'off'}"
         dup = " possible duplicate" if a["possible_duplicate"] else ""
+        if a["note"]:
+            dup = f" ({a['note']}){dup}"
         lines.append(
             f"  {local_time(a['started_at'])} host={a['host']} {flags} "
             f"duration={a['duration']:.3f}s exitcode={a['exit_name']}{dup}"

@@ -58,7 +58,15 @@ def entry_line(entry: LogEntry) -> str:
     )
     # msmtp's log line makes only C0 controls harmless; a server's reply may hold worse.
     line = sanitize(f"{local_time(attempt.started_at)} {entry.queue_id} {info}", "terminal")
+    if attempt.note is not None:
+        line = f"{line} ({NOTES.get(attempt.note, attempt.note)})"
     return f"{line} {DUPLICATE}" if attempt.possible_duplicate else line
+
+
+NOTES = {
+    "interrupted": "interrupted",
+    "late": "late: the lease was lost meanwhile; nothing changed",
+}
 
 
 def entry_json(entry: LogEntry) -> dict[str, Any]:
@@ -176,9 +184,12 @@ def log_command(
     """Print the attempt log (every attempt, oldest first); --follow waits for new ones.
 
     Each line: local time, queue id, and msmtp's log line for the attempt;
+    "(interrupted)" for one cut off by a kill or a stop, "(late: …)" for a
+    result that came after its lease was lost and changed nothing;
     "(possible duplicate)" after one that may have sent the mail again.
     --json, one object a line: queue_id, started_at, duration, host, tls,
     auth, exit_code, exit_name, reply_code, reply, possible_duplicate,
-    recipients [{position, address, state, code, text}].
+    note (null, "interrupted" or "late"), recipients [{position, address,
+    state, code, text}].
     """
     run(_quietly_piped(lambda: _log(queue_id, follow, as_json, lines)))

@@ -5,17 +5,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, MutableSet, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 from relayd.accounts.account import Account
 from relayd.daemon import attempt_log, retry
 from relayd.daemon.recorder import Delivered, Recorder
+from relayd.daemon.wirelog import WireLog
 from relayd.delivery.result import DeliveryResult, Disposition, Event, Reply
 from relayd.delivery.session import DebugSink, OutgoingMessage, PasswordSource, Session
+from relayd.errors import RelaydError
 from relayd.settings import Settings
 from relayd.store.interface import RunnerStore
-from relayd.store.queued import Attempt, AttemptRecord, Outcome, QueuedMessage, Recipient, mail_size
+from relayd.store.queued import (
+    Attempt,
+    AttemptRecord,
+    Lease,
+    Outcome,
+    QueuedMessage,
+    Recipient,
+    mail_size,
+)
 from relayd.store.records import RecipientState, State
 
 _RECIPIENT_STATES = {
@@ -66,6 +76,8 @@ def outcome_for(
     if RecipientState.PENDING not in states.values():
         done = RecipientState.FAILED in states.values()
         return Outcome(State.FAILED if done else State.SENT, reason=result.error if done else None)
+    # A connection lost after the final dot: the server may have the message already.
+    duplicate = result.possibly_delivered
     policy = settings.retry
     when = retry.next_attempt(
         message.created_at, now, policy, network=result.network, previous=message.last_attempt_at
@@ -74,6 +86,7 @@ def outcome_for(
         return Outcome(State.FAILED, reason=f"lifetime expired: {result.error}")
     return Outcome(
         State.QUEUED,
+        possible_duplicate=duplicate,
         next_attempt_at=when,
         reason=result.error,
         network_failure=result.network,
@@ -114,6 +127,22 @@ class _Bodies:
         return self._read.get(self._messages[index].queue_id)
 
 
+@dataclass
+class Drained:
+    """What one connection did with its claimed messages.
+
+    `delivered`: each attempt as committed (and messages settled with it: the rest of a batch
+    held for a problem only the user can fix). `returned`: messages given back untouched,
+    because the connection broke before their data went out. `dead`: the attempt whose
+    connection failed before carrying any message (refused, timed out, no greeting…): the
+    destination is down, and `dead.outcome` says when to try it again.
+    """
+
+    delivered: list[Delivered] = field(default_factory=list)
+    returned: tuple[str, ...] = ()
+    dead: Delivered | None = None
+
+
 async def deliver_claimed(
     store: RunnerStore,
     account: Account,
@@ -121,80 +150,152 @@ async def deliver_claimed(
     settings: Settings,
     *,
     owner: str,
+    wire: WireLog | None = None,
     recorder: Recorder | None = None,
-    on_wire: MutableSet[str] | None = None,
     password: PasswordSource | None = None,
     debug: DebugSink | None = None,
     prog: str = "relayd",
     clock: Callable[[], float] = time.time,
-) -> list[Delivered]:
+) -> Drained:
     """Deliver claimed messages of one account on one connection; record and log every attempt.
 
     Each result goes to the `recorder` as soon as the server's final reply is in, and is
     committed with whatever other results arrived meanwhile (a group commit); the next message
-    is sent while it commits. Returns once every result is committed. A crash repeats only
-    messages whose results were not committed: their lease is lost, so their next attempt is
-    logged as a possible duplicate. `on_wire` (if given) holds the ids of the messages sent or
-    being sent whose results are not committed yet.
+    is sent while it commits. Returns once every result is committed. The lease is renewed
+    all along (SPEC §4: it never expires under an open transaction). Before a message's data
+    goes out, `wire` (the claim's journal, made before the claim) notes it, so a kill repeats
+    with a "possible duplicate" flag exactly the messages that were on the wire. When the
+    connection breaks, the messages whose data never went out go back to the queue untouched.
     """
     recorder = recorder or Recorder(store)
+    own_wire = wire is None  # else the caller made it before the claim, and closes it
+    wire = wire or WireLog(owner)
     bodies = _Bodies(store, messages)
-    lease = retry.lease_seconds(settings)
-    expiry = min((m.lease_until for m in messages if m.lease_until is not None), default=None)
-    sent: list[tuple[Delivered, asyncio.Future[bool]]] = []
-    ahead: OutgoingMessage | None = None  # announced with the previous message's data
-    async with Session(
-        account, password=password, timeout=settings.delivery.timeout, debug=debug
-    ) as session:
-        for index, message in enumerate(messages):
-            data = await bodies.get(index)
-            if data is None:  # deleted by the user since the claim
-                continue
-            if message.lease_lost:
-                log.warning(
-                    "%s: possible duplicate: an earlier attempt ended without a result",
-                    message.queue_id,
+    renewing = asyncio.create_task(_renew(store, owner, retry.lease_seconds(settings), clock))
+    drained = Drained()
+    sent: list[tuple[Delivered | None, asyncio.Future[bool]]] = []
+    unsent: list[QueuedMessage] = []
+    committed = False
+    try:
+        async with Session(
+            account, password=password, timeout=settings.delivery.timeout, debug=debug
+        ) as session:
+            refused = session.failure  # the connection failed before any message
+            ahead: OutgoingMessage | None = None  # announced with the previous message's data
+            tried: Delivered | None = None  # the last message tried on this connection
+            for index, message in enumerate(messages):
+                if tried is not None and not session.alive:
+                    if refused is not None and drained.dead is None:  # held: hold them all
+                        sent.extend(_held_too(recorder, messages[index:], tried, owner))
+                    else:
+                        unsent.extend(messages[index:])
+                    break
+                todo = pending(message)
+                if not todo:  # nothing left to send (a result recorded earlier): settle it
+                    sent.append((None, recorder.record(_settled(message, owner))))
+                    continue
+                data = await bodies.get(index)
+                if data is None:  # deleted by the user since the claim
+                    continue
+                if message.lease_lost:
+                    log.warning(
+                        "%s: possible duplicate: an earlier attempt ended without a result",
+                        message.queue_id,
+                    )
+                if session.alive:
+                    wire.sending(message.queue_id)
+                outgoing = ahead or _outgoing(message, todo, data)
+                ahead = _ahead(messages, index, bodies)
+                started = clock()
+                result = await session.send(outgoing, ahead)
+                now = clock()
+                updates = recipient_updates(todo, result)
+                outcome = outcome_for(message, updates, result, now, settings)
+                attempt = Attempt(
+                    started_at=started,
+                    duration=now - started,
+                    host=account.host or account.socket or "",
+                    tls=account.tls,
+                    auth=account.auth is not None,
+                    exit_code=int(result.exit_code),
+                    reply_code=result.reply.code if result.reply else None,
+                    reply=result.reply.text if result.reply else result.error,
+                    recipients=updates,
+                    possible_duplicate=message.lease_lost,
                 )
-            if expiry is not None and clock() >= expiry - lease / 2:
-                # A slow server and a long batch: keep the rest leased, or a sweep would give
-                # them to another connection while this one still means to send them.
-                expiry = clock() + lease
-                await asyncio.to_thread(store.extend_lease, owner, expiry)
-            todo = pending(message)
-            if on_wire is not None:
-                on_wire.add(message.queue_id)
-            outgoing = ahead or _outgoing(message, todo, data)
-            # The next message's envelope can ride with this one's data (PIPELINING).
-            following = index + 1 < len(messages) and bodies.peek(index + 1)
-            ahead = None
-            if following:
-                upcoming = messages[index + 1]
-                ahead = _outgoing(upcoming, pending(upcoming), following)
-            started = clock()
-            result = await session.send(outgoing, ahead)
-            now = clock()
-            updates = recipient_updates(todo, result)
-            outcome = outcome_for(message, updates, result, now, settings)
-            attempt = Attempt(
-                started_at=started,
-                duration=now - started,
-                host=account.host or account.socket or "",
-                tls=account.tls,
-                auth=account.auth is not None,
-                exit_code=int(result.exit_code),
-                reply_code=result.reply.code if result.reply else None,
-                reply=result.reply.text if result.reply else result.error,
-                recipients=updates,
-                possible_duplicate=message.lease_lost,
+                future = recorder.record(AttemptRecord(message.queue_id, attempt, outcome, owner))
+                addresses = tuple(r.address for r in todo)
+                _log(account, message.sender, addresses, data, result, prog)
+                tried = item = Delivered(message, result, outcome, addresses, data)
+                sent.append((item, future))
+                if refused is not None and result.disposition is not Disposition.HOLD:
+                    drained.dead = item
+        if unsent:
+            when = None
+            if drained.dead is not None:
+                when = drained.dead.outcome.next_attempt_at or clock() + settings.retry.first
+            drained.returned = await asyncio.to_thread(
+                store.release_leases,
+                [Lease(m.queue_id, owner) for m in unsent],
+                clock(),
+                next_attempt_at=when,
+                network_failure=drained.dead.result.network if drained.dead else None,
             )
-            committed = recorder.record(AttemptRecord(message.queue_id, attempt, outcome, owner))
-            if on_wire is not None:
-                committed.add_done_callback(_forget(on_wire, message.queue_id))
-            addresses = tuple(r.address for r in todo)
-            _log(account, message.sender, addresses, data, result, prog)
-            sent.append((Delivered(message, result, outcome, addresses, data), committed))
-    changed = await asyncio.gather(*(future for _, future in sent))
-    return [replace(item, changed=ok) for (item, _), ok in zip(sent, changed, strict=True)]
+        changed = await asyncio.gather(*(future for _, future in sent))
+        committed = True
+    finally:
+        renewing.cancel()
+        if own_wire:
+            # Results not committed (the store failed throughout a stop): keep the journal
+            # for the next start, which returns those leases flagged.
+            wire.close(keep=not committed)
+    for (entry, _), ok in zip(sent, changed, strict=True):
+        if entry is not None:
+            drained.delivered.append(replace(entry, changed=ok))
+    return drained
+
+
+async def _renew(store: RunnerStore, owner: str, lease: float, clock: Callable[[], float]) -> None:
+    """Keep `owner`'s claim leased while its connection works (and its results wait for the
+    store): renewed every quarter lease, so two failed renewals in a row still leave time."""
+    while True:
+        await asyncio.sleep(lease / 4)
+        try:
+            await asyncio.to_thread(store.extend_lease, owner, clock() + lease)
+        except RelaydError as exc:
+            log.warning("%s: cannot renew the lease: %s", owner, exc.message)
+
+
+def _ahead(
+    messages: Sequence[QueuedMessage], index: int, bodies: _Bodies
+) -> OutgoingMessage | None:
+    """The next message, if its envelope can ride with this one's data (PIPELINING)."""
+    if index + 1 >= len(messages):
+        return None
+    upcoming = messages[index + 1]
+    data = bodies.peek(index + 1)
+    todo = pending(upcoming)
+    return _outgoing(upcoming, todo, data) if data is not None and todo else None
+
+
+def _settled(message: QueuedMessage, owner: str) -> AttemptRecord:
+    """A message whose recipients are all done: sent or failed, without another attempt."""
+    failed = any(r.state is RecipientState.FAILED for r in message.recipients)
+    outcome = Outcome(State.FAILED, reason=message.reason) if failed else Outcome(State.SENT)
+    return AttemptRecord(message.queue_id, None, outcome, owner)
+
+
+def _held_too(
+    recorder: Recorder, rest: Sequence[QueuedMessage], first: Delivered, owner: str
+) -> list[tuple[Delivered | None, asyncio.Future[bool]]]:
+    """The connection failed with a problem only the user can fix (the first message was
+    held for it): hold the rest of the batch with the same reason, without attempts."""
+    held: list[tuple[Delivered | None, asyncio.Future[bool]]] = []
+    for message in rest:
+        record = AttemptRecord(message.queue_id, None, first.outcome, owner)
+        item = Delivered(message, first.result, first.outcome, (), b"")
+        held.append((item, recorder.record(record)))
+    return held
 
 
 def _outgoing(message: QueuedMessage, todo: Sequence[Recipient], data: bytes) -> OutgoingMessage:
@@ -205,13 +306,6 @@ def _outgoing(message: QueuedMessage, todo: Sequence[Recipient], data: bytes) ->
         smtputf8=message.smtputf8,
         eightbit=message.eightbit,
     )
-
-
-def _forget(on_wire: MutableSet[str], queue_id: str) -> Callable[[asyncio.Future[bool]], None]:
-    def forget(_: asyncio.Future[bool]) -> None:
-        on_wire.discard(queue_id)
-
-    return forget
 
 
 def lmtp_refusals(result: DeliveryResult) -> list[tuple[str, Reply | None]]:

@@ -12,7 +12,7 @@ import socket
 import stat
 import sys
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -22,13 +22,14 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from relayd import paths
 from relayd import settings as settings_module
-from relayd.daemon import sdnotify
+from relayd.daemon import sdnotify, wirelog
 from relayd.daemon.instance import SCAN_INTERVAL, SHUTDOWN_GRACE, instance_lock
 from relayd.daemon.netwatch import NetworkWatch
 from relayd.daemon.runner import Runner
 from relayd.errors import ConfigError, RelaydError
 from relayd.settings import Settings
 from relayd.store.dialects import describe
+from relayd.store.queued import Lease
 from relayd.store.sql import SqlStore
 from relayd.sysexits import ExitCode
 
@@ -147,7 +148,7 @@ class _Lifecycle:
                 os.unlink(sock.getsockname())
             sock.close()
             await self.runner.stop(self.grace)
-            await self._release_leases(everything=self.locked, possibly_sent=self.runner.on_wire)
+            await self._release_leases(everything=self.locked, stopping=True)
             await self.runner.notifier.wait(timeout=self.grace)
         log.info("stopped")
         return ExitCode.OK
@@ -222,34 +223,57 @@ class _Lifecycle:
         sdnotify.notify("READY=1")
         self.wake()
 
-    async def _release_leases(
-        self, *, everything: bool, possibly_sent: Collection[str] | None = None
-    ) -> None:
-        """Return leases to `queued`. With the instance lock, every lease (no other daemon
-        runs on this queue, so a `sending` message is one nobody delivers); else this daemon's
-        own at a stop, and any expired one at the start."""
+    async def _release_leases(self, *, everything: bool, stopping: bool = False) -> None:
+        """Return leases left by runners that are gone. With the instance lock, every lease
+        (no other daemon runs on this queue, so a `sending` message is one nobody delivers);
+        else this daemon's own at a stop, and any expired one at the start."""
         store = self.store
-        if everything:
-            released = await asyncio.to_thread(
-                store.release_stale, sys.float_info.max, possibly_sent=possibly_sent
-            )
-        elif possibly_sent is not None:  # stopping: our own claims
-            released = await asyncio.to_thread(
-                store.release_owned, f"{self.owner}/", possibly_sent=possibly_sent
-            )
-        else:
-            released = await asyncio.to_thread(store.release_stale, self.clock())
-        if released:
-            log.info("returned %d leased message(s) to the queue", len(released))
+
+        def find() -> list[Lease]:
+            if everything:
+                return store.leases(expired_by=sys.float_info.max)
+            if stopping:
+                return store.leases(owner_prefix=f"{self.owner}/")
+            return store.leases(expired_by=self.clock())
+
+        # No scan: at the start the first scan is due at once anyway.
+        await self._requeue(
+            "return leases",
+            lambda: self._return(find()),
+            "returned %d leased message(s) to the queue",
+            scan=False,
+        )
 
     async def _expire_leases(self) -> None:
+        """The sweep: leases that ran out (a runner elsewhere died); never a live claim here."""
         await self._requeue(
             "lease sweep",
-            lambda: self.store.release_stale(self.clock()),
+            lambda: self._return(
+                self.store.leases(expired_by=self.clock(), keep=tuple(self.runner.live))
+            ),
             "%d lease(s) expired: back in the queue",
         )
 
-    async def _requeue(self, what: str, change: Callable[[], Collection[str]], done: str) -> None:
+    def _return(self, leases: Sequence[Lease]) -> tuple[str, ...]:
+        """Return `leases` (in a thread); those whose data may have gone out (their claim's
+        journal says so, or there is none to tell) get an `interrupted` attempt and a
+        possible-duplicate flag."""
+        if not leases:
+            return ()
+        cut = wirelog.interrupted((lease.queue_id, lease.owner) for lease in leases)
+        returned = self.store.release_leases(leases, self.clock(), interrupted=cut)
+        wirelog.forget({lease.owner for lease in leases})
+        if cut:
+            log.warning(
+                "%d message(s) were on the wire when their runner stopped: their next attempt "
+                "is a possible duplicate",
+                len(cut),
+            )
+        return returned
+
+    async def _requeue(
+        self, what: str, change: Callable[[], Collection[str]], done: str, *, scan: bool = True
+    ) -> None:
         """Run a store change that makes mail due (in a thread); log it and scan if it did."""
         try:
             changed = await asyncio.to_thread(change)
@@ -258,7 +282,8 @@ class _Lifecycle:
             return
         if changed:
             log.info(done, len(changed))
-            self.wake()
+            if scan:
+                self.wake()
 
     async def _scan_now(self) -> None:
         if self._scanning:

@@ -5,12 +5,16 @@ attempt as committed: what the runner counts and the notices act on."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 
 from relayd.delivery.result import DeliveryResult
+from relayd.errors import RelaydError
 from relayd.store.interface import RunnerStore
 from relayd.store.prepared import PreparedRecord
 from relayd.store.queued import AttemptRecord, Outcome, QueuedMessage
+
+log = logging.getLogger("relayd.daemon.recorder")
 
 
 @dataclass(frozen=True)
@@ -32,12 +36,23 @@ class Recorder:
     of them go in the next transaction. So a lone message is committed at once, and under load
     the commits carry as many results as arrived during one fsync, instead of one fsync each.
     Every record goes to the store even if whoever waits for it is cancelled.
+
+    A commit that fails (disk full, a write lock held too long) is retried, with the records
+    that arrive meanwhile, until it succeeds: a result the server gave is never dropped, and
+    its message stays leased to this runner (fenced) until then. Only `abandon()` (the daemon
+    is stopping) gives up: the waiters then see the error, and the messages stay leased for
+    the next start to return, flagged as possible duplicates.
     """
+
+    RETRY_FIRST = 0.2  # seconds before the first retry of a failed commit
+    RETRY_MAX = 5.0
 
     def __init__(self, store: RunnerStore) -> None:
         self._store = store
         self._waiting: list[tuple[PreparedRecord, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._abandoned = False
+        self.failing: RelaydError | None = None  # the last commit failure while retrying
 
     def record(self, record: AttemptRecord) -> asyncio.Future[bool]:
         """Queue `record` for the next commit; the future says whether the message changed."""
@@ -50,25 +65,59 @@ class Recorder:
         return future
 
     async def drain(self) -> None:
-        """Wait until every record queued so far is committed (or has failed)."""
+        """Wait until every record queued so far is committed (or abandoned)."""
         while self._flusher is not None:
             await asyncio.shield(self._flusher)
 
+    def abandon(self) -> None:
+        """Stop retrying failed commits: their waiters get the error (a daemon stopping)."""
+        self._abandoned = True
+
     async def _flush(self) -> None:
+        batch: list[tuple[PreparedRecord, asyncio.Future[bool]]] = []
         try:
-            while self._waiting:
-                batch, self._waiting = self._waiting, []
+            delay = self.RETRY_FIRST
+            while self._waiting or batch:
+                batch, self._waiting = batch + self._waiting, []
                 try:
                     changed = await asyncio.to_thread(
                         self._store.commit_prepared, [prepared for prepared, _ in batch]
                     )
-                except Exception as exc:  # the queue cannot be written: each waiter sees it
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
+                except RelaydError as exc:
+                    if self._abandoned:
+                        _fail(batch, exc)
+                        batch = []
+                        continue
+                    if self.failing is None:
+                        log.error(
+                            "%s; %d result(s) kept in memory, retrying the commit",
+                            exc.message,
+                            len(batch),
+                        )
+                    self.failing = exc
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.RETRY_MAX)
                     continue
+                except Exception as exc:  # a bug: its waiters see it, the others go on
+                    _fail(batch, exc)
+                    batch = []
+                    continue
+                if self.failing is not None:
+                    log.warning("the queue is writable again: %d result(s) recorded", len(batch))
+                    self.failing, delay = None, self.RETRY_FIRST
                 for (_, future), ok in zip(batch, changed, strict=True):
                     if not future.done():  # its waiter may have been cancelled
                         future.set_result(ok)
+                batch = []
+        except BaseException as exc:  # cancelled: no waiter may hang
+            _fail(batch + self._waiting, exc)
+            self._waiting = []
+            raise
         finally:
             self._flusher = None
+
+
+def _fail(batch: list[tuple[PreparedRecord, asyncio.Future[bool]]], exc: BaseException) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))

@@ -16,11 +16,12 @@ from relayd.accounts.stored import account_for
 from relayd.daemon import drain, retry
 from relayd.daemon.notices import Notices
 from relayd.daemon.notify import Notifier
-from relayd.daemon.recorder import Recorder
+from relayd.daemon.recorder import Delivered, Recorder
+from relayd.daemon.wirelog import WireLog
 from relayd.errors import ConfigError, RelaydError
 from relayd.settings import Settings
 from relayd.store.interface import RunnerStore
-from relayd.store.queued import QueuedMessage
+from relayd.store.queued import AttemptRecord, Outcome, QueuedMessage
 from relayd.store.records import State
 
 log = logging.getLogger("relayd.daemon.lifecycle")
@@ -55,8 +56,9 @@ class Runner:
     from the current msmtprc (gone or invalid: the messages are held with the reason) and
     delivers them with `drain.deliver_claimed`; it claims again until nothing is due. A kick
     while an account's drain runs marks it dirty, and the drain runs once more. Results of all
-    connections share one group-committing Recorder; `on_wire` holds the messages sent or being
-    sent whose results are not committed yet.
+    connections share one group-committing Recorder. A connection that fails before carrying
+    any message marks the account's destination dead for the pass: no more claims for it, and
+    its due mail moves to the next try in one statement (SPEC §4).
     """
 
     def __init__(
@@ -74,7 +76,8 @@ class Runner:
         self.owner = owner
         self.tally = Tally()
         self.stopping = False
-        self.on_wire: set[str] = set()
+        self.live: set[str] = set()  # owners (claims) being delivered: never swept
+        self._dead: set[str] = set()  # accounts whose destination is down in this pass
         self.recorder = Recorder(store)
         self.notifier = Notifier(settings.notify_command)
         self.notices = Notices(store, lambda: self.settings, self.notifier, self.kick, clock=clock)
@@ -114,7 +117,9 @@ class Runner:
     async def stop(self, grace: float) -> None:
         """Claim nothing more; give in-flight deliveries `grace` seconds, then abandon them.
 
-        Results already in are committed before this returns.
+        Results already in are committed before this returns, unless the store refuses them
+        for all of `grace` too: then they are given up, and their messages stay leased (the
+        caller returns them flagged as possible duplicates).
         """
         self.stopping = True
         tasks = list(self._workers.values())
@@ -125,10 +130,15 @@ class Runner:
             if pending:
                 log.warning("abandoned %d account drain(s) in flight", len(pending))
                 await asyncio.wait(pending)
-        await self.recorder.drain()
+        try:
+            await asyncio.wait_for(self.recorder.drain(), timeout=grace)
+        except TimeoutError:
+            self.recorder.abandon()
+            await self.recorder.drain()
 
     async def _account(self, account: str) -> None:
         worked = False
+        self._dead.discard(account)
         try:
             while True:
                 self._dirty.discard(account)
@@ -147,15 +157,28 @@ class Runner:
         stopped on an error."""
         claimed_total = 0
         try:
-            while not self.stopping:
+            while not self.stopping and account not in self._dead:
                 # Each claim its own owner: if a lease ran out and the message was claimed
                 # again, the late result of the first claim cannot overwrite the second's.
                 owner = f"{self.owner}/{next(self._claims)}"
-                claimed = await self._claim(account, owner)
+                self.live.add(owner)
+                # The journal exists before the claim: a kill right after the claim leaves
+                # an empty one, so nothing of it is flagged. It is kept if the claim's
+                # results could not all be committed (the next start reads it).
+                wire = WireLog(owner)
+                claimed: Sequence[QueuedMessage] = ()
+                done = False
+                try:
+                    claimed = await self._claim(account, owner)
+                    if claimed:
+                        claimed_total += len(claimed)
+                        await self._deliver(claimed, owner, wire)
+                    done = True
+                finally:
+                    wire.close(keep=bool(claimed) and not done)
+                    self.live.discard(owner)
                 if not claimed:
                     break
-                claimed_total += len(claimed)
-                await self._deliver(claimed, owner)
         except RelaydError as exc:  # the queue cannot be read or written: the next scan retries
             log.error("account %r: %s", account, exc.message)
             return -1
@@ -178,7 +201,7 @@ class Runner:
         )
         return self.store.build_claimed(rows)
 
-    async def _deliver(self, claimed: Sequence[QueuedMessage], owner: str) -> None:
+    async def _deliver(self, claimed: Sequence[QueuedMessage], owner: str, wire: WireLog) -> None:
         # One account name may carry several command-line variants (-a work --port 2525):
         # each resolves to its own Account and connection.
         groups: dict[tuple[object, ...], list[QueuedMessage]] = {}
@@ -192,29 +215,52 @@ class Runner:
                     account_for, first.account, first.config_file, first.overrides
                 )
             except ConfigError as exc:
-                await self._hold(messages, exc.message)
+                await self._hold(messages, exc.message, owner)
                 continue
-            delivered = await drain.deliver_claimed(
+            drained = await drain.deliver_claimed(
                 self.store,
                 account,
                 messages,
                 self.settings,
                 owner=owner,
+                wire=wire,
                 recorder=self.recorder,
-                on_wire=self.on_wire,
                 password=_daemon_password,
                 prog="relayd",
                 clock=self._clock,
             )
-            for item in delivered:
+            for item in drained.delivered:
                 if item.changed:
                     self.tally.add(item.outcome.state)
-            await self.notices.after(account.host or account.socket, delivered)
+            if drained.dead is not None:
+                await self._defer(first.account, drained.dead)
+            await self.notices.after(account.host or account.socket, drained.delivered)
 
-    async def _hold(self, messages: Sequence[QueuedMessage], reason: str) -> None:
-        held = set(await asyncio.to_thread(self.store.hold, [m.queue_id for m in messages], reason))
-        log.warning("held %s: %s", " ".join(sorted(held)), reason)
+    async def _defer(self, account: str, dead: Delivered) -> None:
+        """The destination is down: claim nothing more for `account` in this pass, and move
+        its other due mail to the tried message's next time, in one statement."""
+        self._dead.add(account)
+        now = self._clock()
+        until = dead.outcome.next_attempt_at or now + self.settings.retry.first
+        deferred = await asyncio.to_thread(
+            self.store.defer_due, account, now, until, network_failure=dead.result.network
+        )
+        log.warning(
+            "account %r: %s; %d more message(s) wait until the next try",
+            account,
+            dead.result.error or "connection failed",
+            len(deferred),
+        )
+
+    async def _hold(self, messages: Sequence[QueuedMessage], reason: str, owner: str) -> None:
+        """Hold claimed messages whose account is gone or invalid (no attempt is made)."""
+        outcome = Outcome(State.HELD, reason=reason)
+        futures = [
+            self.recorder.record(AttemptRecord(m.queue_id, None, outcome, owner)) for m in messages
+        ]
+        changed = await asyncio.gather(*futures)
+        held = [m for m, ok in zip(messages, changed, strict=True) if ok]
+        log.warning("held %s: %s", " ".join(sorted(m.queue_id for m in held)), reason)
         self.tally.add(State.HELD, len(held))
-        for message in messages:
-            if message.queue_id in held:
-                self.notices.held(message, reason)
+        for message in held:
+            self.notices.held(message, reason)

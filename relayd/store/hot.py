@@ -18,6 +18,8 @@ from relayd.store.records import State
 from relayd.store.rows import RECIPIENT, SUMMARY, attempt_row, join_messages
 from relayd.store.tables import attempts, bodies, messages, recipients
 
+LATE = "late"  # attempts.note of a result that came back after its lease was lost
+
 
 def check_outcome(outcome: Outcome) -> None:
     if outcome.state is State.SENDING:
@@ -34,9 +36,11 @@ def message_params(record: AttemptRecord) -> dict[str, Any]:
         "b_state": outcome.state.value,
         "b_next": outcome.next_attempt_at,
         "b_reason": outcome.reason,
-        "b_last": record.attempt.started_at,
+        "b_last": None if record.attempt is None else record.attempt.started_at,
         "b_network": outcome.network_failure,
         "b_delay": outcome.delay_notified,
+        "b_lost": outcome.possible_duplicate,
+        "b_tries": 0 if record.attempt is None else 1,
     }
 
 
@@ -56,8 +60,11 @@ def recipient_params(queue_id: str, results: Iterable[Recipient]) -> list[dict[s
 
 def _finish() -> sa.ClauseElement:
     """The message's new state after an attempt; with `b_owner`, only while that runner still
-    holds its lease (None: unconditionally, as for `relayd-sendmail -odi`)."""
+    holds its lease (None: unconditionally). A hold asked for during the attempt
+    (`hold_reason`) turns a retry into `held`; a message that is done stays done."""
     owner = sa.bindparam("b_owner", type_=sa.Text())
+    state = sa.bindparam("b_state", type_=sa.Text())
+    hold = sa.and_(messages.c.hold_reason.is_not(None), state == State.QUEUED.value)
     return (
         messages.update()
         .where(
@@ -68,18 +75,24 @@ def _finish() -> sa.ClauseElement:
             ),
         )
         .values(
-            state=sa.bindparam("b_state"),
+            state=sa.case((hold, State.HELD.value), else_=state),
             next_attempt_at=sa.bindparam("b_next"),
-            reason=sa.bindparam("b_reason"),
-            last_attempt_at=sa.bindparam("b_last"),
+            reason=sa.case(
+                (hold, messages.c.hold_reason),
+                else_=sa.bindparam("b_reason", type_=sa.Text()),
+            ),
+            hold_reason=None,
+            last_attempt_at=sa.func.coalesce(
+                sa.bindparam("b_last", type_=sa.Double()), messages.c.last_attempt_at
+            ),
             network_failure=sa.bindparam("b_network"),
             delay_notified=sa.or_(
                 messages.c.delay_notified, sa.bindparam("b_delay", type_=sa.Boolean())
             ),
             lease_owner=None,
             lease_until=None,
-            lease_lost=False,
-            attempts=messages.c.attempts + 1,
+            lease_lost=sa.bindparam("b_lost", type_=sa.Boolean()),
+            attempts=messages.c.attempts + sa.bindparam("b_tries", type_=sa.Integer()),
         )
     )
 
@@ -227,14 +240,19 @@ class HotStatements:
     def prepare(self, record: AttemptRecord) -> PreparedRecord:
         """`record` as driver arguments of `finish`, `attempt` and `recipients` (pure Python)."""
         check_outcome(record.outcome)
+        finish = self.finish.args(message_params(record))
+        if record.attempt is None:  # settling a message without an attempt
+            return PreparedRecord(finish, None, None, [])
         # The attempt row is found by queue id (`b_queue_id`), so its message id is a
         # placeholder that the statement does not read.
         attempt = attempt_row(0, record.attempt)
         attempt["recipient_replies"] = json.dumps(attempt["recipient_replies"])
         attempt["b_queue_id"] = record.queue_id
+        late = {**attempt, "note": LATE}
         return PreparedRecord(
-            self.finish.args(message_params(record)),
+            finish,
             self.attempt.args(attempt),
+            self.attempt.args(late),
             [
                 self.recipients.args(row)
                 for row in recipient_params(record.queue_id, record.attempt.recipients)
@@ -242,10 +260,27 @@ class HotStatements:
         )
 
     def commit(self, conn: sa.Connection, batch: Sequence[PreparedRecord]) -> list[bool]:
-        """Write prepared records in `conn`'s transaction; whether each moved its message."""
+        """Write prepared records in `conn`'s transaction; whether each moved its message.
+
+        A record whose runner no longer holds the lease changes nothing: only its attempt row
+        is written, noted `late` (SPEC §4: a late result of a lost lease).
+        """
         changed = self.finish.each(conn, [record.finish for record in batch])
-        self.attempt.executemany(conn, [record.attempt for record in batch])
-        self.recipients.executemany(conn, [row for record in batch for row in record.recipients])
+        rows = [
+            record.attempt if ok else record.late
+            for record, ok in zip(batch, changed, strict=True)
+            if record.attempt is not None
+        ]
+        self.attempt.executemany(conn, rows)
+        self.recipients.executemany(
+            conn,
+            [
+                row
+                for record, ok in zip(batch, changed, strict=True)
+                if ok
+                for row in record.recipients
+            ],
+        )
         return changed
 
 

@@ -14,7 +14,7 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol
 
-from relayd.store.queued import AccountDue, Attempt, AttemptRecord, QueuedMessage
+from relayd.store.queued import AccountDue, Attempt, AttemptRecord, Lease, QueuedMessage
 from relayd.store.records import NewMessage, State
 
 if TYPE_CHECKING:
@@ -32,8 +32,8 @@ class MessageStore(Protocol):
         ...
 
     def hold(self, queue_ids: Iterable[str], reason: str) -> tuple[str, ...]:
-        """Hold queued or in-flight messages (a runner's later result will not release them);
-        those held."""
+        """Hold queued messages now, and messages being sent when their attempt ends (the
+        attempt's result is recorded; a retry becomes `held`); those held or to be held."""
         ...
 
 
@@ -80,7 +80,46 @@ class RunnerStore(MessageStore, Protocol):
         ...
 
     def extend_lease(self, owner: str, until: float) -> int:
-        """Keep `owner`'s claims leased until `until` (a long batch); how many it holds."""
+        """Keep `owner`'s claims leased until `until` (renewed while on the wire); how many
+        it holds."""
+        ...
+
+    def leases(
+        self,
+        *,
+        expired_by: float | None = None,
+        owner_prefix: str | None = None,
+        keep: Collection[str] = (),
+    ) -> list[Lease]:
+        """Messages in `sending` with their owners: those whose lease ended by `expired_by`
+        and/or whose owner starts with `owner_prefix`; never those of the owners in `keep`
+        (claims a live runner is still delivering)."""
+        ...
+
+    def release_leases(
+        self,
+        leases: Sequence[Lease],
+        now: float,
+        *,
+        interrupted: Collection[str] = (),
+        next_attempt_at: float | None = None,
+        network_failure: bool | None = None,
+    ) -> tuple[str, ...]:
+        """Return `leases` (each only while its owner still holds it) to `queued`, or `held`
+        where a hold was asked for during the attempt; those returned.
+
+        Those in `interrupted` may have reached the server (on the wire when their runner was
+        killed or stopped): each gets an `interrupted` attempt row, and `lease_lost` flags its
+        next attempt as a possible duplicate. The others (never on the wire) get no attempt
+        row; `next_attempt_at` (only ever later) and `network_failure` apply if given.
+        """
+        ...
+
+    def defer_due(
+        self, account: str, now: float, until: float, *, network_failure: bool
+    ) -> tuple[str, ...]:
+        """Move every `queued` message of `account` due by `now` to `until` in one statement
+        (its destination is dead: one failed connection stands for all); those moved."""
         ...
 
     def prepare(self, record: AttemptRecord) -> PreparedRecord:
@@ -92,10 +131,11 @@ class RunnerStore(MessageStore, Protocol):
         """Commit attempt records in one transaction (a group commit); whether each moved its
         message.
 
-        Each attempt is logged (if its message still exists) with its recipient results; the
-        message takes the outcome's state only while the record's owner still holds its lease
-        (or unconditionally, owner None): a runner whose lease expired, or whose message was
-        held meanwhile, does not overwrite the newer state.
+        The message takes the outcome's state, and its recipients their results, only while
+        the record's owner still holds its lease (or unconditionally, owner None); then the
+        attempt is logged. Otherwise (the lease was lost) nothing changes but an attempt row
+        noted `late`. A hold asked for during the attempt turns a retry into `held`. A record
+        without an attempt settles its message and logs nothing.
         """
         ...
 
@@ -127,7 +167,8 @@ class QueueStore(MessageStore, Protocol):
         ...
 
     def release(self, queue_ids: Iterable[str], now: float) -> tuple[str, ...]:
-        """Put held messages back in the queue, due at `now`; those released."""
+        """Put held messages back in the queue, due at `now`, and cancel a hold still waiting
+        for a message's attempt to end; those released."""
         ...
 
     def make_due(
@@ -156,24 +197,6 @@ class Store(RunnerStore, QueueStore, Protocol):
     def due_summary(self, now: float) -> Sequence[AccountDue]:
         """Per account with queued mail: how much, how much is due at `now`, the next due
         time; one aggregate, so a scan costs the same memory with 100,000 messages as with ten."""
-        ...
-
-    def release_stale(
-        self, now: float, *, possibly_sent: Collection[str] | None = None
-    ) -> tuple[str, ...]:
-        """Return messages whose lease expired by `now` (a runner died) to `queued`.
-
-        Each is marked `lease_lost`, so its next attempt is logged as a possible duplicate: the
-        runner may have had the server's final reply and died before committing it. A runner
-        that knows which of its messages were on the wire (a daemon stopping) passes them as
-        `possibly_sent`; then only those are marked.
-        """
-        ...
-
-    def release_owned(self, prefix: str, *, possibly_sent: Collection[str] = ()) -> tuple[str, ...]:
-        """Return every message leased by an owner starting with `prefix` (one stopping
-        runner's claims, on any database) to `queued`; only `possibly_sent` are marked
-        `lease_lost`."""
         ...
 
 

@@ -108,7 +108,8 @@ class PreparedRecord:
     its recipients' results (see `SqlStore.prepare`)."""
 
     finish: Any
-    attempt: Any
+    attempt: Any  # None: the message is settled without an attempt
+    late: Any  # the attempt row as written when the lease was lost meanwhile
     recipients: list[Any]
 
 

@@ -10,6 +10,7 @@ __all__ = [
     "AccountDue",
     "Attempt",
     "AttemptRecord",
+    "Lease",
     "Outcome",
     "QueuedMessage",
     "Recipient",
@@ -77,6 +78,7 @@ class Attempt:
     reply: str | None = None
     recipients: tuple[Recipient, ...] = ()
     possible_duplicate: bool = False
+    note: str | None = None  # `interrupted` (cut off by a kill) or `late` (lease lost)
 
 
 @dataclass(frozen=True)
@@ -88,17 +90,29 @@ class Outcome:
     reason: str | None = None
     network_failure: bool = False  # the attempt failed before reaching a server
     delay_notified: bool = False  # this attempt sends the message's delay notice
+    # The data may have reached the server without its reply (a drop after the final dot):
+    # the next attempt is logged as a possible duplicate.
+    possible_duplicate: bool = False
 
 
 @dataclass(frozen=True)
 class AttemptRecord:
     """One attempt to commit: its row, the message's new state, and the lease it ran under
-    (None: unconditional, as for `relayd-sendmail -odi`'s own message)."""
+    (None: unconditional). Without an attempt the message is settled (a message with no
+    recipient left to try; an account that is gone) and no attempt is counted."""
 
     queue_id: str
-    attempt: Attempt
+    attempt: Attempt | None
     outcome: Outcome
     owner: str | None = None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A message in `sending` and the runner (claim) that holds it."""
+
+    queue_id: str
+    owner: str
 
 
 @dataclass(frozen=True)

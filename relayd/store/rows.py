@@ -145,6 +145,7 @@ def attempt_row(message_id: int, attempt: Attempt) -> dict[str, Any]:
         "reply": attempt.reply,
         "recipient_replies": [_reply_json(r) for r in attempt.recipients],
         "possible_duplicate": attempt.possible_duplicate,
+        "note": attempt.note,
     }
 
 
@@ -160,6 +161,7 @@ def attempt_from_row(row: sa.Row[Any]) -> Attempt:
         reply=row.reply,
         recipients=tuple(_reply_from_json(item) for item in row.recipient_replies),
         possible_duplicate=bool(row.possible_duplicate),
+        note=row.note,
     )
 
 

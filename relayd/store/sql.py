@@ -2,8 +2,8 @@
 
 One implementation for SQLite and PostgreSQL; the contract of each method is on the interface.
 Claims are atomic through SQLite's BEGIN IMMEDIATE and PostgreSQL's FOR UPDATE SKIP LOCKED; the
-runner's hot statements (`hot.py`) run on the driver's cursor. An expired lease goes back to
-`queued` with `release_stale`.
+runner's hot statements (`hot.py`) run on the driver's cursor. Leases go back with
+`release_leases` (`leases.py`).
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from relayd.store import leases as leases_module
 from relayd.store.database import Database
 from relayd.store.hot import HotStatements, build_claimed
 from relayd.store.ids import new_queue_id
 from relayd.store.listing import Listed, listing
 from relayd.store.prepared import ClaimedRows, PreparedRecord
-from relayd.store.queued import AccountDue, Attempt, AttemptRecord, QueuedMessage
+from relayd.store.queued import AccountDue, Attempt, AttemptRecord, Lease, QueuedMessage
 from relayd.store.records import NewMessage, State
 from relayd.store.rows import attempt_from_row, insert_message, load_messages
 from relayd.store.tables import attempts, bodies, messages
@@ -203,20 +204,24 @@ class SqlStore:
         with self._db.transaction("record the attempt") as conn:
             return hot.commit(conn, batch)
 
-    def release_stale(
-        self, now: float, *, possibly_sent: Collection[str] | None = None
-    ) -> tuple[str, ...]:
-        lost: Any = sa.true()
-        if possibly_sent is not None:
-            lost = sa.or_(messages.c.lease_lost, messages.c.queue_id.in_(list(possibly_sent)))
-        return self._update(
-            "release expired leases",
-            sa.and_(messages.c.state == State.SENDING.value, messages.c.lease_until <= now),
-            state=State.QUEUED.value,
-            lease_owner=None,
-            lease_until=None,
-            lease_lost=lost,
-        )
+    def leases(
+        self,
+        *,
+        expired_by: float | None = None,
+        owner_prefix: str | None = None,
+        keep: Collection[str] = (),
+    ) -> list[Lease]:
+        condition: Any = messages.c.state == State.SENDING.value
+        if expired_by is not None:
+            condition = sa.and_(condition, messages.c.lease_until <= expired_by)
+        if owner_prefix is not None:
+            prefix = sa.func.substr(messages.c.lease_owner, 1, len(owner_prefix))
+            condition = sa.and_(condition, prefix == owner_prefix)
+        if keep:
+            condition = sa.and_(condition, messages.c.lease_owner.not_in(list(keep)))
+        query = sa.select(messages.c.queue_id, messages.c.lease_owner).where(condition)
+        with self.reading("read the leases") as conn:
+            return [Lease(queue_id, owner or "") for queue_id, owner in conn.execute(query)]
 
     def extend_lease(self, owner: str, until: float) -> int:
         return len(
@@ -227,43 +232,75 @@ class SqlStore:
             )
         )
 
-    def release_owned(self, prefix: str, *, possibly_sent: Collection[str] = ()) -> tuple[str, ...]:
-        owned = sa.func.substr(messages.c.lease_owner, 1, len(prefix)) == prefix
-        lost = sa.or_(messages.c.lease_lost, messages.c.queue_id.in_(list(possibly_sent)))
+    def release_leases(
+        self,
+        leases: Sequence[Lease],
+        now: float,
+        *,
+        interrupted: Collection[str] = (),
+        next_attempt_at: float | None = None,
+        network_failure: bool | None = None,
+    ) -> tuple[str, ...]:
+        if not leases:
+            return ()
+        with self._db.transaction("return leases") as conn:
+            return leases_module.release(
+                conn, leases, now, interrupted, next_attempt_at, network_failure
+            )
+
+    def defer_due(
+        self, account: str, now: float, until: float, *, network_failure: bool
+    ) -> tuple[str, ...]:
         return self._update(
-            "return leases",
-            sa.and_(messages.c.state == State.SENDING.value, owned),
-            state=State.QUEUED.value,
-            lease_owner=None,
-            lease_until=None,
-            lease_lost=lost,
+            "defer the account's mail",
+            sa.and_(
+                messages.c.state == State.QUEUED.value,
+                messages.c.account == account,
+                messages.c.next_attempt_at <= now,
+            ),
+            next_attempt_at=until,
+            network_failure=network_failure,
         )
 
     # --- the user's side (relayd queue …) ---------------------------------------------------
 
     def hold(self, queue_ids: Iterable[str], reason: str) -> tuple[str, ...]:
-        return self._update(
-            "hold messages",
-            sa.and_(
-                messages.c.queue_id.in_(tuple(queue_ids)),
-                messages.c.state.in_((State.QUEUED.value, State.SENDING.value)),
-            ),
-            state=State.HELD.value,
-            reason=reason,
-            lease_owner=None,
-            lease_until=None,
-        )
+        named = messages.c.queue_id.in_(tuple(queue_ids))
+        with self._db.transaction("hold messages") as conn:
+            now_held = self._changed(
+                conn,
+                sa.and_(named, messages.c.state == State.QUEUED.value),
+                state=State.HELD.value,
+                reason=reason,
+            )
+            # Being sent: the hold applies when the attempt ends (its result stays consistent).
+            later = self._changed(
+                conn,
+                sa.and_(named, messages.c.state == State.SENDING.value),
+                hold_reason=reason,
+            )
+        return now_held + later
 
     def release(self, queue_ids: Iterable[str], now: float) -> tuple[str, ...]:
-        return self._update(
-            "release messages",
-            sa.and_(
-                messages.c.queue_id.in_(tuple(queue_ids)), messages.c.state == State.HELD.value
-            ),
-            state=State.QUEUED.value,
-            next_attempt_at=now,
-            reason=None,
-        )
+        named = messages.c.queue_id.in_(tuple(queue_ids))
+        with self._db.transaction("release messages") as conn:
+            released = self._changed(
+                conn,
+                sa.and_(named, messages.c.state == State.HELD.value),
+                state=State.QUEUED.value,
+                next_attempt_at=now,
+                reason=None,
+            )
+            pending = self._changed(
+                conn,
+                sa.and_(
+                    named,
+                    messages.c.state == State.SENDING.value,
+                    messages.c.hold_reason.is_not(None),
+                ),
+                hold_reason=None,
+            )
+        return released + pending
 
     def make_due(
         self,
@@ -295,8 +332,12 @@ class SqlStore:
 
     def _update(self, action: str, condition: Any, **values: Any) -> tuple[str, ...]:
         """One UPDATE of the messages matching `condition`; the queue ids it changed."""
+        with self._db.transaction(action) as conn:
+            return self._changed(conn, condition, **values)
+
+    @staticmethod
+    def _changed(conn: sa.Connection, condition: Any, **values: Any) -> tuple[str, ...]:
         statement = (
             messages.update().where(condition).values(**values).returning(messages.c.queue_id)
         )
-        with self._db.transaction(action) as conn:
-            return tuple(conn.execute(statement).scalars())
+        return tuple(conn.execute(statement).scalars())

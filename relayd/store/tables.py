@@ -58,6 +58,8 @@ messages = sa.Table(
     # A lease ended without a result (runner killed): the next attempt may send it twice.
     sa.Column("lease_lost", sa.Boolean(), nullable=False, server_default=FALSE),
     sa.Column("delay_notified", sa.Boolean(), nullable=False, server_default=FALSE),
+    # Revision 0003: `relayd queue hold` of a message being sent; applied when its attempt ends.
+    sa.Column("hold_reason", sa.Text(), nullable=True),
     sa.CheckConstraint(_one_of("state", State), name="state"),
 )
 # Claiming: state = 'queued' AND account = ? AND next_attempt_at <= now ORDER BY next_attempt_at;
@@ -116,5 +118,8 @@ attempts = sa.Table(
     # [{"position", "address", "state", "code", "text"}, ...]
     sa.Column("recipient_replies", sa.JSON(), nullable=False),
     sa.Column("possible_duplicate", sa.Boolean(), nullable=False),
+    # Revision 0003: NULL for a finished attempt; `interrupted` (cut off by a kill, recorded at
+    # the next start) or `late` (its lease was lost: the result changed nothing).
+    sa.Column("note", sa.String(16), nullable=True),
 )
 sa.Index("ix_attempts_message_id", attempts.c.message_id, attempts.c.started_at)

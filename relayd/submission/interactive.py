@@ -54,7 +54,7 @@ def deliver_now(
         )
         if not claimed:  # a daemon got there first: it is being delivered
             return ExitCode.OK
-        (delivered,) = asyncio.run(
+        drained = asyncio.run(
             drain.deliver_claimed(
                 store,
                 account,
@@ -66,6 +66,9 @@ def deliver_now(
                 prog=prog,
             )
         )
+    if not drained.delivered:  # deleted meanwhile, or the connection failed and it waits
+        return ExitCode.OK
+    (delivered,) = drained.delivered
     result, state = delivered.result, delivered.outcome.state
     if state is State.SENT:
         return ExitCode.OK

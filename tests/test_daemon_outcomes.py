@@ -82,7 +82,12 @@ def submit_to(recipients: tuple[str, ...], *args: str) -> str:
     before = {m.queue_id for m in stored_messages()}
     result = run_sendmail([*args, *recipients], MESSAGE)
     assert result.returncode == 0, result.stderr
-    (new,) = [m.queue_id for m in stored_messages() if m.queue_id not in before]
+    # A quick daemon may already have queued a bounce of its own: not this submission.
+    (new,) = [
+        m.queue_id
+        for m in stored_messages()
+        if m.queue_id not in before and tuple(a for a, _ in m.recipients) == recipients
+    ]
     return new
 
 

@@ -273,6 +273,23 @@ def test_delete_spares_a_message_being_sent(store: SqlStore) -> None:
     assert invoke("queue", "delete", busy) == (0, f"relayd: {busy}: removed\n")
 
 
+def test_hold_of_a_message_being_sent_applies_after_its_attempt(store: SqlStore) -> None:
+    busy = store.enqueue(message(1), time.time())
+    assert store.claim_due("default", time.time(), 60, "runner", queue_ids=[busy])
+    code, out = invoke("queue", "hold", busy)
+    assert (code, out) == (
+        0,
+        f"relayd: {busy}: being sent right now; placed on hold when this attempt ends\n",
+    )
+    code, out = invoke("queue", "release", busy)
+    assert (code, out) == (
+        0,
+        f"relayd: {busy}: being sent right now; no longer held after this attempt ends\n",
+    )
+    found = store.get(busy)
+    assert found is not None and found.state is State.SENDING
+
+
 def test_delete_asks_on_a_terminal_unless_yes(
     store: SqlStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

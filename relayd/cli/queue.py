@@ -16,6 +16,7 @@ from relayd.cli.queue_list import list_command, open_queue, show_command
 from relayd.cli.queue_log import log_command
 from relayd.daemon import flush
 from relayd.store import fastpath
+from relayd.store.records import State
 from relayd.store.sql import SqlStore
 from relayd.sysexits import ExitCode
 
@@ -95,8 +96,13 @@ def _change(action: str, queue_ids: list[str], *, hold: bool) -> int:
             changed = store.hold(queue_ids, "held by the user")
         else:
             changed = store.release(queue_ids, time.time())
+        states = store.states_of(changed)
     for queue_id in changed:
-        _say(f"{queue_id}: {action}")
+        if states.get(queue_id, (None,))[0] is State.SENDING:  # its attempt is under way
+            later = "placed on hold when" if hold else "no longer held after"
+            _say(f"{queue_id}: being sent right now; {later} this attempt ends")
+        else:
+            _say(f"{queue_id}: {action}")
     missing = sorted(set(queue_ids) - set(changed))
     need = "queued or being sent" if hold else "held"
     for queue_id in missing:

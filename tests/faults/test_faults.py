@@ -119,6 +119,13 @@ def test_hold_release_delete_while_sending(tmp_path: Path) -> None:
     check(scenarios.hold_while_sending(tmp_path))
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "issue 12: every message leased by the killed daemon is flagged possible duplicate, "
+        "not only those on the wire (flagged_single > on_wire_at_faults)"
+    ),
+)
 @pytest.mark.skipif(not PG_URL, reason="RELAYD_TEST_DATABASE_URL is not set: no PostgreSQL")
 def test_two_daemons_on_one_postgresql_queue(tmp_path: Path) -> None:
     with postgres_schema() as url:

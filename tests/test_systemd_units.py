@@ -6,7 +6,9 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -317,3 +319,20 @@ def test_verify_check_reports_an_unknown_key(tmp_path: Path) -> None:
     result = run_verify(copy, user=False)
     complaints = verify_complaints(result.stdout + result.stderr, copy)
     assert any("WatchDogSecs" in line for line in complaints), result.stderr
+
+
+def test_a_supervisor_that_stops_reading_never_blocks_the_daemon(tmp_path: Path) -> None:
+    # A full notify socket (the supervisor hung, or a test that read READY and went on) made
+    # every STATUS= send block the daemon's event loop, SIGTERM included.
+    path = str(tmp_path / "notify")
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(path)
+    try:
+        started = time.monotonic()
+        sent = [sdnotify.notify("STATUS=" + "x" * 1000, environ={"NOTIFY_SOCKET": path})]
+        while sent[-1] and len(sent) < 100_000:
+            sent.append(sdnotify.notify("STATUS=" + "x" * 1000, environ={"NOTIFY_SOCKET": path}))
+        assert sent[0] and not sent[-1]  # the buffer filled up: dropped, not waited for
+        assert time.monotonic() - started < 5
+    finally:
+        receiver.close()

@@ -10,7 +10,9 @@ from collections.abc import Mapping
 def notify(*states: str, environ: Mapping[str, str] | None = None) -> bool:
     """Send `states` (e.g. "READY=1", "STATUS=…") to $NOTIFY_SOCKET; False when it is unset.
 
-    Never raises: a supervisor that went away must not take the daemon down with it.
+    Never raises and never waits: a supervisor that went away, or one that stopped reading
+    (its socket buffer full), must not take the daemon down or stop its event loop; such a
+    notice is dropped.
     """
     env = os.environ if environ is None else environ
     address = env.get("NOTIFY_SOCKET", "")
@@ -19,9 +21,10 @@ def notify(*states: str, environ: Mapping[str, str] | None = None) -> bool:
     if address.startswith("@"):  # an abstract socket: systemd writes its NUL as "@"
         address = "\0" + address[1:]
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
+        with socket.socket(socket.AF_UNIX, kind) as sock:
             sock.connect(address)
-            sock.sendall("\n".join(states).encode("utf-8"))
+            sock.send("\n".join(states).encode("utf-8"))
     except OSError:
         return False
     return True

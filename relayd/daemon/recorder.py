@@ -5,6 +5,7 @@ attempt as committed: what the runner counts and the notices act on."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -51,7 +52,7 @@ class Recorder:
         self._store = store
         self._waiting: list[tuple[PreparedRecord, asyncio.Future[bool]]] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._abandoned = False
+        self._abandoned = asyncio.Event()
         self.failing: RelaydError | None = None  # the last commit failure while retrying
 
     def record(self, record: AttemptRecord) -> asyncio.Future[bool]:
@@ -71,7 +72,7 @@ class Recorder:
 
     def abandon(self) -> None:
         """Stop retrying failed commits: their waiters get the error (a daemon stopping)."""
-        self._abandoned = True
+        self._abandoned.set()
 
     async def _flush(self) -> None:
         batch: list[tuple[PreparedRecord, asyncio.Future[bool]]] = []
@@ -84,7 +85,7 @@ class Recorder:
                         self._store.commit_prepared, [prepared for prepared, _ in batch]
                     )
                 except RelaydError as exc:
-                    if self._abandoned:
+                    if self._abandoned.is_set():
                         _fail(batch, exc)
                         batch = []
                         continue
@@ -95,7 +96,8 @@ class Recorder:
                             len(batch),
                         )
                     self.failing = exc
-                    await asyncio.sleep(delay)
+                    with contextlib.suppress(TimeoutError):  # or until abandoned
+                        await asyncio.wait_for(self._abandoned.wait(), delay)
                     delay = min(delay * 2, self.RETRY_MAX)
                     continue
                 except Exception as exc:  # a bug: its waiters see it, the others go on

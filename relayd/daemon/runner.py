@@ -130,6 +130,8 @@ class Runner:
             if pending:
                 log.warning("abandoned %d account drain(s) in flight", len(pending))
                 await asyncio.wait(pending)
+        if self.recorder.failing is not None:  # the store refuses writes: do not wait
+            self.recorder.abandon()
         try:
             await asyncio.wait_for(self.recorder.drain(), timeout=grace)
         except TimeoutError:

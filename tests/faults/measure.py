@@ -15,7 +15,9 @@ Definitions (issue 12, SPEC §4), per message key (``fN``, see `World.enqueue`):
 * phantom: failed attempt rows (no recipient sent) of messages the server saw nothing of during
   the attempt (no MAIL, data or fault for that key between its start and its end, a second
   either side), beyond one per connection-level fault (greeting, EHLO: key unknown) and one per
-  transaction cut off by a daemon kill (the contract records those at the next start).
+  transaction cut off by a daemon kill (the contract records those at the next start); an
+  attempt that could not connect at all (the server was down) is the dead destination's one
+  attempt row, not a phantom.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from tests.faults.harness import Event
 
 TRACEBACK = "Traceback (most recent call last)"
 _CLOSING = {"accept", "refuse", "vanish", "close"}
+# The server was down: the message tried is the one attempt row a dead destination gets (SPEC
+# §4), not a bystander of a broken batch.
+_NO_CONNECTION = "cannot connect to "
 _SEEN = {"mail", "data", "body", "fault", "refuse", "vanish", "accept"}
 
 
@@ -50,6 +55,7 @@ class AttemptRow:
     exit_code: int
     possible_duplicate: bool
     sent: bool
+    reply: str = ""
 
 
 def read_queue(url: str) -> tuple[list[MessageRow], list[AttemptRow]]:
@@ -67,10 +73,10 @@ def read_queue(url: str) -> tuple[list[MessageRow], list[AttemptRow]]:
                 )
             ]
             attempts = []
-            for q, started, duration, code, dup, replies in conn.execute(
+            for q, started, duration, code, dup, replies, reply in conn.execute(
                 sa.text(
                     "SELECT m.queue_id, a.started_at, a.duration, a.exit_code,"
-                    " a.possible_duplicate, a.recipient_replies"
+                    " a.possible_duplicate, a.recipient_replies, a.reply"
                     " FROM attempts a JOIN messages m ON m.id = a.message_id"
                     " ORDER BY a.started_at, a.id"
                 )
@@ -78,7 +84,9 @@ def read_queue(url: str) -> tuple[list[MessageRow], list[AttemptRow]]:
                 parsed = json.loads(replies) if isinstance(replies, str) else replies
                 sent = any(r.get("state") == "sent" for r in parsed or [])
                 attempts.append(
-                    AttemptRow(q, float(started), float(duration), int(code), bool(dup), sent)
+                    AttemptRow(
+                        q, float(started), float(duration), int(code), bool(dup), sent, reply or ""
+                    )
                 )
     finally:
         engine.dispose()
@@ -206,7 +214,7 @@ def _phantom(
             seen.setdefault(event.key, []).append(event.at)
     unexplained = 0
     for row in attempts:
-        if row.exit_code == 0 or row.sent:
+        if row.exit_code == 0 or row.sent or row.reply.startswith(_NO_CONNECTION):
             continue
         times = seen.get(key_of.get(row.queue_id, ""), [])
         low, high = row.started_at - 1.0, row.started_at + row.duration + 1.0

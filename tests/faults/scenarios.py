@@ -7,6 +7,7 @@ Why this module is long: ten scenarios and their shared drain step read best sid
 
 from __future__ import annotations
 
+import contextlib
 import random
 import subprocess
 import time
@@ -191,27 +192,27 @@ def disk_full(root: Path, *, messages: int = 300) -> Figures:
     started = time.monotonic()
     small = root / "small"
     cleanups: list[Callable[[], object]] = []
-    mounted = _small_filesystem(cleanups, small, "3m")
+    mounted = _small_filesystem(cleanups, small, "8m")
     world = World(root, queue_dir=small / "queue" if mounted else None)
     world.cleanups.extend(cleanups)
     try:
         world.server.start()
         world.msmtprc()
         world.settings(FAST)
-        world.server.set_faults([{"stage": "END", "action": "delay", "delay": 0.005}])
+        world.server.set_faults([{"stage": "END", "action": "delay", "delay": 0.05}])
         world.enqueue(messages, body_bytes=2000)
         filler = small / "filler"
         if mounted:
-            with open(filler, "wb") as out:  # fill it up, then give back 48 KB
-                try:
-                    while True:
-                        out.write(b"\0" * 65536)
-                        out.flush()
-                except OSError:
-                    pass
-            with open(filler, "r+b") as shrink:
-                shrink.truncate(max(0, filler.stat().st_size - 48 * 1024))
+            # The disk fills up while the daemon delivers: results arrive and cannot be
+            # recorded (claims fail too from then on).
             daemon = world.daemon()
+            wait_until(
+                lambda: sum(e.kind == "accept" for e in world.server.events()) >= 20, 20, "20"
+            )
+            with contextlib.suppress(OSError), open(filler, "wb") as out:
+                while True:  # until ENOSPC (already full: the fault is there)
+                    out.write(b"\0" * 4096)
+                    out.flush()
         else:
             import resource  # the fallback: writes beyond the file size fail with EFBIG
 

@@ -57,7 +57,8 @@ def test_sqlstore_is_the_interface_and_no_more(store: SqlStore) -> None:
         for name in vars(role)
         if not name.startswith("_") and callable(vars(role)[name])
     }
-    opening = {"open", "open_existing", "close", "engine"}  # not the store's work: its life
+    # Not the store's work: its life.
+    opening = {"open", "open_existing", "open_reading", "close", "engine"}
     public = {name for name in dir(SqlStore) if not name.startswith("_")}
     assert roles and public - opening == promised
 

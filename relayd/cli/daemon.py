@@ -46,6 +46,12 @@ def daemon_command(
     try:
         config = settings.load()
         code = asyncio.run(daemon.run_daemon(config, scan_interval=scan_interval, grace=grace))
+    except OSError as exc:  # every known start-up path translates its own; never a traceback
+        from relayd.daemon.startup import os_failure
+
+        failure = os_failure(exc, "run the daemon")
+        typer.echo(f"relayd: {failure.message}", err=True)
+        raise typer.Exit(int(failure.exit_code)) from None
     except RelaydError as exc:
         typer.echo(f"relayd: {exc.message}", err=True)
         raise typer.Exit(int(exc.exit_code)) from None

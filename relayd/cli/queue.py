@@ -12,7 +12,7 @@ import typer
 
 from relayd import paths, settings
 from relayd.cli.output import run
-from relayd.cli.queue_list import list_command, open_queue, show_command
+from relayd.cli.queue_list import list_command, show_command
 from relayd.cli.queue_log import log_command
 from relayd.daemon import flush
 from relayd.store import fastpath
@@ -131,7 +131,8 @@ def _asks() -> bool:
 
 def _delete(queue_ids: list[str], yes: bool) -> int:
     """Delete `queue_ids` (asking first on a terminal); never one being sent right now."""
-    store = open_queue()
+    config = settings.load()
+    store = SqlStore.open_existing(config.database, timeout=fastpath.lock_timeout())
     if store is None:
         for queue_id in queue_ids:
             _complain(f"{queue_id}: no such message")

@@ -47,8 +47,8 @@ def parse_states(
 
 
 def open_queue() -> SqlStore | None:
-    """The configured queue for reading, or None when nothing was ever queued."""
-    return SqlStore.open_existing(settings.load().database, timeout=fastpath.lock_timeout())
+    """The configured queue, read-only, or None when nothing was ever queued."""
+    return SqlStore.open_reading(settings.load().database, timeout=fastpath.lock_timeout())
 
 
 def write_listing(messages: Iterable[Listed], *, as_json: bool, styled: bool) -> None:

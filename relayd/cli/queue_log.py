@@ -131,9 +131,9 @@ def _print_after(
 def _log(queue_id: str | None, follow: bool, as_json: bool, lines: int | None) -> int:
     config = settings.load()
     show = _printer(as_json)
-    opened = (SqlStore.open if follow else SqlStore.open_existing)(
-        config.database, timeout=fastpath.lock_timeout()
-    )
+    opened = SqlStore.open_reading(config.database, timeout=fastpath.lock_timeout())
+    if opened is None and follow:  # nothing queued yet: create the queue to wait on it
+        opened = SqlStore.open(config.database, timeout=fastpath.lock_timeout())
     if opened is None:  # nothing was ever queued
         if queue_id is not None:
             raise RelaydError(f"{queue_id}: no such message", ExitCode.UNAVAILABLE)

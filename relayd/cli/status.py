@@ -142,7 +142,7 @@ def _print_terminal(facts: list[tuple[str, str]], tables: list[_Table]) -> None:
 
 def _status(as_json: bool) -> int:
     config = settings.load()
-    store = SqlStore.open_existing(config.database, timeout=fastpath.lock_timeout())
+    store = SqlStore.open_reading(config.database, timeout=fastpath.lock_timeout())
     reports = []
     if store is not None:  # nothing was ever queued: an empty report, and no file created
         with store:

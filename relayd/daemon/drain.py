@@ -27,6 +27,7 @@ from relayd.store.queued import (
     mail_size,
 )
 from relayd.store.records import RecipientState, State
+from relayd.text import readable
 
 _RECIPIENT_STATES = {
     Disposition.SENT: RecipientState.SENT,
@@ -214,7 +215,8 @@ async def deliver_claimed(
                 attempt = Attempt(
                     started_at=started,
                     duration=now - started,
-                    host=account.host or account.socket or "",
+                    # Stored as text: a --host with bytes that are not UTF-8 is shown, not refused.
+                    host=readable(account.host or account.socket or ""),
                     tls=account.tls,
                     auth=account.auth is not None,
                     exit_code=int(result.exit_code),

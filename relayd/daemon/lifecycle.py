@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import socket
-import stat
 import sys
 import time
 from collections.abc import Callable, Collection, Sequence
@@ -22,8 +21,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from relayd import paths
 from relayd import settings as settings_module
-from relayd.daemon import sdnotify, wirelog
-from relayd.daemon.instance import SCAN_INTERVAL, SHUTDOWN_GRACE, instance_lock
+from relayd.daemon import sdnotify, startup, wirelog
+from relayd.daemon.instance import SCAN_INTERVAL, SHUTDOWN_GRACE
 from relayd.daemon.netwatch import NetworkWatch
 from relayd.daemon.runner import Runner
 from relayd.errors import ConfigError, RelaydError
@@ -44,20 +43,22 @@ log = logging.getLogger("relayd.daemon.lifecycle")
 def bind_wake_socket(path: str) -> socket.socket:
     """The wake-up datagram socket at `path` (0600 in a 0700 directory), non-blocking.
 
-    A socket file left by a dead daemon is removed; anything else in the way is an error.
+    A socket file left by a dead daemon is removed; one a live daemon listens on (another
+    queue's daemon with the same runtime directory) is refused with exit 75, as a second
+    daemon on the same queue is; anything else in the way is an error.
     """
-    paths.ensure_private_dir(os.path.dirname(os.path.abspath(path)))
-    with contextlib.suppress(FileNotFoundError):
-        if not stat.S_ISSOCK(os.lstat(path).st_mode):
-            raise RelaydError(f"{path}: exists and is not a socket", ExitCode.CANTCREAT)
-        os.unlink(path)
+    try:
+        paths.ensure_private_dir(os.path.dirname(os.path.abspath(path)))
+        startup.clear_stale_socket(path)
+    except OSError as exc:
+        raise startup.os_failure(exc, "bind the wake-up socket", path) from None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     try:
         sock.bind(path)
         os.chmod(path, 0o600)
     except OSError as exc:
         sock.close()
-        raise RelaydError(f"{path}: cannot bind: {exc.strerror}", ExitCode.CANTCREAT) from None
+        raise startup.os_failure(exc, "bind the wake-up socket", path) from None
     sock.setblocking(False)
     return sock
 
@@ -74,7 +75,7 @@ async def run_daemon(
     clock: Callable[[], float] = time.time,
 ) -> int:
     """`relayd daemon`: run until SIGTERM/SIGINT; the exit code."""
-    lock = instance_lock(settings.database)
+    lock = startup.lock_queue(settings.database)
     try:
         store = await asyncio.to_thread(SqlStore.open, settings.database)
         try:

@@ -190,7 +190,18 @@ async def _tcp(host: str, port: int, source_ip: str | None, timeout: float | Non
     """Connect to the first address of `host` that answers, as msmtp's net_open_socket."""
     loop = asyncio.get_running_loop()
     try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except UnicodeError:
+            # Python's IDNA codec refuses what msmtp hands the resolver as it is (an empty or
+            # 64-character label): ask with those bytes, as msmtp. Bytes that are not UTF-8
+            # (a --host argument) msmtp's IDN conversion refuses before any lookup.
+            raw = host.encode("utf-8", "surrogateescape")
+            if raw.decode("utf-8", "replace") != host:
+                shown = raw.decode("utf-8", "backslashreplace")  # stored and logged as text
+                refused = socket.gaierror(socket.EAI_FAIL, "Parameter string not correctly encoded")
+                raise Abort(host_not_found(refused, shown)) from None
+            infos = await loop.getaddrinfo(raw, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise Abort(host_not_found(exc, host)) from None
     failure: Failure | None = None

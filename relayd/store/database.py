@@ -13,8 +13,14 @@ import sqlalchemy as sa
 
 from relayd.paths import sqlite_path
 from relayd.store import failures
-from relayd.store.dialects import describe, from_dbapi, make_engine, reader
-from relayd.store.migrate import ensure_schema
+from relayd.store.dialects import (
+    describe,
+    from_dbapi,
+    make_engine,
+    make_read_only_engine,
+    reader,
+)
+from relayd.store.migrate import check_readable, ensure_schema
 
 # Errors of the statements themselves (relayd's bugs, or a colliding queue id the caller
 # retries): raised as they are, never turned into "try again later".
@@ -62,6 +68,36 @@ class Database:
             except OSError:
                 pass  # unreadable, not a directory…: `open` names the problem
         return cls.open(url, timeout=timeout)
+
+    @classmethod
+    def open_reading(cls, url: str, *, timeout: float = 10.0) -> Database | None:
+        """The queue for commands that only read: opened read-only, never created or migrated,
+        so neither a writer's lock nor a read-only file stops it. None when nothing was ever
+        queued (no SQLite file, or no schema yet); QueueError for a schema older or newer than
+        this relayd reads."""
+        path = sqlite_path(url)
+        where = describe(url)
+        if path is not None:
+            try:
+                os.stat(path)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:  # a path component that is a file, a directory not searchable
+                raise failures.from_os(exc, where, "open the queue") from None
+        engine = make_read_only_engine(url, timeout=timeout)
+        try:
+            with reader(engine).begin() as conn:
+                current = check_readable(conn, where)
+        except sa.exc.DBAPIError as exc:
+            engine.dispose()
+            raise from_dbapi(exc, where, "read the queue", timeout) from None
+        except BaseException:
+            engine.dispose()
+            raise
+        if not current:
+            engine.dispose()
+            return None
+        return cls(engine, where=where, timeout=timeout)
 
     def close(self) -> None:
         self.engine.dispose()

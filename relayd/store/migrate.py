@@ -102,6 +102,39 @@ def _upgrade_locked(conn: sa.Connection) -> bool:
     return True
 
 
+def check_readable(conn: sa.Connection, where: str) -> bool:
+    """Whether a queue opened only to read holds the schema this relayd reads: False for one
+    with no schema yet (nothing was ever queued); QueueError (75) for an older or unknown one.
+    Nothing is locked or migrated: a reader must not wait behind a writer or need write access."""
+    current = current_revision(conn)
+    if current is None:
+        return False
+    if current == SCHEMA_REVISION:
+        return True
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    script = ScriptDirectory.from_config(alembic_config())
+    try:
+        older = current in {
+            rev.revision for rev in script.iterate_revisions(SCHEMA_REVISION, "base")
+        }
+    except CommandError:
+        older = False
+    if older:
+        raise QueueError(
+            f"the queue at {where} has schema revision {current}, older than the {SCHEMA_REVISION}"
+            " this relayd reads; it is upgraded by the first command that writes to it (start"
+            " relayd daemon, or run relayd queue flush once), then try again",
+            ExitCode.TEMPFAIL,
+        )
+    raise QueueError(
+        f"the queue at {where} has schema revision {current}, unknown to this relayd"
+        f" (expects {SCHEMA_REVISION}): was it written by a newer version?",
+        ExitCode.TEMPFAIL,
+    )
+
+
 def migrate_url(url: str, *, timeout: float = 10.0) -> bool:
     """Open `url`, migrate it if needed and close it; database failures become QueueError."""
     where = describe(url)

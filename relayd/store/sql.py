@@ -48,6 +48,13 @@ class SqlStore:
         database = Database.open_existing(url, timeout=timeout)
         return None if database is None else cls(database)
 
+    @classmethod
+    def open_reading(cls, url: str, *, timeout: float = 10.0) -> SqlStore | None:
+        """The store on `Database.open_reading(url)`: read-only, no migration lock; None when
+        nothing was ever queued. For commands that only read (list, show, status, log, mailq)."""
+        database = Database.open_reading(url, timeout=timeout)
+        return None if database is None else cls(database)
+
     @property
     def engine(self) -> sa.Engine:
         """The engine, for tools that read or fill the tables directly (tests, benchmarks)."""

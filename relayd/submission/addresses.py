@@ -14,8 +14,25 @@ if TYPE_CHECKING:
 _SPECIALS = frozenset('()<>[]:;@\\,"')
 
 
+def shown(text: str) -> str:
+    """`text` quoted for a message; a byte that was not UTF-8 (a PEP 383 surrogate from argv or
+    a header) shows as Python shows bytes (`\\xff`), not as `\\udcff`."""
+    if not has_undecodable(text):
+        return repr(text)
+    body = "".join(
+        f"\\x{ord(char) - 0xDC00:02x}" if 0xDC80 <= ord(char) <= 0xDCFF else repr(char)[1:-1]
+        for char in text
+    )
+    return f"'{body}'"
+
+
+def has_undecodable(text: str) -> bool:
+    """Whether `text` holds bytes that were not UTF-8 (surrogateescape's U+DC80..U+DCFF)."""
+    return not text.isascii() and any(0xDC80 <= ord(char) <= 0xDCFF for char in text)
+
+
 def _fail(address: str, reason: str) -> DataError:
-    return DataError(f"invalid address {address!r}: {reason}")
+    return DataError(f"invalid address {shown(address)}: {reason}")
 
 
 def _check_local_part(address: str, local: str) -> None:
@@ -68,6 +85,8 @@ def check_address(address: str, *, allow_empty: bool = False) -> None:
         raise _fail(address, "contains a line break")
     if "\0" in address:
         raise _fail(address, "contains a NUL byte")
+    if has_undecodable(address):
+        raise _fail(address, "not valid UTF-8")
     if any(char < " " or char == "\x7f" for char in address):
         raise _fail(address, "contains a control character")
     if address.startswith('"'):

@@ -155,7 +155,7 @@ def print_mailq(out: TextIO) -> int:
     from relayd.store import fastpath
     from relayd.store.sql import SqlStore
 
-    store = SqlStore.open_existing(settings.load().database, timeout=fastpath.lock_timeout())
+    store = SqlStore.open_reading(settings.load().database, timeout=fastpath.lock_timeout())
     if store is None:
         write_lines(out, [EMPTY])
         return 0

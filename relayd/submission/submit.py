@@ -7,9 +7,11 @@ from collections.abc import Sequence
 
 from relayd import paths
 from relayd.accounts.account import Account
+from relayd.errors import ConfigError, UsageError
 from relayd.store import fastpath, location
 from relayd.store.records import NewMessage
 from relayd.submission import message
+from relayd.submission.addresses import has_undecodable, shown
 from relayd.submission.cmdline import Delivery, Invocation
 from relayd.submission.headers import HeaderScan
 
@@ -32,6 +34,7 @@ def build(
     now: float,
 ) -> NewMessage:
     """Check the envelope and make the exact wire bytes, as msmtp would before sending."""
+    _check_storable(inv, account)
     envelope_from = account.from_ or ""
     message.check_address(envelope_from, allow_empty=True)
     for recipient in recipients:
@@ -62,6 +65,21 @@ def build(
         config_file=os.path.abspath(inv.conffile) if inv.conffile else None,
         uid=os.getuid(),
     )
+
+
+def _check_storable(inv: Invocation, account: Account) -> None:
+    """The queue keeps the account's name and the -C file's name as text: refuse bytes that
+    are not UTF-8 there in one line (msmtp itself would use them as they are)."""
+    if account.id is not None and has_undecodable(account.id):
+        raise ConfigError(
+            f"account name {shown(account.id)} is not valid UTF-8; relayd cannot queue mail"
+            " for it (rename the account)"
+        )
+    if inv.conffile and has_undecodable(os.path.abspath(inv.conffile)):
+        raise UsageError(
+            f"configuration file name {shown(inv.conffile)} is not valid UTF-8; relayd cannot"
+            " queue mail with it (rename the file)"
+        )
 
 
 def store(inv: Invocation, new: NewMessage, now: float) -> str:

@@ -22,7 +22,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from relayd import paths
 from relayd import settings as settings_module
-from relayd.daemon import sdnotify
+from relayd.daemon import retention, sdnotify
 from relayd.daemon.instance import SCAN_INTERVAL, SHUTDOWN_GRACE, instance_lock
 from relayd.daemon.netwatch import NetworkWatch
 from relayd.daemon.runner import Runner
@@ -168,6 +168,9 @@ class _Lifecycle:
         self._add_periodic(
             self._expire_leases, "leases", self.scan_interval, first=now + self.scan_interval
         )
+        self._add_periodic(
+            self._retain, "retain", retention.INTERVAL, first=now + retention.START_DELAY
+        )
         interval = sdnotify.watchdog_interval()
         if interval is not None:  # pinged from the event loop: a hung loop stops pinging
             self._add_periodic(self._ping, "watchdog", interval, first=now)
@@ -311,6 +314,10 @@ class _Lifecycle:
             lambda: self.store.make_due(self.clock(), network_only=True),
             "network up: %d message(s) that failed offline are due now",
         )
+
+    async def _retain(self) -> None:
+        """`[retain]`: purge old sent and failed bodies (the settings as SIGHUP left them)."""
+        await retention.run(self.store, self.runner.settings.retain, self.clock())
 
     async def _ping(self) -> None:
         sdnotify.notify("WATCHDOG=1")

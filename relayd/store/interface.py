@@ -108,7 +108,8 @@ class QueueStore(MessageStore, Protocol):
     """What the user's side uses: `relayd queue …`, `mailq`, `queue flush` and its wait."""
 
     def read_data(self, queue_id: str) -> bytes | None:
-        """The stored wire bytes of `queue_id`, or None if there is no such message."""
+        """The stored wire bytes of `queue_id`; None if there is no such message or its body
+        was purged under `[retain]`."""
         ...
 
     def attempts(self, queue_id: str) -> Sequence[Attempt]:
@@ -174,6 +175,17 @@ class Store(RunnerStore, QueueStore, Protocol):
         """Return every message leased by an owner starting with `prefix` (one stopping
         runner's claims, on any database) to `queued`; only `possibly_sent` are marked
         `lease_lost`."""
+        ...
+
+    def purge_bodies(self, sent_before: float, failed_before: float) -> int:
+        """`[retain]`: delete the bodies of sent messages whose last attempt (else arrival) is
+        before `sent_before` and of failed ones before `failed_before`, in short batches; the
+        messages, recipients and attempts stay (`read_data` then gives None). How many."""
+        ...
+
+    def reclaim_space(self) -> int:
+        """Give the space of purged bodies back to the filesystem (SQLite: incremental vacuum,
+        once a VACUUM for an older file); the bytes the database file shrank by."""
         ...
 
 

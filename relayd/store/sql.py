@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from relayd.store import retain
 from relayd.store.database import Database
 from relayd.store.hot import HotStatements, build_claimed
 from relayd.store.ids import new_queue_id
@@ -238,6 +239,12 @@ class SqlStore:
             lease_until=None,
             lease_lost=lost,
         )
+
+    def purge_bodies(self, sent_before: float, failed_before: float) -> int:
+        return retain.purge(self._db, sent_before, failed_before)
+
+    def reclaim_space(self) -> int:
+        return retain.reclaim(self._db)
 
     # --- the user's side (relayd queue …) ---------------------------------------------------
 

@@ -317,6 +317,11 @@ def test_queue_show_of_a_purged_message_says_so() -> None:
         f"relayd: {queue_id}: {PURGED}\n",
     )
 
+    result = runner.invoke(app, ["queue", "log", queue_id])  # the attempt, without mailsize=
+    assert result.exit_code == 0, result.output
+    (line,) = result.output.splitlines()
+    assert "exitcode=EX_OK" in line and "mailsize=" not in line
+
     result = runner.invoke(app, ["queue", "show", kept])  # a body still there: as before
     assert result.exit_code == 0 and PURGED_LINE not in result.output
     assert "  Subject: test 1" in result.output.splitlines()

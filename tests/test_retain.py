@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -120,11 +120,16 @@ def test_purge_deletes_in_bounded_batches(url: str, monkeypatch: pytest.MonkeyPa
         assert transactions == ["purge message bodies"] * 4  # 3 + 3 + 3 + 1
         monkeypatch.undo()
         assert all(store.read_data(q) is None for q in ids)
+        # A daemon stopping waits for the batch under way, not for the whole purge.
+        more = [finished(store, State.FAILED, FAILED_BEFORE - 1, n) for n in range(10)]
+        stopped = retain.purge(database, SENT_BEFORE, FAILED_BEFORE, batch=3, stop=lambda: True)
+        assert stopped == 3
+        assert sum(store.read_data(q) is None for q in more) == 3
     finally:
         database.close()
 
 
-def test_reclaim_on_postgresql_gives_nothing_back_and_does_not_fail(store: SqlStore) -> None:
+def test_reclaim_after_a_purge_works_on_both_databases(store: SqlStore) -> None:
     finished(store, State.SENT, SENT_BEFORE - 1)
     assert store.purge_bodies(SENT_BEFORE, FAILED_BEFORE) == 1
     freed = store.reclaim_space()
@@ -259,11 +264,45 @@ class Broken:
     def __init__(self, error: Exception) -> None:
         self.error = error
 
-    def purge_bodies(self, sent_before: float, failed_before: float) -> int:
+    def purge_bodies(
+        self, sent_before: float, failed_before: float, *, stop: Callable[[], bool] | None = None
+    ) -> int:
         raise self.error
 
     def reclaim_space(self) -> int:
         raise AssertionError("not after a failed purge")
+
+
+class Counting:
+    """A store that purges 5 bodies and frees 1 MB, and remembers what it was asked."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, float, bool]] = []
+        self.reclaimed = 0
+
+    def purge_bodies(
+        self, sent_before: float, failed_before: float, *, stop: Callable[[], bool] | None = None
+    ) -> int:
+        self.calls.append((sent_before, failed_before, stop is not None and stop()))
+        return 5
+
+    def reclaim_space(self) -> int:
+        self.reclaimed += 1
+        return 1_000_000
+
+
+def test_the_job_reclaims_after_a_purge_unless_the_daemon_stops(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "relayd.daemon.retention")
+    store = Counting()
+    assert asyncio.run(retention.run(store, KEEP, NOW)) == 5  # type: ignore[arg-type]
+    assert (store.calls, store.reclaimed) == ([(SENT_BEFORE, FAILED_BEFORE, False)], 1)
+    assert "purged the bodies of 5 sent or failed message(s)" in caplog.text
+    assert "shrank by 1.0 MB" in caplog.text
+    stopping = Counting()
+    assert retention.purge(stopping, KEEP, NOW, lambda: True) == (5, 0)  # type: ignore[arg-type]
+    assert (stopping.calls, stopping.reclaimed) == ([(SENT_BEFORE, FAILED_BEFORE, True)], 0)
 
 
 @pytest.mark.parametrize(

@@ -317,7 +317,8 @@ class _Lifecycle:
 
     async def _retain(self) -> None:
         """`[retain]`: purge old sent and failed bodies (the settings as SIGHUP left them)."""
-        await retention.run(self.store, self.runner.settings.retain, self.clock())
+        settings = self.runner.settings
+        await retention.run(self.store, settings.retain, self.clock(), stop=lambda: self.stopping)
 
     async def _ping(self) -> None:
         sdnotify.notify("WATCHDOG=1")

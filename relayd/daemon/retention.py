@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from relayd.errors import RelaydError
 from relayd.settings import Retain
@@ -21,18 +22,23 @@ START_DELAY = 60.0  # seconds from the daemon's start to the first purge
 log = logging.getLogger("relayd.daemon.retention")
 
 
-def purge(store: Store, retain: Retain, now: float) -> tuple[int, int]:
-    """Purge what `retain` says is due at `now` and give the space back; (bodies purged,
-    bytes the database file shrank by). Blocking: for a thread."""
-    purged = store.purge_bodies(now - retain.sent, now - retain.failed)
-    freed = store.reclaim_space() if purged else 0
+def purge(
+    store: Store, retain: Retain, now: float, stop: Callable[[], bool] = lambda: False
+) -> tuple[int, int]:
+    """Purge what `retain` says is due at `now` and give the space back, unless `stop()` says
+    the daemon is stopping; (bodies purged, bytes the database file shrank by). For a thread."""
+    purged = store.purge_bodies(now - retain.sent, now - retain.failed, stop=stop)
+    freed = store.reclaim_space() if purged and not stop() else 0
     return purged, freed
 
 
-async def run(store: Store, retain: Retain, now: float) -> int:
-    """One purge in a thread, logged; the bodies purged (0 after a failure, which is logged)."""
+async def run(
+    store: Store, retain: Retain, now: float, *, stop: Callable[[], bool] = lambda: False
+) -> int:
+    """One purge in a thread, logged; the bodies purged (0 after a failure, which is logged).
+    A daemon stopping (`stop()` true) waits for one batch at most, not for the whole purge."""
     try:
-        purged, freed = await asyncio.to_thread(purge, store, retain, now)
+        purged, freed = await asyncio.to_thread(purge, store, retain, now, stop)
     except RelaydError as exc:
         log.error("retain: %s", exc.message)
         return 0

@@ -10,7 +10,7 @@ Importing this module costs no SQLAlchemy: the driver-shaped types are for annot
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol
 
@@ -177,10 +177,13 @@ class Store(RunnerStore, QueueStore, Protocol):
         `lease_lost`."""
         ...
 
-    def purge_bodies(self, sent_before: float, failed_before: float) -> int:
+    def purge_bodies(
+        self, sent_before: float, failed_before: float, *, stop: Callable[[], bool] | None = None
+    ) -> int:
         """`[retain]`: delete the bodies of sent messages whose last attempt (else arrival) is
-        before `sent_before` and of failed ones before `failed_before`, in short batches; the
-        messages, recipients and attempts stay (`read_data` then gives None). How many."""
+        before `sent_before` and of failed ones before `failed_before`, in short batches (the
+        next one not once `stop()` is true); the messages, recipients and attempts stay
+        (`read_data` then gives None). How many."""
         ...
 
     def reclaim_space(self) -> int:

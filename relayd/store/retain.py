@@ -28,6 +28,7 @@ relayd does not run VACUUM FULL, which locks the table (an administrator's choic
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -57,11 +58,19 @@ def purge_statement(sent_before: float, failed_before: float, batch: int) -> sa.
     return bodies.delete().where(bodies.c.message_id.in_(chosen.scalar_subquery()))
 
 
-def purge(db: Database, sent_before: float, failed_before: float, *, batch: int = BATCH) -> int:
-    """Purge every body due by the cutoffs, `batch` per transaction; how many were purged.
+def purge(
+    db: Database,
+    sent_before: float,
+    failed_before: float,
+    *,
+    batch: int = BATCH,
+    stop: Callable[[], bool] | None = None,
+) -> int:
+    """Purge every body due by the cutoffs, `batch` per transaction, until one comes back short
+    or `stop()` is true (a daemon stopping); how many were purged.
 
-    Ends when a batch comes back short: each full batch deleted rows that never come back, so
-    the loop runs at most (bodies / batch) + 1 times.
+    Each full batch deleted rows that never come back, so the loop ends, after at most
+    (bodies / batch) + 1 transactions.
     """
     statement = purge_statement(sent_before, failed_before, batch)
     purged = 0
@@ -69,7 +78,7 @@ def purge(db: Database, sent_before: float, failed_before: float, *, batch: int 
         with db.transaction("purge message bodies") as conn:
             deleted = conn.execute(statement).rowcount
         purged += deleted
-        if deleted < batch:
+        if deleted < batch or (stop is not None and stop()):
             return purged
 
 

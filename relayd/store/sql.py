@@ -8,7 +8,7 @@ runner's hot statements (`hot.py`) run on the driver's cursor. An expired lease 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any
@@ -240,8 +240,10 @@ class SqlStore:
             lease_lost=lost,
         )
 
-    def purge_bodies(self, sent_before: float, failed_before: float) -> int:
-        return retain.purge(self._db, sent_before, failed_before)
+    def purge_bodies(
+        self, sent_before: float, failed_before: float, *, stop: Callable[[], bool] | None = None
+    ) -> int:
+        return retain.purge(self._db, sent_before, failed_before, stop=stop)
 
     def reclaim_space(self) -> int:
         return retain.reclaim(self._db)

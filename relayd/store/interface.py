@@ -152,7 +152,7 @@ class QueueStore(MessageStore, Protocol):
 
 
 class Store(RunnerStore, QueueStore, Protocol):
-    """Every role, and what the daemon's scheduler adds: scans and lease sweeps."""
+    """Every role, and what the daemon's scheduler adds: scans, lease sweeps, [retain] purges."""
 
     def due_summary(self, now: float) -> Sequence[AccountDue]:
         """Per account with queued mail: how much, how much is due at `now`, the next due

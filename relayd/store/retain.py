@@ -40,7 +40,7 @@ from relayd.store.tables import bodies, messages
 BATCH = 1_000  # bodies deleted per write transaction
 STEP_PAGES = 2_048  # pages (8 MB at 4 KB) moved and cut off per incremental_vacuum transaction
 _CHECKPOINT_WAIT_MS = 1_000  # the final TRUNCATE checkpoint waits this long for readers, at most
-_INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL (0: NONE, 1: FULL)
+_NONE, _INCREMENTAL = 0, 2  # PRAGMA auto_vacuum's values (1 is FULL: shrinks at each commit)
 
 
 def purge_statement(sent_before: float, failed_before: float, batch: int) -> sa.Delete:
@@ -89,7 +89,7 @@ def reclaim(db: Database) -> int:
         return 0
     with db.driver_connection("give the purged space back") as raw:
         before = _pragma(raw, "page_count")
-        if _pragma(raw, "auto_vacuum") != _INCREMENTAL:
+        if _pragma(raw, "auto_vacuum") == _NONE:
             # Once per file: VACUUM is the only way to turn auto-vacuum on in a file with tables.
             raw.executescript(f"PRAGMA auto_vacuum={_INCREMENTAL}; VACUUM;")
         else:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from relayd.daemon import lifecycle
+from relayd.daemon import lifecycle, retention
 from relayd.settings import Settings
 from relayd.store.queued import Attempt, AttemptRecord, Outcome, State
 from relayd.store.sql import SqlStore
@@ -66,6 +66,7 @@ def test_jobs_run_at_times_of_the_daemons_clock(
     assert jobs == {
         "scan": at(NOW),
         "leases": at(NOW + SCAN_INTERVAL),
+        "retain": at(NOW + retention.START_DELAY),
         "watchdog": at(NOW),
         "retry-at": at(NOW + RETRY_IN),
     }

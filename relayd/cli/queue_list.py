@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 ALL = "all"
 _STATE_HELP = "Only messages in this state (repeatable): queued, sending, held, sent, failed, all."
 _MARKER_STYLES = {"*": "cyan", "!": "magenta", "-": "red", "+": "green"}
+PURGED = "the body was purged under [retain]; the envelope, recipients and attempts are kept"
+PURGED_LINE = "Body: purged under [retain]; the envelope, recipients and attempts are kept"
 
 
 def parse_states(
@@ -118,9 +120,10 @@ def list_command(
 
 
 def show_record(
-    message: QueuedMessage, attempts: Sequence[Attempt], headers: list[tuple[str, str]]
+    message: QueuedMessage, attempts: Sequence[Attempt], headers: list[tuple[str, str]] | None
 ) -> dict[str, Any]:
-    """Everything `queue show --json` prints about one message."""
+    """Everything `queue show --json` prints about one message; `headers` None: its body was
+    purged under [retain]."""
     return {
         "queue_id": message.queue_id,
         "state": message.state.value,
@@ -169,7 +172,8 @@ def show_record(
             }
             for a in attempts
         ],
-        "headers": [list(pair) for pair in headers],
+        "body_purged": headers is None,
+        "headers": [list(pair) for pair in headers or ()],
     }
 
 
@@ -195,6 +199,7 @@ def show_lines(record: dict[str, Any]) -> list[str]:
     lines += [
         f"Sender: {sender}",
         f"Size: {record['message_size']} bytes",
+        *([PURGED_LINE] if record["body_purged"] else []),
         f"Arrival: {local_time(record['arrival_time'])}",
         f"Attempts: {record['attempts']}",
     ]
@@ -228,8 +233,9 @@ def show_lines(record: dict[str, Any]) -> list[str]:
         for r in a["recipients"]:
             reply = f" ({r['reply']})" if r["reply"] else ""
             lines.append(f"    {r['address']}: {r['state']}{reply}")
-    lines.append("Headers:")
-    lines += [f"  {name}: {value}" for name, value in record["headers"]]
+    if not record["body_purged"]:
+        lines.append("Headers:")
+        lines += [f"  {name}: {value}" for name, value in record["headers"]]
     return lines
 
 
@@ -241,13 +247,15 @@ def _show(queue_id: str, raw: bool, as_json: bool) -> int:
             message = store.get(queue_id)
             data = store.read_data(queue_id)
             attempts = store.attempts(queue_id)
-    if message is None or data is None:
+    if message is None:
         fail(f"{queue_id}: no such message", ExitCode.UNAVAILABLE)
     if raw:
+        if data is None:
+            fail(f"{queue_id}: {PURGED}", ExitCode.NOINPUT)
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return 0
-    record = show_record(message, attempts, display_headers(data))
+    record = show_record(message, attempts, None if data is None else display_headers(data))
     if as_json:
         typer.echo(json_line(record))
         return 0

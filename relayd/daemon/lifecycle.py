@@ -21,7 +21,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from relayd import paths
 from relayd import settings as settings_module
-from relayd.daemon import sdnotify, startup, wirelog
+from relayd.daemon import retention, sdnotify, startup, wirelog
 from relayd.daemon.instance import SCAN_INTERVAL, SHUTDOWN_GRACE
 from relayd.daemon.netwatch import NetworkWatch
 from relayd.daemon.runner import Runner
@@ -169,6 +169,9 @@ class _Lifecycle:
         self._add_periodic(self._scan_now, "scan", self.scan_interval, first=now)
         self._add_periodic(
             self._expire_leases, "leases", self.scan_interval, first=now + self.scan_interval
+        )
+        self._add_periodic(
+            self._retain, "retain", retention.INTERVAL, first=now + retention.START_DELAY
         )
         interval = sdnotify.watchdog_interval()
         if interval is not None:  # pinged from the event loop: a hung loop stops pinging
@@ -337,6 +340,11 @@ class _Lifecycle:
             lambda: self.store.make_due(self.clock(), network_only=True),
             "network up: %d message(s) that failed offline are due now",
         )
+
+    async def _retain(self) -> None:
+        """`[retain]`: purge old sent and failed bodies (the settings as SIGHUP left them)."""
+        settings = self.runner.settings
+        await retention.run(self.store, settings.retain, self.clock(), stop=lambda: self.stopping)
 
     async def _ping(self) -> None:
         sdnotify.notify("WATCHDOG=1")

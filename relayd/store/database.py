@@ -6,6 +6,7 @@ Nothing here knows the queue's rows; `SqlStore` runs its statements in these tra
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -111,5 +112,20 @@ class Database:
                 yield conn
         except _BUGS:
             raise
+        except sa.exc.DBAPIError as exc:
+            raise from_dbapi(exc, self._where, action, self._timeout) from None
+
+    @contextmanager
+    def driver_connection(self, action: str) -> Iterator[sqlite3.Connection]:
+        """A SQLite driver connection outside any transaction (for VACUUM and the like); a
+        SQLite failure becomes a QueueError saying that `action` failed."""
+        try:
+            with self.engine.connect() as conn:
+                raw = conn.connection.driver_connection
+                if not isinstance(raw, sqlite3.Connection):
+                    raise TypeError(f"{self._where} is not a SQLite database")
+                yield raw
+        except sqlite3.Error as exc:
+            raise failures.from_sqlite(exc, self._where, action, self._timeout) from None
         except sa.exc.DBAPIError as exc:
             raise from_dbapi(exc, self._where, action, self._timeout) from None

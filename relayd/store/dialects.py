@@ -1,9 +1,10 @@
 """Engines per database: SQLite pragmas and BEGIN IMMEDIATE; PostgreSQL advisory locks.
 
-SQLite: WAL, `synchronous=FULL` (the commit is fsynced), a busy timeout, foreign keys on, and
-every write transaction opened with `BEGIN IMMEDIATE` so a read-then-write (a claim) never fails
-to upgrade its lock. Read-only work uses a deferred `BEGIN` (see `reader`). PostgreSQL needs
-nothing special here; claims use `FOR UPDATE SKIP LOCKED` in `hot.py`.
+SQLite: WAL, `synchronous=FULL` (the commit is fsynced), a busy timeout, foreign keys on,
+incremental auto-vacuum in a new file (see `retain.py`), and every write transaction opened
+with `BEGIN IMMEDIATE` so a read-then-write (a claim) never fails to upgrade its lock.
+Read-only work uses a deferred `BEGIN` (see `reader`). PostgreSQL needs nothing special here;
+claims use `FOR UPDATE SKIP LOCKED` in `hot.py`.
 """
 
 from __future__ import annotations
@@ -111,6 +112,9 @@ def _sqlite_connect(dbapi_connection: sqlite3.Connection, timeout: float) -> Non
     dbapi_connection.isolation_level = None
     dbapi_connection.execute("PRAGMA foreign_keys=ON")
     dbapi_connection.execute("PRAGMA synchronous=FULL")
+    # Takes effect only in a file without tables, so before WAL (a new file's first write);
+    # in an older file it only records the mode for the one VACUUM that `retain.py` runs.
+    dbapi_connection.execute("PRAGMA auto_vacuum=INCREMENTAL")
     _set_wal(dbapi_connection, timeout)
 
 

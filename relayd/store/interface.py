@@ -10,7 +10,7 @@ Importing this module costs no SQLAlchemy: the driver-shaped types are for annot
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol
 
@@ -148,7 +148,8 @@ class QueueStore(MessageStore, Protocol):
     """What the user's side uses: `relayd queue …`, `mailq`, `queue flush` and its wait."""
 
     def read_data(self, queue_id: str) -> bytes | None:
-        """The stored wire bytes of `queue_id`, or None if there is no such message."""
+        """The stored wire bytes of `queue_id`; None if there is no such message or its body
+        was purged under `[retain]`."""
         ...
 
     def attempts(self, queue_id: str) -> Sequence[Attempt]:
@@ -192,11 +193,25 @@ class QueueStore(MessageStore, Protocol):
 
 
 class Store(RunnerStore, QueueStore, Protocol):
-    """Every role, and what the daemon's scheduler adds: scans and lease sweeps."""
+    """Every role, and what the daemon's scheduler adds: scans, lease sweeps, [retain] purges."""
 
     def due_summary(self, now: float) -> Sequence[AccountDue]:
         """Per account with queued mail: how much, how much is due at `now`, the next due
         time; one aggregate, so a scan costs the same memory with 100,000 messages as with ten."""
+        ...
+
+    def purge_bodies(
+        self, sent_before: float, failed_before: float, *, stop: Callable[[], bool] | None = None
+    ) -> int:
+        """`[retain]`: delete the bodies of sent messages whose last attempt (else arrival) is
+        before `sent_before` and of failed ones before `failed_before`, in short batches (the
+        next one not once `stop()` is true); the messages, recipients and attempts stay
+        (`read_data` then gives None). How many."""
+        ...
+
+    def reclaim_space(self) -> int:
+        """Give the space of purged bodies back to the filesystem (SQLite: incremental vacuum,
+        once a VACUUM for an older file); the bytes the database file shrank by."""
         ...
 
 

@@ -8,7 +8,7 @@ runner's hot statements (`hot.py`) run on the driver's cursor. Leases go back wi
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from relayd.store import leases as leases_module
+from relayd.store import retain
 from relayd.store.database import Database
 from relayd.store.hot import HotStatements, build_claimed
 from relayd.store.ids import new_queue_id
@@ -268,6 +269,14 @@ class SqlStore:
             next_attempt_at=until,
             network_failure=network_failure,
         )
+
+    def purge_bodies(
+        self, sent_before: float, failed_before: float, *, stop: Callable[[], bool] | None = None
+    ) -> int:
+        return retain.purge(self._db, sent_before, failed_before, stop=stop)
+
+    def reclaim_space(self) -> int:
+        return retain.reclaim(self._db)
 
     # --- the user's side (relayd queue …) ---------------------------------------------------
 

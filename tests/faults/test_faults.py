@@ -3,8 +3,7 @@
 Every scenario prints its figures line (see tests/faults/measure.py) and asserts the done-when
 criteria: nothing lost, every duplicate flagged, no more flagged-but-single messages than were
 on the wire at the faults, nothing stuck, no traceback, no phantom failed attempt, and the
-scenario's own checks. Those that break the contract on today's main are strict xfails naming
-the invariant; the fix removes the mark.
+scenario's own checks.
 """
 
 from __future__ import annotations
@@ -52,61 +51,26 @@ def test_the_recording_server_logs_and_faults(tmp_path: Path) -> None:
     assert "Traceback" not in "".join(server.stderr_texts())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "issue 12: every leased message is flagged possible duplicate, not only those on "
-        "the wire (flagged_single > on_wire_at_faults); mail left queued"
-    ),
-)
 def test_daemon_sigkill_loop(tmp_path: Path) -> None:
     check(scenarios.daemon_kills(tmp_path))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "issue 12: after the server dies mid-DATA mail stays queued (lost, stuck) and the "
-        "other messages of the connection get phantom failed attempts"
-    ),
-)
 def test_upstream_sigkill_mid_data(tmp_path: Path) -> None:
     check(scenarios.upstream_kills(tmp_path))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "issue 12: a resend after the server vanished past the final dot is not flagged "
-        "possible duplicate; the connection's later messages get phantom failed attempts"
-    ),
-)
 def test_vanish_after_the_data(tmp_path: Path) -> None:
     check(scenarios.vanish_after_data(tmp_path))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=("issue 12: after a disk-full stop and restart mail stays queued/sending (lost, stuck)"),
-)
 def test_disk_full_while_recording(tmp_path: Path) -> None:
     check(scenarios.disk_full(tmp_path))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=("issue 12: after a 30 s write lock the daemon does not deliver the rest (lost, stuck)"),
-)
 def test_write_lock_held_30_s(tmp_path: Path) -> None:
     check(scenarios.write_lock(tmp_path))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "issue 12: the daemon on an unwritable queue location dies with a traceback and exit 1"
-    ),
-)
 def test_read_only_queue(tmp_path: Path) -> None:
     check(scenarios.read_only(tmp_path))
 
@@ -119,25 +83,11 @@ def test_hold_release_delete_while_sending(tmp_path: Path) -> None:
     check(scenarios.hold_while_sending(tmp_path))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "issue 12: every message leased by the killed daemon is flagged possible duplicate, "
-        "not only those on the wire (flagged_single > on_wire_at_faults)"
-    ),
-)
 @pytest.mark.skipif(not PG_URL, reason="RELAYD_TEST_DATABASE_URL is not set: no PostgreSQL")
 def test_two_daemons_on_one_postgresql_queue(tmp_path: Path) -> None:
     with postgres_schema() as url:
         check(scenarios.two_daemons(tmp_path, url))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "issue 12: a silent server costs one timeout and one failed attempt row per "
-        "message, not per connection"
-    ),
-)
 def test_silent_server_with_10000_due(tmp_path: Path) -> None:
     check(scenarios.silent_server(tmp_path))

@@ -154,6 +154,17 @@ class _FaultySMTP(SMTP):
             return None
         return rule.reply if rule.action == "reply" else ""
 
+    async def _intercepted(self, stage: str) -> bool:
+        """Apply `stage`'s fault: True when it replaced the normal handling (a reply or a
+        drop), False to go on as usual."""
+        reply = await self.apply(stage)
+        if reply is None:
+            return True
+        if reply:
+            await self.push(reply)
+            return True
+        return False
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.recorder.log("close", self.conn, self.key)
         super().connection_lost(exc)
@@ -171,41 +182,22 @@ class _FaultySMTP(SMTP):
         await super()._handle_client()
 
     async def smtp_EHLO(self, hostname: str) -> None:
-        reply = await self.apply("EHLO")
-        if reply is None:
-            return
-        if reply:
-            await self.push(reply)
-            return
-        await super().smtp_EHLO(hostname)
+        if not await self._intercepted("EHLO"):
+            await super().smtp_EHLO(hostname)
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         found = _PATH.search(arg or "")
         self.key = found.group(1).partition("@")[0] if found else None
         self.recorder.log("mail", self.conn, self.key)
-        reply = await self.apply("MAIL")
-        if reply is None:
-            return
-        if reply:
-            await self.push(reply)
-            return
-        await super().smtp_MAIL(arg)
+        if not await self._intercepted("MAIL"):
+            await super().smtp_MAIL(arg)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
-        reply = await self.apply("RCPT")
-        if reply is None:
-            return
-        if reply:
-            await self.push(reply)
-            return
-        await super().smtp_RCPT(arg)
+        if not await self._intercepted("RCPT"):
+            await super().smtp_RCPT(arg)
 
     async def smtp_DATA(self, arg: str) -> None:
-        reply = await self.apply("DATA")
-        if reply is None:
-            return
-        if reply:
-            await self.push(reply)
+        if await self._intercepted("DATA"):
             return
         self.recorder.log("data", self.conn, self.key)
         if self.recorder.book.check("BODY", self.key) is not None:

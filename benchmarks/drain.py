@@ -253,6 +253,7 @@ def enqueue(python: Path, env: dict[str, str], work: Path, count: int) -> float:
         done = subprocess.run(
             [*argv, SENDER, RECIPIENT, str(REPO)],
             env=env,
+            cwd=work,  # not the checkout: `-c` puts the cwd first, and relayd must be the install
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

@@ -229,3 +229,8 @@ def test_the_wire_journal_tells_what_may_have_reached_the_server(tmp_path: Path)
     assert wirelog.on_wire("daemon-h-1/8", where) == set()
     wirelog.forget(["daemon-h-1/8"], where)
     assert wirelog.on_wire("daemon-h-1/8", where) is None
+    wirelog.WireLog("daemon-h-1/9", where).close(keep=True)  # its claim's results are in
+    wirelog.WireLog("daemon-h-1/10", where).close(keep=True)  # still leased
+    assert wirelog.prune(["daemon-h-1/10"], where) == 1
+    assert wirelog.on_wire("daemon-h-1/9", where) is None
+    assert wirelog.on_wire("daemon-h-1/10", where) == set()

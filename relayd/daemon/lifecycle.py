@@ -124,6 +124,7 @@ class _Lifecycle:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         await self._release_leases(everything=self.locked)
+        await self._prune_journals()
         sock = bind_wake_socket(paths.wake_socket())
         loop.add_reader(sock.fileno(), self._on_datagram, sock)
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -247,6 +248,15 @@ class _Lifecycle:
             "returned %d leased message(s) to the queue",
             scan=False,
         )
+
+    async def _prune_journals(self) -> None:
+        """At the start: drop the wire journals of claims that hold no lease any more."""
+        try:
+            leases = await asyncio.to_thread(self.store.leases)
+        except RelaydError as exc:
+            log.error("wire journals: %s", exc.message)
+            return
+        await asyncio.to_thread(wirelog.prune, {lease.owner for lease in leases})
 
     async def _expire_leases(self) -> None:
         """The sweep: leases that ran out (a runner elsewhere died); never a live claim here."""

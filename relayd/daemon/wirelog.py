@@ -114,6 +114,22 @@ def forget(owners: Iterable[str], where: str | None = None) -> None:
             os.unlink(_path(where or directory(), owner))
 
 
+def prune(leased_owners: Iterable[str], where: str | None = None) -> int:
+    """Remove the journals of claims that hold no lease any more (a process killed between its
+    last commit and removing its journal); how many. Removing one only ever makes its claim
+    count as unknown, so a journal being made this instant is safe to lose."""
+    folder = where or directory()
+    keep = {os.path.basename(_path(folder, owner)) for owner in leased_owners}
+    removed = 0
+    with contextlib.suppress(OSError):
+        for name in os.listdir(folder):
+            if name not in keep:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
+                    removed += 1
+    return removed
+
+
 def interrupted(leases: Iterable[tuple[str, str]], where: str | None = None) -> set[str]:
     """Of (queue id, owner) leases left by runners that are gone, those that may have reached
     the server: the ones their claim's journal names, or all of a claim without a journal."""

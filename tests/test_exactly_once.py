@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from relayd.daemon import wirelog
+from relayd.daemon import lifecycle, wirelog
 from relayd.daemon.runner import Runner
 from relayd.settings import Delivery, Retry, Settings
 from relayd.store.queued import State
@@ -234,3 +236,15 @@ def test_the_wire_journal_tells_what_may_have_reached_the_server(tmp_path: Path)
     assert wirelog.prune(["daemon-h-1/10"], where) == 1
     assert wirelog.on_wire("daemon-h-1/9", where) is None
     assert wirelog.on_wire("daemon-h-1/10", where) == set()
+
+
+def test_a_dead_daemon_of_this_host_is_told_from_a_live_one() -> None:
+    # On a shared (PostgreSQL) queue a restarted daemon returns its dead predecessor's leases
+    # at once, with the journals it left here, instead of waiting for them to expire.
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    here = lifecycle.default_owner().rpartition("-")[0]
+    assert lifecycle.dead_here(f"{here}-{dead.pid}/3")
+    assert not lifecycle.dead_here(f"{lifecycle.default_owner()}/3")  # this very process
+    assert not lifecycle.dead_here(f"daemon-elsewhere.00000000-{dead.pid}/3")
+    assert not lifecycle.dead_here(f"flush-{here}-{dead.pid}")

@@ -63,8 +63,28 @@ def bind_wake_socket(path: str) -> socket.socket:
     return sock
 
 
+def _this_kernel() -> str:
+    """`daemon-HOST.BOOT`: the owners of daemons on this host since this boot start with it,
+    so a daemon can tell its dead predecessors here by their process ids."""
+    return f"daemon-{socket.gethostname()}.{wirelog.boot_id()[:8]}"
+
+
 def default_owner() -> str:
-    return f"daemon-{socket.gethostname()}-{os.getpid()}"
+    return f"{_this_kernel()}-{os.getpid()}"
+
+
+def dead_here(owner: str) -> bool:
+    """Whether `owner` is a claim of a daemon of this host and boot whose process is gone."""
+    daemon, _, pid = owner.partition("/")[0].rpartition("-")
+    if daemon != _this_kernel() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive, another user's
+    return False
 
 
 async def run_daemon(
@@ -231,7 +251,8 @@ class _Lifecycle:
     async def _release_leases(self, *, everything: bool, stopping: bool = False) -> None:
         """Return leases left by runners that are gone. With the instance lock, every lease
         (no other daemon runs on this queue, so a `sending` message is one nobody delivers);
-        else this daemon's own at a stop, and any expired one at the start."""
+        else this daemon's own at a stop, and at the start any expired one and any left by a
+        daemon of this host that died."""
         store = self.store
 
         def find() -> list[Lease]:
@@ -239,7 +260,13 @@ class _Lifecycle:
                 return store.leases(expired_by=sys.float_info.max)
             if stopping:
                 return store.leases(owner_prefix=f"{self.owner}/")
-            return store.leases(expired_by=self.clock())
+            # A shared queue: those that expired, and at once those of a daemon that ran here
+            # and died (its journals are here: their flags are exact).
+            found = store.leases(expired_by=self.clock())
+            mine = store.leases(owner_prefix=_this_kernel())
+            return found + [
+                lease for lease in mine if dead_here(lease.owner) and lease not in found
+            ]
 
         # No scan: at the start the first scan is due at once anyway.
         await self._requeue(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -188,6 +189,18 @@ def test_the_wheel_installs_and_migrates_a_new_queue(tmp_path: Path) -> None:
     }
     assert sorted(expected - files) == []
     assert {"relayd/py.typed", "relayd/migrations/script.py.mako"} <= files
+    # systemd/ ships as relayd/data/systemd/ (a link in the checkout; files in the wheel), with
+    # the same bytes: `relayd setup --system` installs them.
+    shipped = {
+        f"relayd/data/systemd/{path.relative_to(REPO / 'systemd').as_posix()}": path
+        for path in (REPO / "systemd").rglob("*")
+        if path.is_file()
+    }
+    assert {"relayd/data/systemd/system/relayd-submit.socket"} <= set(shipped)
+    assert sorted(set(shipped) - files) == []
+    with zipfile.ZipFile(wheel) as archive:
+        for name, path in shipped.items():
+            assert archive.read(name) == path.read_bytes(), name
     assert sorted(name for name in files if not name.startswith(("relayd/", "relayd-"))) == []
 
     venv = fresh_venv(tmp_path, wheel)
@@ -197,6 +210,21 @@ def test_the_wheel_installs_and_migrates_a_new_queue(tmp_path: Path) -> None:
     where = "import relayd, relayd.migrations; print(relayd.__file__, relayd.migrations.__file__)"
     found = _run(venv / "bin" / "python", "-c", where, cwd=tmp_path, env=env).split()
     assert [Path(path).is_relative_to(venv) for path in found] == [True, True], found
+    dry_run = subprocess.run(
+        [venv / "bin" / "relayd", "setup", "--system", "--dry-run", "--root", tmp_path / "root"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    # The installed relayd finds its own unit files (or, as a user, refuses with 77).
+    if os.geteuid() == 0:
+        assert dry_run.returncode == 0, dry_run.stderr
+        assert f"would install {tmp_path}/root/etc/systemd/system/relayd.service" in dry_run.stdout
+    else:
+        assert dry_run.returncode == 77, dry_run.stderr
 
     write_msmtprc()
     assert not queue_db().exists()

@@ -1,7 +1,12 @@
-"""The systemd units in systemd/: the properties relayd's daemon relies on, and systemd's verify."""
+"""The systemd files in systemd/: the properties relayd's daemon relies on, and systemd's verify.
+
+Over 400 lines: one place for every shipped unit, sysusers.d and tmpfiles.d file, since they
+must agree with each other (user, directories, the submit socket).
+"""
 
 from __future__ import annotations
 
+import configparser
 import os
 import re
 import shlex
@@ -21,6 +26,7 @@ from relayd.sysexits import ExitCode
 ROOT = Path(__file__).resolve().parent.parent
 USER_UNIT = ROOT / "systemd" / "relayd.service"
 SYSTEM_UNIT = ROOT / "systemd" / "system" / "relayd.service"
+SOCKET_UNIT = ROOT / "systemd" / "system" / "relayd-submit.socket"
 BOTH = pytest.mark.parametrize("unit_file", [USER_UNIT, SYSTEM_UNIT], ids=["user", "system"])
 
 SIGTERM_BUDGET = 10.0  # SPEC §4: SIGTERM ends or abandons transactions within 10 s
@@ -219,7 +225,9 @@ def test_system_unit_directories_are_private_and_writable() -> None:
     env = environment(unit)
     runtime = one(unit, "RuntimeDirectory")
     assert os.path.join("/run", runtime) == env["RELAYD_RUNTIME_DIR"]
-    assert int(one(unit, "RuntimeDirectoryMode"), 8) == 0o700
+    # Every user reaches the submit socket in it; it stays while the socket unit listens.
+    assert int(one(unit, "RuntimeDirectoryMode"), 8) == 0o755
+    assert one(unit, "RuntimeDirectoryPreserve") == "yes"
     spool = os.path.dirname(paths.sqlite_path(env["RELAYD_DATABASE_URL"]) or "")
     assert spool == paths.SYSTEM_STATE_DIR
     assert spool in one(unit, "ReadWritePaths").split()
@@ -307,6 +315,7 @@ def system_unit_copy(tmp_path: Path) -> Path:
     copy = tmp_path / "system" / "relayd.service"
     copy.parent.mkdir()
     copy.write_text(text, encoding="utf-8")
+    shutil.copy(SOCKET_UNIT, copy.parent)  # Requires= it: verify loads it from the same place
     return copy
 
 
@@ -341,3 +350,96 @@ def test_a_supervisor_that_stops_reading_never_blocks_the_daemon(tmp_path: Path)
         assert time.monotonic() - started < 5
     finally:
         receiver.close()
+
+
+# The host's files: the submit socket, sysusers.d and tmpfiles.d (README: "relayd as the host's
+# mail relay"; SPEC §7). The daemon's side of the socket contract is the fd named `submit`.
+
+SYSUSERS = ROOT / "systemd" / "sysusers.d" / "relayd.conf"
+TMPFILES = ROOT / "systemd" / "tmpfiles.d" / "relayd.conf"
+SUBMIT_SOCKET = os.path.join(paths.SYSTEM_RUNTIME_DIR, "submit")
+HOST_FILES = [SYSTEM_UNIT, SOCKET_UNIT]
+
+
+@pytest.mark.parametrize("unit_file", HOST_FILES, ids=["service", "socket"])
+def test_host_units_parse_as_ini(unit_file: Path) -> None:
+    """What systemd reads is INI-like; configparser (repeated keys allowed) agrees with us."""
+    parser = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",))
+    parser.optionxform = str  # type: ignore[assignment, method-assign]
+    parser.read_string(unit_file.read_text(encoding="utf-8"), source=str(unit_file))
+    unit = load(unit_file)
+    assert set(parser.sections()) == set(unit)
+    for section, keys in unit.items():
+        assert set(parser[section]) == set(keys), section
+
+
+def test_socket_unit_is_the_submit_socket_contract() -> None:
+    unit = load(SOCKET_UNIT)
+    assert one(unit, "ListenStream", "Socket") == SUBMIT_SOCKET
+    assert one(unit, "FileDescriptorName", "Socket") == "submit"
+    assert int(one(unit, "SocketMode", "Socket"), 8) == 0o666
+    assert int(one(unit, "DirectoryMode", "Socket"), 8) == 0o755
+    assert one(unit, "Service", "Socket") == SYSTEM_UNIT.name
+    assert one(unit, "WantedBy", "Install") == "sockets.target"
+
+
+def test_service_and_socket_agree() -> None:
+    """The socket lives in the service's runtime directory, which the service keeps and leaves
+    reachable; the service waits for the socket and is enabled with it."""
+    service, socket_unit = load(SYSTEM_UNIT), load(SOCKET_UNIT)
+    listen = one(socket_unit, "ListenStream", "Socket")
+    runtime = os.path.join("/run", one(service, "RuntimeDirectory"))
+    assert os.path.dirname(listen) == runtime == environment(service)["RELAYD_RUNTIME_DIR"]
+    assert int(one(service, "RuntimeDirectoryMode"), 8) == int(
+        one(socket_unit, "DirectoryMode", "Socket"), 8
+    )
+    assert one(service, "RuntimeDirectoryPreserve") == "yes"
+    assert SOCKET_UNIT.name in one(service, "Requires", "Unit").split()
+    assert SOCKET_UNIT.name in one(service, "After", "Unit").split()
+    assert one(service, "Also", "Install") == SOCKET_UNIT.name
+    assert "AF_UNIX" in one(service, "RestrictAddressFamilies").split()
+
+
+def table_lines(path: Path) -> list[list[str]]:
+    """A sysusers.d/tmpfiles.d file's entries, split into fields (quotes kept together)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [shlex.split(line) for line in lines if line.strip() and not line.startswith("#")]
+
+
+def test_sysusers_creates_the_services_user() -> None:
+    service = load(SYSTEM_UNIT)
+    [entry] = table_lines(SYSUSERS)
+    assert len(entry) == 6, entry  # Type Name ID GECOS Home Shell
+    kind, name, uid, _gecos, home, shell = entry
+    assert (kind, name, uid) == ("u", one(service, "User"), "-")  # `u` makes the group too
+    assert one(service, "Group") == name
+    assert home == paths.SYSTEM_STATE_DIR
+    assert os.path.basename(shell) == "nologin"
+
+
+def test_tmpfiles_makes_the_services_directories() -> None:
+    service = load(SYSTEM_UNIT)
+    user, group = one(service, "User"), one(service, "Group")
+    entries = table_lines(TMPFILES)
+    assert all(len(entry) == 6 for entry in entries), entries  # Type Path Mode User Group Age
+    modes = {path: int(mode, 8) for kind, path, mode, *_ in entries if kind == "d"}
+    assert modes == {paths.SYSTEM_STATE_DIR: 0o700, paths.SYSTEM_RUNTIME_DIR: 0o755}
+    assert {(entry[3], entry[4]) for entry in entries} == {(user, group)}
+    assert paths.SYSTEM_STATE_DIR in one(service, "ReadWritePaths").split()
+
+
+def test_sysusers_file_passes_systemd_sysusers(tmp_path: Path) -> None:
+    sysusers = shutil.which("systemd-sysusers")
+    if sysusers is None:
+        pytest.skip("systemd-sysusers is not installed: cannot check relayd.conf with it")
+    (tmp_path / "etc").mkdir()
+    argv = [sysusers, f"--root={tmp_path}", "--dry-run", str(SYSUSERS)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "Creating user 'relayd'" in done.stderr + done.stdout
+    assert not (tmp_path / "etc" / "passwd").exists()  # a dry run under a temporary root
+
+
+def test_socket_unit_passes_systemd_verify(tmp_path: Path) -> None:
+    copy = system_unit_copy(tmp_path)
+    assert_verified(copy.parent / SOCKET_UNIT.name, user=False)

@@ -1,4 +1,4 @@
-"""The `relayd` management command (typer): daemon, queue, status, config."""
+"""The `relayd` management command (typer): daemon, queue, status, config, setup."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from relayd import __version__
 from relayd.cli import config, queue
 from relayd.cli.daemon import daemon_command
 from relayd.cli.debug import debug_server_command
+from relayd.cli.setup import setup_command
 from relayd.cli.status import status_command
 
 app = typer.Typer(
@@ -44,6 +45,7 @@ app.add_typer(queue.app, name="queue")
 app.command("status")(status_command)
 app.add_typer(config.app, name="config")
 app.command("debug-server")(debug_server_command)
+app.command("setup")(setup_command)
 
 
 def main() -> None:

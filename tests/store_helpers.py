@@ -42,8 +42,11 @@ def message(
     data: bytes | None = None,
     overrides: tuple[tuple[str, str], ...] = (),
     sender: str = "sender@example.org",
+    uid: int | None = 1000,
+    user: str | None = None,
 ) -> NewMessage:
-    """A sample submission; `number` makes its body distinct."""
+    """A sample submission; `number` makes its body distinct. Its owner is uid 1000 without a
+    name unless `uid`/`user` say otherwise."""
     body = data if data is not None else b"Subject: test %d\r\n\r\nbody %d\r\n" % (number, number)
     return NewMessage(
         account=account,
@@ -54,7 +57,8 @@ def message(
         smtputf8=False,
         eightbit=False,
         config_file=None,
-        uid=1000,
+        uid=uid,
+        user=user,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import random
 import signal
 import socket
@@ -13,6 +14,8 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -21,7 +24,9 @@ from relayd.store import fastpath, ids
 from relayd.store.migrate import migrate_url
 from relayd.store.records import State
 from relayd.store.sql import SqlStore
+from relayd.submission import submit
 from relayd.sysexits import ExitCode
+from tests.sendmail_helpers import queue_db, run_sendmail, write_msmtprc
 from tests.store_helpers import (
     PG_URL,
     REPO,
@@ -77,7 +82,9 @@ def test_first_enqueue_creates_a_private_migrated_queue(db: Path) -> None:
 
 
 def test_fast_path_rows_read_back_through_sqlstore(db: Path) -> None:
-    new = message(recipients=("a@x.org", "b@x.org"), overrides=(("from_full_name", "A  B"),))
+    new = message(
+        recipients=("a@x.org", "b@x.org"), overrides=(("from_full_name", "A  B"),), user="alice"
+    )
     queue_id = fastpath.enqueue(str(db), new, T0)
     with SqlStore.open(f"sqlite:///{db}") as store:
         got = store.get(queue_id)
@@ -90,6 +97,7 @@ def test_fast_path_rows_read_back_through_sqlstore(db: Path) -> None:
         T0,
         T0,
     )
+    assert (got.uid, got.user) == (1000, "alice")
     assert got.__dict__ | {"queue_id": "x"} == same_way.__dict__ | {"queue_id": "x"}
 
 
@@ -127,6 +135,33 @@ def test_submit_to_postgresql_goes_through_sqlstore() -> None:
         queue_id = fastpath.submit(url, message(), T0)
         with SqlStore.open(url) as store:
             assert [m.queue_id for m in list_messages(store)] == [queue_id]
+
+
+def test_a_submission_records_the_name_of_its_uid() -> None:
+    write_msmtprc()
+    sent = run_sendmail(["-odq", "rcpt@example.org"], b"Subject: mine\n\nhello\n")
+    assert sent.returncode == 0, sent.stderr
+    conn = sqlite3.connect(queue_db())
+    try:
+        owners = conn.execute("SELECT submitted_uid, submitted_user FROM messages").fetchall()
+    finally:
+        conn.close()
+    assert owners == [(os.getuid(), pwd.getpwuid(os.getuid()).pw_name)]
+
+
+def test_a_uid_without_a_usable_name_is_recorded_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    names = {1000: "alice", 1001: "b" * 65, 1002: "caf\udce9"}
+
+    def getpwuid(uid: int) -> Any:
+        if uid not in names:
+            raise KeyError(f"getpwuid(): uid not found: {uid}")
+        return SimpleNamespace(pw_name=names[uid])
+
+    monkeypatch.setattr(pwd, "getpwuid", getpwuid)
+    assert submit.user_name(1000) == "alice"
+    assert submit.user_name(4242) is None  # no passwd entry
+    assert submit.user_name(1001) is None  # longer than the column
+    assert submit.user_name(1002) is None  # not UTF-8
 
 
 def test_wake_without_a_daemon_is_silent(tmp_path: Path) -> None:

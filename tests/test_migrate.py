@@ -17,6 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from relayd.errors import QueueError
 from relayd.store import SCHEMA_REVISION
 from relayd.store.dialects import make_engine
+from relayd.store.listing import listing
 from relayd.store.migrate import alembic_config, current_revision, ensure_schema, head_revision
 from relayd.store.tables import metadata
 from relayd.sysexits import ExitCode
@@ -25,6 +26,7 @@ from tests.store_helpers import BACKENDS, REPO, database_url
 MIGRATOR = """
 import json, sys
 from relayd.store.dialects import make_engine
+from relayd.store.listing import listing
 from relayd.store.migrate import ensure_schema
 engine = make_engine(sys.argv[1])
 sys.stdin.readline()  # start together
@@ -82,6 +84,50 @@ def test_downgrade_and_upgrade_through_alembic_commands(url: str, engine: sa.Eng
     command.upgrade(config, "head")
     with engine.connect() as conn:
         assert current_revision(conn) == SCHEMA_REVISION
+
+
+def test_upgrading_from_0003_keeps_rows_and_adds_the_owner_name(
+    url: str, engine: sa.Engine
+) -> None:
+    config = alembic_config(url)
+    command.upgrade(config, "0003")
+    with engine.begin() as conn:
+        conn.execute(sa.text(OLD_MESSAGE))
+        message_id = conn.execute(sa.text("SELECT id FROM messages")).scalar_one()
+        conn.execute(sa.text(OLD_BODY), {"id": message_id, "data": b"hello"})
+        conn.execute(sa.text(OLD_RECIPIENT), {"id": message_id})
+    assert "submitted_user" not in columns(engine)
+    command.upgrade(config, "head")
+    with engine.connect() as conn:
+        assert current_revision(conn) == SCHEMA_REVISION
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+        row = conn.execute(sa.text("SELECT queue_id, submitted_uid, submitted_user FROM messages"))
+        assert row.all() == [("0000000000AB", 1000, None)]
+        (listed,) = listing(conn, None, None)
+    assert (listed.owner_uid, listed.owner_user, listed.owner) == (1000, None, "1000")
+    assert [r.address for r in listed.recipients] == ["rcpt@example.org"]
+    command.downgrade(config, "0003")
+    assert "submitted_user" not in columns(engine)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM messages")).scalar_one() == 1
+
+
+OLD_MESSAGE = """
+INSERT INTO messages (queue_id, state, account, overrides, sender, size, needs_smtputf8,
+    needs_8bitmime, created_at, next_attempt_at, submitted_uid)
+VALUES ('0000000000AB', 'queued', 'default', '[]', 's@example.org', 5, false, false,
+    1700000000.0, 1700000000.0, 1000)
+"""
+OLD_BODY = "INSERT INTO bodies (message_id, data) VALUES (:id, :data)"
+OLD_RECIPIENT = """
+INSERT INTO recipients (message_id, position, address, state)
+VALUES (:id, 0, 'rcpt@example.org', 'pending')
+"""
+
+
+def columns(engine: sa.Engine) -> set[str]:
+    with engine.connect() as conn:
+        return {column["name"] for column in sa.inspect(conn).get_columns("messages")}
 
 
 def test_an_unknown_newer_revision_is_refused(engine: sa.Engine) -> None:

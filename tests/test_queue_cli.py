@@ -109,13 +109,13 @@ def test_the_listing_has_postfixs_layout(store: SqlStore) -> None:
     size = len(store.read_data(first) or b"")
     first_line = re.compile(
         rf"^{first} {{5}} {size:>8} [A-Z][a-z]{{2}} [A-Z][a-z]{{2}} [ \d]\d "
-        r"\d\d:\d\d:\d\d sender@example\.org$"
+        r"\d\d:\d\d:\d\d sender@example\.org  owner=1000$"
     )
     assert first_line.match(lines[1]), lines[1]
     assert lines[2] == " " * (76 - len(reason)) + f"({reason})"
     assert lines[3:5] == [" " * 47 + "a@example.org", " " * 47 + "b@example.org"]
     assert lines[5] == ""
-    assert lines[6].startswith(f"{second}!    ") and lines[6].endswith(" MAILER-DAEMON")
+    assert lines[6].startswith(f"{second}!    ") and lines[6].endswith(" MAILER-DAEMON  owner=1000")
     assert lines[7] == " " * (76 - len("held by the user")) + "(held by the user)"
     assert lines[8] == " " * 47 + "rcpt@example.org"
     total = sum(len(store.read_data(q) or b"") for q in (first, second))
@@ -180,7 +180,9 @@ def test_markers_states_and_account_filters(store: SqlStore) -> None:
 
 def test_json_lines_carry_the_spec_keys(store: SqlStore) -> None:
     before = time.time()
-    queue_id = store.enqueue(message(recipients=("x@example.org", "y@example.org")), before)
+    queue_id = store.enqueue(
+        message(recipients=("x@example.org", "y@example.org"), user="alice"), before
+    )
     pending = (Recipient(1, "y@example.org", RecipientState.PENDING, 451, "4.2.0 full"),)
     deferred(store, queue_id, "451 4.2.0 full", *pending)
     listed = subprocess.run(
@@ -202,6 +204,8 @@ def test_json_lines_carry_the_spec_keys(store: SqlStore) -> None:
         "attempts": 1,
         "next_attempt": record["next_attempt"],
         "reason": "451 4.2.0 full",
+        "owner": "alice",
+        "owner_uid": 1000,
     }
     assert before + 590 < record["next_attempt"] < time.time() + 610
 

@@ -73,7 +73,7 @@ def test_enqueue_then_get_returns_every_field(store: SqlStore) -> None:
         account="work",
     )
     fields = {name: getattr(new, name) for name in new.__slots__}
-    new = type(new)(**{**fields, "smtputf8": True, "config_file": "/etc/msmtprc"})
+    new = type(new)(**{**fields, "smtputf8": True, "config_file": "/etc/msmtprc", "user": "al"})
     queue_id = store.enqueue(new, T0)
     assert is_queue_id(queue_id)
     got = store.get(queue_id)
@@ -97,7 +97,7 @@ def test_enqueue_then_get_returns_every_field(store: SqlStore) -> None:
         None,
         None,
     )
-    assert (got.attempts, got.reason, got.uid) == (0, None, 1000)
+    assert (got.attempts, got.reason, got.uid, got.user) == (0, None, 1000, "al")
     assert [(r.position, r.address, r.state) for r in got.recipients] == [
         (0, "a@example.org", RecipientState.PENDING),
         (1, "b@example.org", RecipientState.PENDING),

@@ -140,6 +140,7 @@ def show_record(
         "attempts": message.attempts,
         "reason": message.reason,
         "submitted_uid": message.uid,
+        "submitted_user": message.user,
         "possible_duplicate_next": message.lease_lost,
         "recipients": [
             {
@@ -184,6 +185,14 @@ def _exit_name(code: int) -> str:
         return str(code)
 
 
+def owner_text(user: str | None, uid: int | None) -> str:
+    """Who submitted a message, as `queue show` says it: `alice (uid 1000)`, `uid 1000` when
+    the uid had no name, `not recorded` when neither was stored."""
+    if uid is None:
+        return user or "not recorded"
+    return f"uid {uid}" if user is None else f"{user} (uid {uid})"
+
+
 def show_lines(record: dict[str, Any]) -> list[str]:
     """The plain, stable text of `queue show`: the envelope, recipients, attempts, headers."""
     sender = record["sender"] or "<>"
@@ -198,6 +207,7 @@ def show_lines(record: dict[str, Any]) -> list[str]:
         lines.append(f"Override: --{option}" + ("" if value is None else f"={value}"))
     lines += [
         f"Sender: {sender}",
+        f"Owner: {owner_text(record['submitted_user'], record['submitted_uid'])}",
         f"Size: {record['message_size']} bytes",
         *([PURGED_LINE] if record["body_purged"] else []),
         f"Arrival: {local_time(record['arrival_time'])}",

@@ -6,4 +6,4 @@ path and must not pull in SQLAlchemy through its parent package.
 
 # The Alembic head revision this code reads and writes. The fast path compares the database's
 # `alembic_version` with it; tests check it equals the head of `relayd/migrations`.
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"

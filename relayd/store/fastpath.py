@@ -43,8 +43,8 @@ _ACTION = "store the message"
 
 _INSERT_MESSAGE = (
     "INSERT INTO messages (queue_id, state, account, config_file, overrides, sender, size,"
-    " needs_smtputf8, needs_8bitmime, created_at, next_attempt_at, attempts, submitted_uid)"
-    " VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)"
+    " needs_smtputf8, needs_8bitmime, created_at, next_attempt_at, attempts, submitted_uid,"
+    " submitted_user) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)"
 )
 _INSERT_BODY = "INSERT INTO bodies (message_id, data) VALUES (?, ?)"
 _INSERT_RECIPIENT = (
@@ -153,6 +153,7 @@ def _insert(conn: sqlite3.Connection, message: NewMessage, now: float) -> str:
             now,
             now,
             message.uid,
+            message.user,
         )
         try:
             cursor = conn.execute(_INSERT_MESSAGE, values)

@@ -51,7 +51,16 @@ class Listed(NamedTuple):
     next_attempt_at: float | None
     attempts: int
     reason: str | None
+    owner_uid: int | None  # `submitted_uid`
+    owner_user: str | None  # `submitted_user`: the uid's name at submission
     recipients: tuple[ListedRecipient, ...]
+
+    @property
+    def owner(self) -> str | None:
+        """Who submitted it: the user name, else the uid as text, else None (not recorded)."""
+        if self.owner_user is not None:
+            return self.owner_user
+        return None if self.owner_uid is None else str(self.owner_uid)
 
 
 _BATCH = 2_000
@@ -102,6 +111,8 @@ def listing(
             messages.c.next_attempt_at,
             messages.c.attempts,
             messages.c.reason,
+            messages.c.submitted_uid,
+            messages.c.submitted_user,
             _packed(conn.dialect.name),
         )
         .join(recipients, recipients.c.message_id == messages.c.id)
@@ -114,8 +125,8 @@ def listing(
     for row in prepared.rows(
         conn, prepared.args({} if account is None else {"account": account}), _BATCH
     ):
-        packed = row[9]
+        packed = row[11]
         found = _scan(packed, 0)[0] if isinstance(packed, str) else packed
         if len(found) > 1:
             found.sort()
-        yield make((*row[:9], tuple([recipient(item[1:]) for item in found])))
+        yield make((*row[:11], tuple([recipient(item[1:]) for item in found])))

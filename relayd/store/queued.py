@@ -58,6 +58,7 @@ class QueuedMessage:
     network_failure: bool = False  # the last attempt never reached a server (DNS, connect)
     lease_lost: bool = False  # a lease ended without a result: the next attempt may duplicate
     delay_notified: bool = False  # the one delay notice (`warn_after`) has been sent
+    user: str | None = None  # the name of `uid` in the password database at submission
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,8 @@ class NewMessage:
     pairs in command-line order, e.g. (("host", "mx.example"), ("port", "2525")); they are stored
     as a structured list and never re-split. `sender` is the envelope sender, '' for `<>`.
     `data` is exactly what goes on the wire before dot-stuffing (CRLF line ends). `uid` is the
-    submitting user (None when unknown; the sendmail front end passes `os.getuid()`).
+    submitting user (None when unknown; the sendmail front end passes `os.getuid()`) and `user`
+    that uid's name in the password database (None when unknown or it has no entry).
 
     A plain class with slots: `dataclasses` costs 5 ms to import on the sendmail hot path.
     """
@@ -50,6 +51,7 @@ class NewMessage:
         "sender",
         "smtputf8",
         "uid",
+        "user",
     )
 
     def __init__(
@@ -63,6 +65,7 @@ class NewMessage:
         eightbit: bool = False,
         config_file: str | None = None,
         uid: int | None = None,
+        user: str | None = None,
     ) -> None:
         if not recipients:
             raise ValueError("a queued message needs at least one recipient")
@@ -75,6 +78,7 @@ class NewMessage:
         self.eightbit = eightbit
         self.config_file = config_file
         self.uid = uid
+        self.user = user
 
     def _key(self) -> tuple[object, ...]:
         return tuple(getattr(self, name) for name in self.__slots__)

@@ -32,6 +32,7 @@ SUMMARY = (
     messages.c.attempts,
     messages.c.reason,
     messages.c.submitted_uid,
+    messages.c.submitted_user,
     messages.c.last_attempt_at,
     messages.c.network_failure,
     messages.c.lease_lost,
@@ -81,6 +82,7 @@ def message_from_row(row: Sequence[Any], recipients: tuple[Recipient, ...]) -> Q
         attempts,
         reason,
         uid,
+        user,
         last_attempt_at,
         network_failure,
         lease_lost,
@@ -103,6 +105,7 @@ def message_from_row(row: Sequence[Any], recipients: tuple[Recipient, ...]) -> Q
         attempts=attempts,
         reason=reason,
         uid=uid,
+        user=user,
         recipients=recipients,
         last_attempt_at=last_attempt_at,
         network_failure=bool(network_failure),
@@ -182,6 +185,7 @@ def insert_message(conn: sa.Connection, queue_id: str, message: NewMessage, now:
             next_attempt_at=now,
             attempts=0,
             submitted_uid=message.uid,
+            submitted_user=message.user,
         )
     )
     (message_id,) = result.inserted_primary_key or (None,)

@@ -60,6 +60,8 @@ messages = sa.Table(
     sa.Column("delay_notified", sa.Boolean(), nullable=False, server_default=FALSE),
     # Revision 0003: `relayd queue hold` of a message being sent; applied when its attempt ends.
     sa.Column("hold_reason", sa.Text(), nullable=True),
+    # Revision 0004: the password database's name of `submitted_uid` at submission, if any.
+    sa.Column("submitted_user", sa.String(64), nullable=True),
     sa.CheckConstraint(_one_of("state", State), name="state"),
 )
 # Claiming: state = 'queued' AND account = ? AND next_attempt_at <= now ORDER BY next_attempt_at;

@@ -71,13 +71,18 @@ def reason_line(reason: str) -> str:
 
 
 def message_lines(message: Listed, cache: dict[int, str]) -> list[str]:
-    """One message's lines: the id with its marker, size, arrival and sender; then each shown
-    recipient, preceded by its reason whenever that differs from the previous one
-    (showq_compat's rule, `reason unavailable` included)."""
+    """One message's lines: the id with its marker, size, arrival and sender, then
+    `  owner=NAME` when its submitter is recorded (relayd's addition to Postfix's layout);
+    then each shown recipient, preceded by its reason whenever that differs from the previous
+    one (showq_compat's rule, `reason unavailable` included)."""
     sender = sanitize(message.sender, "terminal") if message.sender else _NULL_SENDER
     marked = message.queue_id + MARKERS.get(message.state, "?")
     arrival = _arrival(message.created_at, cache)
-    lines = [f"{marked:<17} {message.size:>8} {arrival} {sender}"]
+    first = f"{marked:<17} {message.size:>8} {arrival} {sender}"
+    owner = message.owner
+    if owner is not None:
+        first += "  owner=" + sanitize(owner, "terminal")
+    lines = [first]
     previous = ""
     for recipient in shown_recipients(message):
         reason = recipient_reason(message, recipient)
@@ -126,6 +131,8 @@ def json_record(message: Listed) -> dict[str, Any]:
             else None
         ),
         "reason": message.reason,
+        "owner": message.owner_user,
+        "owner_uid": message.owner_uid,
     }
 
 

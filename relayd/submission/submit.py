@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd  # a builtin C module: nothing to load on the hot path
 from collections.abc import Sequence
 
 from relayd import paths
@@ -53,6 +54,7 @@ def build(
         now=now,
         hostname=message.canonical_hostname,
     )
+    uid = os.getuid()
     return NewMessage(
         account=account.id or "",
         overrides=stored_overrides(inv, account),
@@ -63,8 +65,25 @@ def build(
         eightbit=message.is_eightbit(wire),
         # Only a -C file is recorded: without one, delivery reads the default files again.
         config_file=os.path.abspath(inv.conffile) if inv.conffile else None,
-        uid=os.getuid(),
+        uid=uid,
+        user=user_name(uid),
     )
+
+
+# `messages.submitted_user` is VARCHAR(64): PostgreSQL refuses a longer value.
+_USER_MAX = 64
+
+
+def user_name(uid: int) -> str | None:
+    """The password database's name of `uid`; None when it has no entry, or a name the queue
+    cannot keep as text (not UTF-8, longer than 64 characters): the uid alone is recorded."""
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+    if len(name) > _USER_MAX or has_undecodable(name):
+        return None
+    return name
 
 
 def _check_storable(inv: Invocation, account: Account) -> None:

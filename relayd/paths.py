@@ -173,3 +173,16 @@ def ensure_private_file(path: str) -> bool:
     os.close(fd)
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
     return True
+
+
+SUBMIT_SOCKET_NAME = "submit"
+
+
+def host_runtime_dir(environ: Mapping[str, str] | None = None) -> str:
+    """The host daemon's runtime directory: `$RELAYD_RUNTIME_DIR`, else `/run/relayd`."""
+    return _env(environ).get("RELAYD_RUNTIME_DIR", "") or SYSTEM_RUNTIME_DIR
+
+
+def submit_socket(environ: Mapping[str, str] | None = None) -> str:
+    """The host submit socket (SPEC §7): `host_runtime_dir()/submit`."""
+    return os.path.join(host_runtime_dir(environ), SUBMIT_SOCKET_NAME)

@@ -81,6 +81,17 @@ class Retain:
 
 
 @dataclass(frozen=True)
+class Submit:
+    """[submit]: the size limit for every way in, and the host submit socket's limits."""
+
+    listen: bool | None = None  # serve the host submit socket; None: when it is the host queue
+    max_size: int = 128 * 1024 * 1024
+    max_clients: int = 64
+    rate: int = 600  # messages per minute per submitting uid through the socket
+    timeout: int = 60  # seconds a submitter may stay silent
+
+
+@dataclass(frozen=True)
 class Settings:
     """relayd's own settings; durations in seconds. `explicit` names the keys the file set."""
 
@@ -91,6 +102,7 @@ class Settings:
     notify_command: str | None = None
     listen: Listen = field(default_factory=Listen)
     retain: Retain = field(default_factory=Retain)
+    submit: Submit = field(default_factory=Submit)
     file: str | None = None  # the file read, None when only defaults apply
     explicit: frozenset[str] = frozenset()
 
@@ -144,6 +156,33 @@ def _count(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise _Invalid(f"expected a positive integer, not {value!r}")
     return value
+
+
+def _flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(f"expected true or false, not {value!r}")
+    return value
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30}
+_SIZE_UNITS.update({"KB": 1000, "MB": 1000**2, "GB": 1000**3, "K": 1 << 10, "M": 1 << 20})
+
+
+def size(value: object) -> int:
+    """Bytes from an integer or a string with a unit (`"100KiB"`, `"128MiB"`, `"1GB"`)."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise _Invalid(f'expected a size such as 1048576 or "128MiB", not {value!r}')
+    if isinstance(value, int):
+        number = value
+    else:
+        found = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", value)
+        unit = found.group(2).upper() if found else None
+        if found is None or unit not in _SIZE_UNITS:
+            raise _Invalid(f'invalid size {value!r} (use e.g. "100KiB", "128MiB")')
+        number = int(found.group(1)) * _SIZE_UNITS[unit]
+    if number <= 0:
+        raise _Invalid(f"size {value!r} must be positive")
+    return number
 
 
 def _text(value: object) -> str:
@@ -204,6 +243,13 @@ _KEYS: dict[str, dict[str, tuple[str, Callable[[object], Any]]]] = {
     "notify": {"command": ("notify_command", _text)},
     "listen": {"address": ("listen.address", _address), "users": ("listen.users", _users)},
     "retain": {"sent": ("retain.sent", duration), "failed": ("retain.failed", duration)},
+    "submit": {
+        "listen": ("submit.listen", _flag),
+        "max_size": ("submit.max_size", size),
+        "max_clients": ("submit.max_clients", _count),
+        "rate": ("submit.rate", _count),
+        "timeout": ("submit.timeout", duration),
+    },
 }
 
 
@@ -321,6 +367,7 @@ def _build(
         notify_command=values.get("notify_command"),
         listen=part("listen", Listen),
         retain=part("retain", Retain),
+        submit=part("submit", Submit),
         file=name,
         explicit=frozenset(explicit),
     )

@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from relayd.cli import app
-from relayd.cli.queue_list import PURGED, PURGED_LINE
+from relayd.cli.queue_list import PURGED_LINE
 from relayd.daemon import lifecycle, retention
 from relayd.errors import QueueError
 from relayd.settings import Retain, Settings
@@ -26,6 +26,7 @@ from relayd.store.database import Database
 from relayd.store.queued import Attempt, Outcome, Recipient, RecipientState, State
 from relayd.store.sql import SqlStore
 from relayd.store.tables import messages
+from relayd.submission.queuelist import PURGED
 from relayd.sysexits import ExitCode
 from tests.queue_fill import enqueue_many
 from tests.store_helpers import BACKENDS, database_url, message, record_attempt

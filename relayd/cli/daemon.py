@@ -42,10 +42,14 @@ def daemon_command(
     from relayd.daemon import (
         lifecycle as daemon,  # the scheduler and the delivery engine: only to run
     )
+    from relayd.submission.server import SubmitServer  # the host submit socket (SPEC §7)
 
     try:
         config = settings.load()
-        code = asyncio.run(daemon.run_daemon(config, scan_interval=scan_interval, grace=grace))
+        run = daemon.run_daemon(
+            config, scan_interval=scan_interval, grace=grace, services=[SubmitServer]
+        )
+        code = asyncio.run(run)
     except OSError as exc:  # every known start-up path translates its own; never a traceback
         from relayd.daemon.startup import os_failure
 

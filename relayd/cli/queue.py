@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated
@@ -11,12 +10,12 @@ from typing import Annotated
 import typer
 
 from relayd import paths, settings
+from relayd.cli import remote
 from relayd.cli.output import run
 from relayd.cli.queue_list import list_command, show_command
 from relayd.cli.queue_log import log_command
-from relayd.daemon import flush
+from relayd.daemon import actions, flush
 from relayd.store import fastpath
-from relayd.store.records import State
 from relayd.store.sql import SqlStore
 from relayd.sysexits import ExitCode
 
@@ -73,55 +72,55 @@ def flush_command(
     ] = None,
 ) -> None:
     """Make queued messages due now; wake the daemon, or deliver in-process when none runs."""
-    run(
-        lambda: flush.flush(
-            settings.load(),
-            list(queue_ids or ()),
-            account,
-            say=_say,
-            complain=_complain,
-            wait=wait,
-            timeout=timeout,
-            progress=_progress_bar,
-        )
+    run(lambda: _flush(list(queue_ids or ()), account, wait, timeout))
+
+
+def _flush(queue_ids: list[str], account: str | None, wait: bool, timeout: float | None) -> int:
+    hello = {"op": "flush", "ids": queue_ids, "account": account}
+    if not wait:
+        remote_code = remote.act(hello)
+        if remote_code is not None:
+            return remote_code
+    elif remote.connected():
+        _complain("--wait needs read access to the queue; the host daemon delivers without it")
+        return ExitCode.USAGE
+    return flush.flush(
+        settings.load(),
+        queue_ids,
+        account,
+        say=_say,
+        complain=_complain,
+        wait=wait,
+        timeout=timeout,
+        progress=_progress_bar,
     )
 
 
-def _change(action: str, queue_ids: list[str], *, hold: bool) -> int:
-    """Hold or release `queue_ids`; a release wakes the daemon. Exit 69 if any was not found
-    in the state the action needs (Postfix's postsuper reports and goes on the same way)."""
+def _change(queue_ids: list[str], *, hold: bool) -> int:
+    """Hold or release `queue_ids`; a release wakes the daemon."""
+    remote_code = remote.act({"op": "hold" if hold else "release", "ids": queue_ids})
+    if remote_code is not None:
+        return remote_code
     config = settings.load()
     with SqlStore.open(config.database, timeout=fastpath.lock_timeout()) as store:
-        if hold:
-            changed = store.hold(queue_ids, "held by the user")
-        else:
-            changed = store.release(queue_ids, time.time())
-        states = store.states_of(changed)
-    for queue_id in changed:
-        if states.get(queue_id, (None,))[0] is State.SENDING:  # its attempt is under way
-            later = "placed on hold when" if hold else "no longer held after"
-            _say(f"{queue_id}: being sent right now; {later} this attempt ends")
-        else:
-            _say(f"{queue_id}: {action}")
-    missing = sorted(set(queue_ids) - set(changed))
-    need = "queued or being sent" if hold else "held"
-    for queue_id in missing:
-        _complain(f"{queue_id}: no such message {need}")
-    if changed and not hold:
+        code, wake = actions.hold_or_release(
+            store, queue_ids, hold=hold, say=_say, complain=_complain
+        )
+    if wake:
         fastpath.wake(paths.wake_socket())
-    return ExitCode.UNAVAILABLE if missing else 0
+    return code
 
 
 @app.command("hold")
 def hold_command(queue_ids: Annotated[list[str], _IDS]) -> None:
     """Hold messages: they stay in the queue, untried, until released (postsuper -h)."""
-    run(lambda: _change("placed on hold", queue_ids, hold=True))
+    run(lambda: _change(queue_ids, hold=True))
 
 
 @app.command("release")
 def release_command(queue_ids: Annotated[list[str], _IDS]) -> None:
     """Release held messages: due now, and the daemon is woken (postsuper -H)."""
-    run(lambda: _change("released from hold", queue_ids, hold=False))
+    run(lambda: _change(queue_ids, hold=False))
 
 
 def _asks() -> bool:
@@ -131,6 +130,14 @@ def _asks() -> bool:
 
 def _delete(queue_ids: list[str], yes: bool) -> int:
     """Delete `queue_ids` (asking first on a terminal); never one being sent right now."""
+    if not yes and _asks():
+        count = len(set(queue_ids))
+        if not typer.confirm(f"Delete {count} message(s) with their attempts?"):
+            _complain("nothing deleted")
+            return ExitCode.TEMPFAIL
+    remote_code = remote.act({"op": "delete", "ids": queue_ids})
+    if remote_code is not None:
+        return remote_code
     config = settings.load()
     store = SqlStore.open_existing(config.database, timeout=fastpath.lock_timeout())
     if store is None:
@@ -138,24 +145,7 @@ def _delete(queue_ids: list[str], yes: bool) -> int:
             _complain(f"{queue_id}: no such message")
         return ExitCode.UNAVAILABLE
     with store:
-        if not yes and _asks():
-            count = len(set(queue_ids))
-            if not typer.confirm(f"Delete {count} message(s) with their attempts?"):
-                _complain("nothing deleted")
-                return ExitCode.TEMPFAIL
-        deleted = store.delete(queue_ids, now=time.time())
-        left = store.states_of(set(queue_ids) - set(deleted))
-    for queue_id in deleted:
-        _say(f"{queue_id}: removed")
-    code = 0
-    for queue_id in sorted(set(queue_ids) - set(deleted)):
-        if queue_id in left:
-            _complain(f"{queue_id}: being sent right now; not removed (hold it, or try again)")
-            code = code or ExitCode.TEMPFAIL
-        else:
-            _complain(f"{queue_id}: no such message")
-            code = ExitCode.UNAVAILABLE
-    return code
+        return actions.delete(store, queue_ids, say=_say, complain=_complain)
 
 
 @app.command("delete")

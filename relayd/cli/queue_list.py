@@ -9,14 +9,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from relayd import settings
+from relayd.cli import remote
 from relayd.cli.output import fail, json_line, local_time, on_terminal, run
 from relayd.errors import RelaydError
 from relayd.store import fastpath
-from relayd.store.listing import Listed, reply_text
-from relayd.store.queued import Attempt, QueuedMessage
+from relayd.store.listing import Listed
 from relayd.store.records import State
 from relayd.store.sql import SqlStore
 from relayd.submission import queuelist
+from relayd.submission.queuelist import PURGED, owner_text, show_record
 from relayd.sysexits import ExitCode
 from relayd.text import display_headers, sanitize
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 ALL = "all"
 _STATE_HELP = "Only messages in this state (repeatable): queued, sending, held, sent, failed, all."
 _MARKER_STYLES = {"*": "cyan", "!": "magenta", "-": "red", "+": "green"}
-PURGED = "the body was purged under [retain]; the envelope, recipients and attempts are kept"
 PURGED_LINE = "Body: purged under [retain]; the envelope, recipients and attempts are kept"
 
 
@@ -92,6 +92,11 @@ def _write_styled(blocks: Iterable[str]) -> None:
 
 
 def _list(states: tuple[State, ...] | None, account: str | None, as_json: bool) -> int:
+    wanted = None if states is None else [state.value for state in states]
+    found = remote.listing(wanted, account)
+    if found is not None:
+        write_listing(found, as_json=as_json, styled=on_terminal())
+        return 0
     store = open_queue()
     if store is None:
         if not as_json:
@@ -117,80 +122,6 @@ def list_command(
 
 
 # --- queue show ---------------------------------------------------------------------------
-
-
-def show_record(
-    message: QueuedMessage, attempts: Sequence[Attempt], headers: list[tuple[str, str]] | None
-) -> dict[str, Any]:
-    """Everything `queue show --json` prints about one message; `headers` None: its body was
-    purged under [retain]."""
-    return {
-        "queue_id": message.queue_id,
-        "state": message.state.value,
-        "account": message.account,
-        "config_file": message.config_file,
-        "overrides": [list(pair) for pair in message.overrides],
-        "sender": message.sender,
-        "message_size": message.size,
-        "arrival_time": message.created_at,
-        "next_attempt": message.next_attempt_at,
-        "last_attempt": message.last_attempt_at,
-        "lease_owner": message.lease_owner,
-        "lease_until": message.lease_until,
-        "attempts": message.attempts,
-        "reason": message.reason,
-        "submitted_uid": message.uid,
-        "submitted_user": message.user,
-        "possible_duplicate_next": message.lease_lost,
-        "recipients": [
-            {
-                "address": r.address,
-                "state": r.state.value,
-                "reply": reply_text(r.reply_code, r.reply_text),
-            }
-            for r in message.recipients
-        ],
-        "attempt_log": [
-            {
-                "started_at": a.started_at,
-                "duration": round(a.duration, 6),
-                "host": a.host,
-                "tls": a.tls,
-                "auth": a.auth,
-                "exit_code": a.exit_code,
-                "exit_name": _exit_name(a.exit_code),
-                "reply": reply_text(a.reply_code, a.reply),
-                "possible_duplicate": a.possible_duplicate,
-                "note": a.note,
-                "recipients": [
-                    {
-                        "address": r.address,
-                        "state": r.state.value,
-                        "reply": reply_text(r.reply_code, r.reply_text),
-                    }
-                    for r in a.recipients
-                ],
-            }
-            for a in attempts
-        ],
-        "body_purged": headers is None,
-        "headers": [list(pair) for pair in headers or ()],
-    }
-
-
-def _exit_name(code: int) -> str:
-    try:
-        return ExitCode(code).ex_name
-    except ValueError:
-        return str(code)
-
-
-def owner_text(user: str | None, uid: int | None) -> str:
-    """Who submitted a message, as `queue show` says it: `alice (uid 1000)`, `uid 1000` when
-    the uid had no name, `not recorded` when neither was stored."""
-    if uid is None:
-        return user or "not recorded"
-    return f"uid {uid}" if user is None else f"{user} (uid {uid})"
 
 
 def show_lines(record: dict[str, Any]) -> list[str]:
@@ -250,6 +181,9 @@ def show_lines(record: dict[str, Any]) -> list[str]:
 
 
 def _show(queue_id: str, raw: bool, as_json: bool) -> int:
+    through_host = remote.show(queue_id, raw)
+    if through_host is not None:
+        return _print_show(*through_host, raw=raw, as_json=as_json)
     store = open_queue()
     message = data = None
     if store is not None:
@@ -262,10 +196,17 @@ def _show(queue_id: str, raw: bool, as_json: bool) -> int:
     if raw:
         if data is None:
             fail(f"{queue_id}: {PURGED}", ExitCode.NOINPUT)
+        return _print_show(None, data, raw=True, as_json=False)
+    record = show_record(message, attempts, None if data is None else display_headers(data))
+    return _print_show(record, b"", raw=False, as_json=as_json)
+
+
+def _print_show(record: dict[str, Any] | None, data: bytes, *, raw: bool, as_json: bool) -> int:
+    """Print a message as `queue show` does: its bytes (`raw`), its JSON, or the text."""
+    if raw or record is None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return 0
-    record = show_record(message, attempts, None if data is None else display_headers(data))
     if as_json:
         typer.echo(json_line(record))
         return 0

@@ -22,9 +22,11 @@ from apscheduler.triggers.interval import IntervalTrigger
 from relayd import paths
 from relayd import settings as settings_module
 from relayd.daemon import retention, sdnotify, startup, wirelog
+from relayd.daemon.activation import inherited
 from relayd.daemon.instance import SCAN_INTERVAL, SHUTDOWN_GRACE
 from relayd.daemon.netwatch import NetworkWatch
 from relayd.daemon.runner import Runner
+from relayd.daemon.services import Context, ServiceFactory
 from relayd.errors import ConfigError, RelaydError
 from relayd.settings import Settings
 from relayd.store.dialects import describe
@@ -38,29 +40,6 @@ _JOB = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
 _UTC = datetime.UTC
 
 log = logging.getLogger("relayd.daemon.lifecycle")
-
-
-def bind_wake_socket(path: str) -> socket.socket:
-    """The wake-up datagram socket at `path` (0600 in a 0700 directory), non-blocking.
-
-    A socket file left by a dead daemon is removed; one a live daemon listens on (another
-    queue's daemon with the same runtime directory) is refused with exit 75, as a second
-    daemon on the same queue is; anything else in the way is an error.
-    """
-    try:
-        paths.ensure_private_dir(os.path.dirname(os.path.abspath(path)))
-        startup.clear_stale_socket(path)
-    except OSError as exc:
-        raise startup.os_failure(exc, "bind the wake-up socket", path) from None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-    try:
-        sock.bind(path)
-        os.chmod(path, 0o600)
-    except OSError as exc:
-        sock.close()
-        raise startup.os_failure(exc, "bind the wake-up socket", path) from None
-    sock.setblocking(False)
-    return sock
 
 
 def _this_kernel() -> str:
@@ -93,13 +72,16 @@ async def run_daemon(
     scan_interval: float = SCAN_INTERVAL,
     grace: float = SHUTDOWN_GRACE,
     clock: Callable[[], float] = time.time,
+    services: Sequence[ServiceFactory] = (),
 ) -> int:
-    """`relayd daemon`: run until SIGTERM/SIGINT; the exit code."""
+    """`relayd daemon`: run until SIGTERM/SIGINT, with `services` beside the runner (the host
+    submit socket…); the exit code."""
     lock = startup.lock_queue(settings.database)
     try:
         store = await asyncio.to_thread(SqlStore.open, settings.database)
         try:
-            return await _Lifecycle(store, settings, lock, scan_interval, grace, clock).run()
+            cycle = _Lifecycle(store, settings, lock, scan_interval, grace, clock)
+            return await cycle.run(services)
         finally:
             store.close()
     finally:
@@ -141,12 +123,21 @@ class _Lifecycle:
         self._rescan = False
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def run(self) -> int:
+    async def run(self, services: Sequence[ServiceFactory]) -> int:
         loop = asyncio.get_running_loop()
         await self._release_leases(everything=self.locked)
         await self._prune_journals()
-        sock = bind_wake_socket(paths.wake_socket())
+        context = Context(self.store, lambda: self.runner.settings, self.wake, inherited())
+        started = [make(context) for make in services]
+        sock = startup.bind_wake_socket(paths.wake_socket())
         loop.add_reader(sock.fileno(), self._on_datagram, sock)
+        try:
+            for service in started:
+                await service.start()
+        except BaseException:
+            loop.remove_reader(sock.fileno())
+            startup.unbind(sock)
+            raise
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._stop)
         loop.add_signal_handler(signal.SIGHUP, self._reload)
@@ -166,9 +157,9 @@ class _Lifecycle:
             self.scheduler.shutdown(wait=False)
             self.network.close()
             loop.remove_reader(sock.fileno())
-            with contextlib.suppress(OSError):
-                os.unlink(sock.getsockname())
-            sock.close()
+            startup.unbind(sock)
+            for service in started:  # no new mail first, then the runner's transactions
+                await service.stop()
             await self.runner.stop(self.grace)
             await self._release_leases(everything=self.locked, stopping=True)
             await self.runner.notifier.wait(timeout=self.grace)

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import os
 import pwd
+import socket
 import stat
 
 from relayd import paths
@@ -163,21 +164,63 @@ def lock_queue(database_url: str) -> int | None:
     return lock
 
 
-def clear_stale_socket(path: str) -> None:
-    """Remove a wake-up socket file left by a dead daemon. A live daemon's (another queue's
-    daemon with the same runtime directory) is refused with exit 75, as a second daemon on the
-    same queue is: removing it would leave that daemon deaf to wake-ups."""
+def clear_stale_socket(path: str, kind: socket.SocketKind = socket.SOCK_DGRAM) -> None:
+    """Remove a socket file (the wake-up socket; the submit socket: `kind` SOCK_STREAM) left
+    by a dead daemon. A live daemon's (another queue's daemon with the same runtime directory)
+    is refused with exit 75, as a second daemon on the same queue is: removing it would leave
+    that daemon deaf."""
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(mode):
         raise RelaydError(f"{path}: exists and is not a socket", ExitCode.CANTCREAT)
-    if daemon_listening(path):
+    if _listening(path, kind):
         raise RelaydError(
-            f"{path}: another relayd daemon listens on this wake-up socket (one using the same"
+            f"{path}: another relayd daemon listens on this socket (one using the same"
             " runtime directory for another queue); give each daemon its own RELAYD_RUNTIME_DIR",
             ExitCode.TEMPFAIL,
         )
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def _listening(path: str, kind: socket.SocketKind) -> bool:
+    if kind == socket.SOCK_DGRAM:
+        return daemon_listening(path)
+    with socket.socket(socket.AF_UNIX, kind | socket.SOCK_CLOEXEC) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+def bind_wake_socket(path: str) -> socket.socket:
+    """The wake-up datagram socket at `path` (0600 in a 0700 directory), non-blocking.
+
+    A socket file left by a dead daemon is removed; one a live daemon listens on (another
+    queue's daemon with the same runtime directory) is refused with exit 75, as a second
+    daemon on the same queue is; anything else in the way is an error.
+    """
+    try:
+        paths.ensure_private_dir(os.path.dirname(os.path.abspath(path)))
+        clear_stale_socket(path)
+    except OSError as exc:
+        raise os_failure(exc, "bind the wake-up socket", path) from None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(path)
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        sock.close()
+        raise os_failure(exc, "bind the wake-up socket", path) from None
+    sock.setblocking(False)
+    return sock
+
+
+def unbind(sock: socket.socket) -> None:
+    """Close a UNIX socket and remove its file."""
+    with contextlib.suppress(OSError):
+        os.unlink(sock.getsockname())
+    sock.close()

@@ -83,12 +83,18 @@ class SqlStore:
     # --- submission -------------------------------------------------------------------------
 
     def enqueue(self, message: NewMessage, now: float) -> str:
+        return self.enqueue_many([message], now)[0]
+
+    def enqueue_many(self, batch: Sequence[NewMessage], now: float) -> list[str]:
+        """Store `batch` in one transaction (one commit, one fsync: a group commit); their
+        queue ids in order. All or none are stored."""
         for attempt in range(_ID_TRIES):
-            queue_id = new_queue_id(now)
+            queue_ids = [new_queue_id(now) for _ in batch]
             try:
                 with self._db.transaction("store the message") as conn:
-                    insert_message(conn, queue_id, message, now)
-                return queue_id
+                    for queue_id, message in zip(queue_ids, batch, strict=True):
+                        insert_message(conn, queue_id, message, now)
+                return queue_ids
             except sa.exc.IntegrityError as exc:
                 if "queue_id" not in str(exc.orig) or attempt + 1 == _ID_TRIES:
                     raise
@@ -115,6 +121,19 @@ class SqlStore:
     ) -> Iterator[Listed]:
         with self.reading() as conn:
             yield from listing(conn, states, account)
+
+    def owners_of(self, queue_ids: Collection[str]) -> dict[str, int | None]:
+        """The submitting uid of each of `queue_ids` that exists (None: not recorded)."""
+        wanted = list(queue_ids)
+        found: dict[str, int | None] = {}
+        with self.reading() as conn:
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
+                query = sa.select(messages.c.queue_id, messages.c.submitted_uid).where(
+                    messages.c.queue_id.in_(chunk)
+                )
+                found.update({queue_id: uid for queue_id, uid in conn.execute(query)})
+        return found
 
     def states_of(self, queue_ids: Collection[str]) -> dict[str, tuple[State, str, float | None]]:
         wanted = list(queue_ids)

@@ -131,6 +131,7 @@ class Invocation:
         # The account built from command-line options, and those options as given.
         self.cmdline = Account(id=None, conffile=None)
         self.overrides: list[tuple[str, str | None]] = []
+        self.argv: list[str] = []  # the arguments as given (the host daemon parses them again)
 
     @property
     def host_given(self) -> bool:
@@ -141,6 +142,7 @@ class Invocation:
 def parse(argv: Sequence[str]) -> Invocation:
     """Parse relayd-sendmail's arguments (without argv[0]); UsageError (64) on any problem."""
     inv = Invocation()
+    inv.argv = list(argv)
     for opt in getopt_long(argv, SHORT_OPTIONS, LONG_OPTIONS):
         if opt.name == "":
             inv.recipients.append(opt.value or "")

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TextIO
 
-from relayd.store.listing import Listed, ListedRecipient
+from relayd.store.listing import Listed, ListedRecipient, reply_text
+from relayd.store.queued import Attempt, QueuedMessage
 from relayd.store.records import RecipientState, State
+from relayd.sysexits import ExitCode
 from relayd.text import sanitize
 
 # What `mailq` shows, as Postfix does: mail not yet delivered nor given up.
@@ -20,6 +22,7 @@ WAITING = (State.QUEUED, State.SENDING, State.HELD)
 # What `relayd queue list` shows without --state: also failed mail, kept with its reason.
 UNFINISHED = (*WAITING, State.FAILED)
 EMPTY = "Mail queue is empty"
+PURGED = "the body was purged under [retain]; the envelope, recipients and attempts are kept"
 
 # After the id, as Postfix marks active (`*`) and held (`!`) mail; relayd keeps finished mail
 # too, marked `-` (failed) and `+` (sent).
@@ -37,6 +40,7 @@ HEADINGS = (
 )
 _RECIPIENT_INDENT = " " * (17 + 1 + 8 + 1 + 19 + 1)
 _NULL_SENDER = "MAILER-DAEMON"  # how Postfix lists `<>`
+HIDDEN = "(another user's message)"
 
 
 def _arrival(timestamp: float, cache: dict[int, str]) -> str:
@@ -70,12 +74,21 @@ def reason_line(reason: str) -> str:
     return f"{'':{max(0, 76 - len(reason))}}({reason})"
 
 
+def hidden(message: Listed) -> bool:
+    """Whether this is another user's message listed through the host socket: its envelope
+    (sender, recipients, reason) is not shown (every stored message has a recipient)."""
+    return not message.recipients
+
+
 def message_lines(message: Listed, cache: dict[int, str]) -> list[str]:
     """One message's lines: the id with its marker, size, arrival and sender, then
     `  owner=NAME` when its submitter is recorded (relayd's addition to Postfix's layout);
     then each shown recipient, preceded by its reason whenever that differs from the previous
     one (showq_compat's rule, `reason unavailable` included)."""
-    sender = sanitize(message.sender, "terminal") if message.sender else _NULL_SENDER
+    if hidden(message):
+        sender = HIDDEN
+    else:
+        sender = sanitize(message.sender, "terminal") if message.sender else _NULL_SENDER
     marked = message.queue_id + MARKERS.get(message.state, "?")
     arrival = _arrival(message.created_at, cache)
     first = f"{marked:<17} {message.size:>8} {arrival} {sender}"
@@ -113,7 +126,8 @@ def listing_blocks(messages: Iterable[Listed]) -> Iterator[str]:
 
 
 def json_record(message: Listed) -> dict[str, Any]:
-    """One message as `queue list --json` prints it (SPEC §1.2; `postqueue -j`'s spirit)."""
+    """One message as `queue list --json` prints it (SPEC §1.2; `postqueue -j`'s spirit);
+    another user's, listed through the host socket, has `hidden` true and null envelope."""
     return {
         "queue_id": message.queue_id,
         "state": message.state,
@@ -133,7 +147,8 @@ def json_record(message: Listed) -> dict[str, Any]:
         "reason": message.reason,
         "owner": message.owner_user,
         "owner_uid": message.owner_uid,
-    }
+        "hidden": hidden(message),
+    } | ({"sender": None, "recipients": None} if hidden(message) else {})
 
 
 def write_lines(out: TextIO, lines: Iterable[str]) -> None:
@@ -161,7 +176,15 @@ def print_mailq(out: TextIO) -> int:
     from relayd import settings
     from relayd.store import fastpath
     from relayd.store.sql import SqlStore
+    from relayd.submission import client, route
 
+    way = route.decide()
+    if way.sock is not None:  # a user of the host queue: ask the daemon
+        reply, found = client.listing(way.sock, [state.value for state in WAITING], None)
+        if reply.code != 0:
+            return client.report(reply, "mailq")
+        write_lines(out, listing_blocks(found))
+        return 0
     store = SqlStore.open_reading(settings.load().database, timeout=fastpath.lock_timeout())
     if store is None:
         write_lines(out, [EMPTY])
@@ -169,3 +192,77 @@ def print_mailq(out: TextIO) -> int:
     with store:
         write_lines(out, listing_blocks(store.listing(WAITING)))
     return 0
+
+
+def show_record(
+    message: QueuedMessage, attempts: Sequence[Attempt], headers: list[tuple[str, str]] | None
+) -> dict[str, Any]:
+    """Everything `queue show --json` prints about one message; `headers` None: its body was
+    purged under [retain]."""
+    return {
+        "queue_id": message.queue_id,
+        "state": message.state.value,
+        "account": message.account,
+        "config_file": message.config_file,
+        "overrides": [list(pair) for pair in message.overrides],
+        "sender": message.sender,
+        "message_size": message.size,
+        "arrival_time": message.created_at,
+        "next_attempt": message.next_attempt_at,
+        "last_attempt": message.last_attempt_at,
+        "lease_owner": message.lease_owner,
+        "lease_until": message.lease_until,
+        "attempts": message.attempts,
+        "reason": message.reason,
+        "submitted_uid": message.uid,
+        "submitted_user": message.user,
+        "possible_duplicate_next": message.lease_lost,
+        "recipients": [
+            {
+                "address": r.address,
+                "state": r.state.value,
+                "reply": reply_text(r.reply_code, r.reply_text),
+            }
+            for r in message.recipients
+        ],
+        "attempt_log": [
+            {
+                "started_at": a.started_at,
+                "duration": round(a.duration, 6),
+                "host": a.host,
+                "tls": a.tls,
+                "auth": a.auth,
+                "exit_code": a.exit_code,
+                "exit_name": _exit_name(a.exit_code),
+                "reply": reply_text(a.reply_code, a.reply),
+                "possible_duplicate": a.possible_duplicate,
+                "note": a.note,
+                "recipients": [
+                    {
+                        "address": r.address,
+                        "state": r.state.value,
+                        "reply": reply_text(r.reply_code, r.reply_text),
+                    }
+                    for r in a.recipients
+                ],
+            }
+            for a in attempts
+        ],
+        "body_purged": headers is None,
+        "headers": [list(pair) for pair in headers or ()],
+    }
+
+
+def _exit_name(code: int) -> str:
+    try:
+        return ExitCode(code).ex_name
+    except ValueError:
+        return str(code)
+
+
+def owner_text(user: str | None, uid: int | None) -> str:
+    """Who submitted a message, as `queue show` says it: `alice (uid 1000)`, `uid 1000` when
+    the uid had no name, `not recorded` when neither was stored."""
+    if uid is None:
+        return user or "not recorded"
+    return f"uid {uid}" if user is None else f"{user} (uid {uid})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _socket
 import os
 import sys
 import time
@@ -14,6 +15,7 @@ from relayd.accounts.select import Selection, select
 from relayd.errors import DataError, RelaydError, UsageError
 from relayd.submission import message
 from relayd.submission.cmdline import Delivery, Invocation, Mode, parse
+from relayd.submission.headers import HeaderScan
 from relayd.sysexits import ExitCode
 
 MSMTP_VERSION = "1.8.23"
@@ -68,9 +70,53 @@ def run(inv: Invocation, prog: str) -> int:
             f"{inv.mode.value} mode is not available in this version", ExitCode.UNAVAILABLE
         )
     sendmail_mode = inv.mode is Mode.SEND
+    note = False
+    if sendmail_mode and not inv.pretend:
+        from relayd.submission import route
+
+        way = route.decide()
+        if way.sock is not None:
+            return _to_host(inv, way.sock, prog)
+        note = way.note
     data = sys.stdin.buffer.read() if sendmail_mode else b""
-    scan = message.scan_headers(data, read_recipients=inv.read_recipients)
     emit = Output(inv.pretend or inv.debug)
+    account, recipients, scan = prepare(inv, data, emit)
+    if inv.pretend:
+        return ExitCode.OK
+    debug = emit if inv.debug else None
+    if not sendmail_mode:
+        from relayd.submission import (
+            interactive,  # the delivery engine: only when talking to a server
+        )
+
+        if inv.mode is Mode.SERVERINFO:
+            return interactive.serverinfo(account, prog=prog, debug=debug)
+        return interactive.rmqs(account, inv.rmqs or "", prog=prog, debug=debug)
+    from relayd.submission import submit
+
+    now = time.time()
+    new = submit.build(inv, account, data, scan, recipients, now)
+    del data  # the wire copy replaces the input: a large message is held once, not twice
+    queue_id = submit.store(inv, new, now)
+    emit(f"queued as {queue_id}")
+    if note:
+        from relayd.store import location
+        from relayd.submission.route import NO_DAEMON
+
+        line = NO_DAEMON.format(queue=_redact(location.database_url()))
+        sys.stderr.buffer.write(f"{prog}: {line}\n".encode("utf-8", "surrogateescape"))
+    if inv.delivery is Delivery.INTERACTIVE:
+        from relayd.submission import interactive
+
+        return interactive.deliver_now(account, queue_id, prog=prog, debug=debug)
+    return ExitCode.OK
+
+
+def prepare(inv: Invocation, data: bytes, emit: Output) -> tuple[Account, list[str], HeaderScan]:
+    """The account (chosen, completed and checked as msmtp does), the recipients (aliases
+    expanded) and the header scan of `data`, printing -P/-d lines through `emit`."""
+    sendmail_mode = inv.mode is Mode.SEND
+    scan = message.scan_headers(data, read_recipients=inv.read_recipients)
     header_from = scan.from_address if inv.read_envelope_from else None
     if sendmail_mode and inv.read_envelope_from:
         emit(f"envelope from address extracted from mail: {header_from or '(null)'}")
@@ -101,29 +147,19 @@ def run(inv: Invocation, prog: str) -> int:
         emit(line)
     if account.aliases:
         recipients = message.expand_aliases(recipients, account.aliases)
-    if inv.pretend:
-        return ExitCode.OK
-    debug = emit if inv.debug else None
-    if not sendmail_mode:
-        from relayd.submission import (
-            interactive,  # the delivery engine: only when talking to a server
-        )
+    return account, recipients, scan
 
-        if inv.mode is Mode.SERVERINFO:
-            return interactive.serverinfo(account, prog=prog, debug=debug)
-        return interactive.rmqs(account, inv.rmqs or "", prog=prog, debug=debug)
-    from relayd.submission import submit
 
-    now = time.time()
-    new = submit.build(inv, account, data, scan, recipients, now)
-    del data  # the wire copy replaces the input: a large message is held once, not twice
-    queue_id = submit.store(inv, new, now)
-    emit(f"queued as {queue_id}")
-    if inv.delivery is Delivery.INTERACTIVE:
-        from relayd.submission import interactive
+def _to_host(inv: Invocation, sock: _socket.socket, prog: str) -> int:
+    """Hand the mail to the host daemon through its submit socket (SPEC §7)."""
+    from relayd.submission import client, privilege
 
-        return interactive.deliver_now(account, queue_id, prog=prog, debug=debug)
-    return ExitCode.OK
+    try:
+        privilege.screen(inv)  # the daemon checks again; this spares sending a refused mail
+    except RelaydError:
+        sock.close()
+        raise
+    return client.submit(sock, inv.argv, prog)
 
 
 def _flush(prog: str) -> int:

@@ -15,6 +15,7 @@ SYSTEM_STATE_DIR = "/var/spool/relayd"
 SYSTEM_RUNTIME_DIR = "/run/relayd"
 DATABASE_NAME = "queue.sqlite3"
 WAKE_SOCKET_NAME = "wake"
+DEFAULT_MAX_SIZE = 128 * 1024 * 1024  # `[submit] max_size`: the same limit for every way in
 
 
 def _env(environ: Mapping[str, str] | None) -> Mapping[str, str]:

@@ -85,7 +85,7 @@ class Submit:
     """[submit]: the size limit for every way in, and the host submit socket's limits."""
 
     listen: bool | None = None  # serve the host submit socket; None: when it is the host queue
-    max_size: int = 128 * 1024 * 1024
+    max_size: int = paths.DEFAULT_MAX_SIZE
     max_clients: int = 64
     rate: int = 600  # messages per minute per submitting uid through the socket
     timeout: int = 60  # seconds a submitter may stay silent

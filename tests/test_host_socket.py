@@ -427,3 +427,45 @@ def test_users_see_only_their_own_envelopes_and_act_only_on_their_own_mail(
     from tests.test_daemon import run_relayd
 
     assert run_relayd("queue", "hold", theirs).returncode == 0
+
+
+def test_socket_activation_serves_the_socket_systemd_passed(
+    host: Host, upstream: UpstreamServer, tmp_path: Path
+) -> None:
+    """As relayd-submit.socket does: the socket exists before the daemon, a submission made
+    while it starts waits for it, and the daemon leaves the socket to its owner at its stop."""
+    import socket
+
+    from tests.sendmail_helpers import sendmail_env
+    from tests.test_daemon import RELAYD
+
+    write_msmtprc(f"account default\nhost 127.0.0.1\nport {upstream.port}\nfrom h@example.org\n")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(host.socket))
+    host.socket.chmod(0o666)
+    listener.listen(16)
+    config = tmp_path / "relayd.toml"
+    config.write_text("[submit]\nlisten = false\n")  # only what systemd passes
+    env = sendmail_env(RELAYD_RUNTIME_DIR=str(host.run), RELAYD_CONFIG=str(config))
+    fd = listener.fileno()
+    wrapper = f'exec 3<&{fd}; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=submit exec "$0" daemon'
+    daemon = subprocess.Popen(
+        ["bash", "-c", wrapper, RELAYD],
+        pass_fds=[fd],
+        env=env,
+        cwd=env["HOME"],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        result = host.sendmail(NOBODY, ["you@example.org"], MESSAGE, timeout=8)
+    except subprocess.TimeoutExpired:
+        daemon.terminate()
+        raise AssertionError(daemon.communicate(timeout=30)) from None
+    finally:
+        daemon.terminate()
+        _, err = daemon.communicate(timeout=30)
+    assert result.returncode == 0, (result.stderr, err)
+    assert list(_owners().values()) == [(NOBODY, "nobody")]
+    assert daemon.returncode == 0, err
+    assert host.socket.exists()  # systemd's socket: not removed by the daemon
+    listener.close()

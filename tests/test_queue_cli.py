@@ -206,6 +206,7 @@ def test_json_lines_carry_the_spec_keys(store: SqlStore) -> None:
         "reason": "451 4.2.0 full",
         "owner": "alice",
         "owner_uid": 1000,
+        "hidden": False,
     }
     assert before + 590 < record["next_attempt"] < time.time() + 610
 

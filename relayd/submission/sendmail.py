@@ -78,7 +78,11 @@ def run(inv: Invocation, prog: str) -> int:
         if way.sock is not None:
             return _to_host(inv, way.sock, prog)
         note = way.note
-    data = sys.stdin.buffer.read() if sendmail_mode else b""
+    data = b""
+    if sendmail_mode:
+        from relayd.submission.submit import max_size, read_message
+
+        data = read_message(sys.stdin.buffer, max_size())
     emit = Output(inv.pretend or inv.debug)
     account, recipients, scan = prepare(inv, data, emit)
     if inv.pretend:

@@ -27,6 +27,7 @@ from relayd.submission.cmdline import Delivery, Invocation, Mode, parse
 from relayd.submission.limits import Committer, RateLimit
 from relayd.submission.ops import QueueOps
 from relayd.submission.protocol import Refused
+from relayd.submission.submit import too_big
 from relayd.sysexits import ExitCode
 
 log = logging.getLogger("relayd.submit")
@@ -216,7 +217,7 @@ class SubmitServer:
                 size += len(chunk)
                 if size > limits.max_size:
                     log.warning("submit socket: %s sent more than %d bytes", peer, limits.max_size)
-                    raise Refused(too_big(limits.max_size), ExitCode.DATAERR)
+                    raise Refused(too_big(limits.max_size).message, ExitCode.DATAERR)
                 spool.write(chunk)
             self._readers.difference_update({asyncio.current_task()})  # a stop lets it finish
             spool.seek(0)
@@ -229,11 +230,6 @@ class SubmitServer:
         if inv.delivery is Delivery.BACKGROUND:
             self.context.wake()
         await _reply(writer, ExitCode.OK, f"queued as {queue_id}", warnings)
-
-
-def too_big(limit: int) -> str:
-    """The one line for a message over `[submit] max_size`."""
-    return f"message too big: more than {limit} bytes ([submit] max_size)"
 
 
 def _compose(inv: Invocation, spool: Any, peer: Peer) -> NewMessage:

@@ -8,13 +8,17 @@ from collections.abc import Sequence
 
 from relayd import paths
 from relayd.accounts.account import Account
-from relayd.errors import ConfigError, UsageError
+from relayd.errors import ConfigError, DataError, UsageError
 from relayd.store import fastpath, location
 from relayd.store.records import NewMessage
 from relayd.submission import message
 from relayd.submission.addresses import has_undecodable, shown
 from relayd.submission.cmdline import Delivery, Invocation
 from relayd.submission.headers import HeaderScan
+
+TYPE_CHECKING = False  # typing costs milliseconds on the sendmail hot path
+if TYPE_CHECKING:
+    from typing import BinaryIO
 
 
 def stored_overrides(inv: Invocation, account: Account) -> tuple[tuple[str, str | None], ...]:
@@ -84,6 +88,28 @@ def user_name(uid: int) -> str | None:
     if len(name) > _USER_MAX or has_undecodable(name):
         return None
     return name
+
+
+def max_size() -> int:
+    """`[submit] max_size` (relayd.toml is read only when there is one: the hot path)."""
+    if paths.settings_file()[0] is None:
+        return paths.DEFAULT_MAX_SIZE
+    from relayd import settings
+
+    return settings.load().submit.max_size
+
+
+def too_big(limit: int) -> DataError:
+    """The one-line refusal of a message over `[submit] max_size` (65, SMTP's 552)."""
+    return DataError(f"message too big: more than {limit} bytes ([submit] max_size)")
+
+
+def read_message(stream: BinaryIO, limit: int) -> bytes:
+    """The message from `stream`, refused (65) past `limit` bytes without reading it all."""
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise too_big(limit)
+    return data
 
 
 def _check_storable(inv: Invocation, account: Account) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sendmail_helpers import SENDMAIL
+from tests.sendmail_helpers import run_sendmail
 
 NOBODY = 65534
 TEST_USER = "relaydtest2"
@@ -70,15 +70,7 @@ class Host:
     ) -> subprocess.CompletedProcess[bytes]:
         """`relayd-sendmail ARGS` as `uid`."""
         env = self.user_env(uid, **extra)
-        return subprocess.run(
-            [*as_uid(uid), SENDMAIL, *args],
-            input=stdin,
-            capture_output=True,
-            env=env,
-            cwd=env["HOME"],
-            timeout=timeout,
-            check=False,
-        )
+        return run_sendmail(args, stdin, env=env, prefix=as_uid(uid), timeout=timeout)
 
     def python(
         self, uid: int, code: str, *, timeout: float = 60

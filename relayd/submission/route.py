@@ -7,6 +7,7 @@ import _socket
 import os
 
 from relayd import paths
+from relayd.daemon.instance import daemon_listening
 
 TYPE_CHECKING = False  # the sendmail hot path
 if TYPE_CHECKING:
@@ -62,14 +63,7 @@ def _answers(path: str, owner: int | None = None) -> bool:
                 return False
         except OSError:
             return False
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
-    try:
-        sock.connect(path)
-    except OSError:
-        return False
-    finally:
-        sock.close()
-    return True
+    return daemon_listening(path)
 
 
 def _connect(path: str) -> _socket.socket | None:

@@ -116,3 +116,12 @@ def test_a_sendmail_submission_is_listed_under_its_users_name() -> None:
     assert (record["owner"], record["owner_uid"]) == (name, os.getuid())
     assert record["arrival_time"] >= int(before)
     assert f"me@example.org  owner={name}" in invoke("queue", "list")
+
+
+def test_a_group_commit_stores_all_and_owners_are_looked_up(any_store: SqlStore) -> None:
+    batch = [message(n, uid=1000 + n, user=f"u{n}") for n in range(3)]
+    ids = any_store.enqueue_many(batch, T0)
+    assert len(set(ids)) == 3
+    assert [m.queue_id for m in any_store.listing()] == ids
+    owners = any_store.owners_of([*ids, "NOSUCHID"])
+    assert owners == {ids[0]: 1000, ids[1]: 1001, ids[2]: 1002}

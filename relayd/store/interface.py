@@ -143,6 +143,11 @@ class RunnerStore(MessageStore, Protocol):
         """Store `message` with all its recipients pending, due at `now`; its queue id."""
         ...
 
+    def enqueue_many(self, batch: Sequence[NewMessage], now: float) -> list[str]:
+        """Store `batch` in one transaction (a group commit: one fsync); all or none; their
+        queue ids in order."""
+        ...
+
 
 class QueueStore(MessageStore, Protocol):
     """What the user's side uses: `relayd queue …`, `mailq`, `queue flush` and its wait."""
@@ -165,6 +170,10 @@ class QueueStore(MessageStore, Protocol):
 
     def states_of(self, queue_ids: Collection[str]) -> dict[str, tuple[State, str, float | None]]:
         """Each existing message's (state, account, last attempt time)."""
+        ...
+
+    def owners_of(self, queue_ids: Collection[str]) -> dict[str, int | None]:
+        """Each existing message's submitting uid (None: not recorded)."""
         ...
 
     def release(self, queue_ids: Iterable[str], now: float) -> tuple[str, ...]:

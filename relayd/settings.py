@@ -14,6 +14,20 @@ from dataclasses import dataclass, field, replace
 from relayd import paths
 from relayd.errors import ConfigError
 from relayd.paths import SYSTEM_SETTINGS_FILE, settings_file
+from relayd.settings_values import (
+    Invalid,
+    addresses,
+    count,
+    database_url,
+    duration,
+    duration_or_off,
+    flag,
+    is_loopback,
+    path,
+    size,
+    text,
+    users,
+)
 from relayd.sysexits import ExitCode
 
 TYPE_CHECKING = False  # typing costs milliseconds on the sendmail path; mypy still sees this
@@ -32,8 +46,6 @@ __all__ = [
     "read",
     "settings_file",
 ]
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION = re.compile(r"(?:\d+[smhdw])+")
 _DAY = 86400
 
 
@@ -66,10 +78,16 @@ class Bounce:
 
 @dataclass(frozen=True)
 class Listen:
-    """[listen]: the loopback SMTP listener's address and AUTH users."""
+    """[listen]: the SMTP listener's addresses, AUTH users, TLS and limits."""
 
-    address: str | None = None  # HOST:PORT; None: no listener
-    users: tuple[tuple[str, str], ...] | None = None  # (user, password); None: no AUTH
+    address: tuple[str, ...] = ()  # HOST:PORT each; empty: no listener
+    users: tuple[tuple[str, str], ...] | None = None  # (user, password hash); None: no AUTH
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    max_recipients: int = 1000
+    max_sessions: int = 32
+    require_account: bool = False
+    timeout: int = 300  # seconds a client may take for a command or a DATA line
 
 
 @dataclass(frozen=True)
@@ -127,103 +145,13 @@ if TYPE_CHECKING:
     Report = Callable[[Mistake], None]
 
 
-class _Invalid(Exception):
-    """A value failed validation; the loader adds the file and key."""
-
-
-def duration(value: object) -> int:
-    """Seconds from `"90s"`, `"5m"`, `"1h30m"`, `"5d"`, `"2w"` or an integer of seconds."""
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise _Invalid(f'expected a duration such as "90s", "5m", "1h", "5d", not {value!r}')
-    if isinstance(value, int):
-        seconds = value
-    elif _DURATION.fullmatch(value.strip()):
-        seconds = sum(int(n) * _UNITS[u] for n, u in re.findall(r"(\d+)([smhdw])", value))
-    else:
-        raise _Invalid(f'invalid duration {value!r} (use e.g. "90s", "5m", "1h", "5d")')
-    if seconds <= 0:
-        raise _Invalid(f"duration {value!r} must be positive")
-    return seconds
-
-
-def _duration_or_off(value: object) -> int | None:
-    if value is False or value == "off":
-        return None
-    return duration(value)
-
-
-def _count(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _Invalid(f"expected a positive integer, not {value!r}")
-    return value
-
-
-def _flag(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise _Invalid(f"expected true or false, not {value!r}")
-    return value
-
-
-_SIZE_UNITS = {"": 1, "B": 1, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30}
-_SIZE_UNITS.update({"KB": 1000, "MB": 1000**2, "GB": 1000**3, "K": 1 << 10, "M": 1 << 20})
-
-
-def size(value: object) -> int:
-    """Bytes from an integer or a string with a unit (`"100KiB"`, `"128MiB"`, `"1GB"`)."""
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise _Invalid(f'expected a size such as 1048576 or "128MiB", not {value!r}')
-    if isinstance(value, int):
-        number = value
-    else:
-        found = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", value)
-        unit = found.group(2).upper() if found else None
-        if found is None or unit not in _SIZE_UNITS:
-            raise _Invalid(f'invalid size {value!r} (use e.g. "100KiB", "128MiB")')
-        number = int(found.group(1)) * _SIZE_UNITS[unit]
-    if number <= 0:
-        raise _Invalid(f"size {value!r} must be positive")
-    return number
-
-
-def _text(value: object) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _Invalid(f"expected a non-empty string, not {value!r}")
-    return value
-
-
-def _database(value: object) -> str:
-    try:
-        return paths.check_database_url(_text(value))
-    except ConfigError as exc:
-        raise _Invalid(exc.message) from None
-
-
 def _bounce(value: object) -> Bounce:
-    mode = _text(value)
+    mode = text(value)
     if mode in ("none", "sender"):
         return Bounce(mode=mode)
     if mode.startswith("maildir:") and mode[len("maildir:") :].strip():
         return Bounce(mode="maildir", maildir=os.path.expanduser(mode[len("maildir:") :]))
-    raise _Invalid(f"expected none, sender or maildir:PATH, not {mode!r}")
-
-
-def _address(value: object) -> str:
-    text = _text(value)
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise _Invalid(f"expected HOST:PORT such as 127.0.0.1:2525, not {text!r}")
-    if ":" in host and not (host.startswith("[") and host.endswith("]")):
-        raise _Invalid(f"write an IPv6 address in brackets, e.g. [::1]:2525, not {text!r}")
-    return text
-
-
-def _users(value: object) -> tuple[tuple[str, str], ...]:
-    if not isinstance(value, dict) or not value:
-        raise _Invalid('expected a table of user = "password"')
-    for user, password in value.items():
-        if not isinstance(password, str) or not password:
-            raise _Invalid(f"user {user}: expected a non-empty password string")
-    return tuple(sorted(value.items()))
+    raise Invalid(f"expected none, sender or maildir:PATH, not {mode!r}")
 
 
 # section -> key -> (Settings field path, validator)
@@ -232,22 +160,31 @@ _KEYS: dict[str, dict[str, tuple[str, Callable[[object], Any]]]] = {
         "first": ("retry.first", duration),
         "max": ("retry.max", duration),
         "lifetime": ("retry.lifetime", duration),
-        "warn_after": ("retry.warn_after", _duration_or_off),
+        "warn_after": ("retry.warn_after", duration_or_off),
     },
     "delivery": {
-        "connections_per_account": ("delivery.connections_per_account", _count),
-        "messages_per_connection": ("delivery.messages_per_connection", _count),
+        "connections_per_account": ("delivery.connections_per_account", count),
+        "messages_per_connection": ("delivery.messages_per_connection", count),
         "timeout": ("delivery.timeout", duration),
     },
     "bounce": {"mode": ("bounce", _bounce)},
-    "notify": {"command": ("notify_command", _text)},
-    "listen": {"address": ("listen.address", _address), "users": ("listen.users", _users)},
+    "notify": {"command": ("notify_command", text)},
+    "listen": {
+        "address": ("listen.address", addresses),
+        "users": ("listen.users", users),
+        "tls_cert": ("listen.tls_cert", path),
+        "tls_key": ("listen.tls_key", path),
+        "max_recipients": ("listen.max_recipients", count),
+        "max_sessions": ("listen.max_sessions", count),
+        "require_account": ("listen.require_account", flag),
+        "timeout": ("listen.timeout", duration),
+    },
     "retain": {"sent": ("retain.sent", duration), "failed": ("retain.failed", duration)},
     "submit": {
-        "listen": ("submit.listen", _flag),
+        "listen": ("submit.listen", flag),
         "max_size": ("submit.max_size", size),
-        "max_clients": ("submit.max_clients", _count),
-        "rate": ("submit.rate", _count),
+        "max_clients": ("submit.max_clients", count),
+        "rate": ("submit.rate", count),
         "timeout": ("submit.timeout", duration),
     },
 }
@@ -278,8 +215,8 @@ def read(path: str) -> str:
 def database_override(url: str) -> str:
     """The value of $RELAYD_DATABASE_URL if it can name a queue, else ConfigError naming it."""
     try:
-        return _database(url)
-    except _Invalid as exc:
+        return database_url(url)
+    except Invalid as exc:
         raise ConfigError(f"RELAYD_DATABASE_URL: {exc}") from None
 
 
@@ -319,9 +256,9 @@ def _parse(text: str | None, name: str, default_database: str, report: Report) -
     for key, value in document.items():
         if key == "database":
             try:
-                values["database"] = _database(value)
+                values["database"] = database_url(value)
                 explicit.add(key)
-            except _Invalid as exc:
+            except Invalid as exc:
                 report(Mistake(key, f"{key}: {exc}"))
         elif key not in _KEYS:
             report(Mistake(key, f"unknown key {key}"))
@@ -344,7 +281,7 @@ def _section(
         target, validate = _KEYS[section][key]
         try:
             values[target] = validate(value)
-        except _Invalid as exc:
+        except Invalid as exc:
             report(Mistake(dotted, f"{dotted}: {exc}"))
     return {f"{section}.{key}" for key in table}
 
@@ -356,6 +293,8 @@ def _build(
         fields = {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(prefix + ".")}
         return kind(**fields)
 
+    listen: Listen = part("listen", Listen)
+    _check_listen(listen, report)
     retry: Retry = part("retry", Retry)
     if retry.first > retry.max:
         report(Mistake("retry.first", f"retry.first ({retry.first}s) is longer than retry.max"))
@@ -365,12 +304,31 @@ def _build(
         delivery=part("delivery", Delivery),
         bounce=values.get("bounce", Bounce()),
         notify_command=values.get("notify_command"),
-        listen=part("listen", Listen),
+        listen=listen,
         retain=part("retain", Retain),
         submit=part("submit", Submit),
         file=name,
         explicit=frozenset(explicit),
     )
+
+
+def _check_listen(listen: Listen, report: Report) -> None:
+    """Not an open relay: a non-loopback address needs AUTH users and TLS; AUTH needs TLS."""
+    tls = listen.tls_cert is not None and listen.tls_key is not None
+    if (listen.tls_cert is None) != (listen.tls_key is None):
+        report(Mistake("listen.tls_cert", "listen.tls_cert and listen.tls_key go together"))
+    if listen.users is not None and not tls:
+        report(Mistake("listen.users", "listen.users needs listen.tls_cert and listen.tls_key"))
+    for address in listen.address:
+        if not is_loopback(address) and (listen.users is None or not tls):
+            report(
+                Mistake(
+                    "listen.address",
+                    f"listen.address {address} is not a loopback address: it needs listen.users"
+                    " (AUTH) and listen.tls_cert/tls_key (STARTTLS), or relayd would be an open"
+                    " relay",
+                )
+            )
 
 
 def _toml_mistake(message: str) -> Mistake:

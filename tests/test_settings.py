@@ -52,7 +52,7 @@ def test_defaults_without_any_file() -> None:
     )
     assert (got.delivery.connections_per_account, got.delivery.messages_per_connection) == (2, 100)
     assert (got.delivery.timeout, got.bounce, got.notify_command) == (60, Bounce("none"), None)
-    assert (got.listen.address, got.listen.users) == (None, None)
+    assert (got.listen.address, got.listen.users) == ((), None)
     assert (got.retain.sent, got.retain.failed) == (7 * 86400, 30 * 86400)
     assert (got.file, got.explicit) == (None, frozenset())
 
@@ -80,8 +80,14 @@ def test_every_key_is_read() -> None:
         [notify]
         command = "notify-send relayd"
         [listen]
-        address = "[::1]:2525"
+        address = ["[::1]:2525", "127.0.0.1:2525"]
         users = { alice = "s3cret" }
+        tls_cert = "/etc/relayd/cert.pem"
+        tls_key = "/etc/relayd/key.pem"
+        max_recipients = 50
+        max_sessions = 8
+        require_account = true
+        timeout = "2m"
         [retain]
         sent = "2w"
         failed = "30d"
@@ -99,7 +105,16 @@ def test_every_key_is_read() -> None:
     assert got.delivery.timeout == 30
     assert got.bounce == Bounce("maildir", os.path.expanduser("~/Maildir"))
     assert got.notify_command == "notify-send relayd"
-    assert (got.listen.address, got.listen.users) == ("[::1]:2525", (("alice", "s3cret"),))
+    assert got.listen == settings.Listen(
+        address=("[::1]:2525", "127.0.0.1:2525"),
+        users=(("alice", "s3cret"),),
+        tls_cert="/etc/relayd/cert.pem",
+        tls_key="/etc/relayd/key.pem",
+        max_recipients=50,
+        max_sessions=8,
+        require_account=True,
+        timeout=120,
+    )
     assert (got.retain.sent, got.retain.failed) == (14 * 86400, 30 * 86400)
     assert got.file == str(path)
     assert "retry.first" in got.explicit and "retry.warn_after" in got.explicit
@@ -170,6 +185,9 @@ def test_system_file_is_the_last_resort(monkeypatch: pytest.MonkeyPatch, tmp_pat
         ("[delivery]\nconnections_per_account = 0\n", "delivery.connections_per_account"),
         ('[bounce]\nmode = "sometimes"\n', "bounce.mode: expected none, sender or maildir:PATH"),
         ('[listen]\naddress = "localhost"\n', "listen.address: expected HOST:PORT"),
+        ('[listen]\naddress = "0.0.0.0:25"\n', "would be an open relay"),
+        ('[listen]\naddress = "192.0.2.1:25"\nusers = {a = "x"}\n', "needs listen.tls_cert"),
+        ('[listen]\ntls_cert = "/c.pem"\n', "go together"),
         ('[listen]\naddress = "::1:25"\n', "in brackets"),
         ('[listen]\nusers = "alice"\n', "listen.users"),
         ('database = "queue.sqlite3"\n', "database: expected a database URL"),

@@ -1,0 +1,131 @@
+"""relayd.toml's value checks: durations, sizes, counts, flags, addresses, AUTH users.
+
+Stdlib only (the sendmail path may load relayd.toml): each validator returns the value or
+raises Invalid with the text the loader puts after the file and key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from relayd import paths
+from relayd.errors import ConfigError
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"(?:\d+[smhdw])+")
+
+
+class Invalid(Exception):
+    """A value failed validation; the loader adds the file and key."""
+
+
+def duration(value: object) -> int:
+    """Seconds from `"90s"`, `"5m"`, `"1h30m"`, `"5d"`, `"2w"` or an integer of seconds."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise Invalid(f'expected a duration such as "90s", "5m", "1h", "5d", not {value!r}')
+    if isinstance(value, int):
+        seconds = value
+    elif _DURATION.fullmatch(value.strip()):
+        seconds = sum(int(n) * _UNITS[u] for n, u in re.findall(r"(\d+)([smhdw])", value))
+    else:
+        raise Invalid(f'invalid duration {value!r} (use e.g. "90s", "5m", "1h", "5d")')
+    if seconds <= 0:
+        raise Invalid(f"duration {value!r} must be positive")
+    return seconds
+
+
+def duration_or_off(value: object) -> int | None:
+    if value is False or value == "off":
+        return None
+    return duration(value)
+
+
+def count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise Invalid(f"expected a positive integer, not {value!r}")
+    return value
+
+
+def flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise Invalid(f"expected true or false, not {value!r}")
+    return value
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30}
+_SIZE_UNITS.update({"KB": 1000, "MB": 1000**2, "GB": 1000**3, "K": 1 << 10, "M": 1 << 20})
+
+
+def size(value: object) -> int:
+    """Bytes from an integer or a string with a unit (`"100KiB"`, `"128MiB"`, `"1GB"`)."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise Invalid(f'expected a size such as 1048576 or "128MiB", not {value!r}')
+    if isinstance(value, int):
+        number = value
+    else:
+        found = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", value)
+        unit = found.group(2).upper() if found else None
+        if found is None or unit not in _SIZE_UNITS:
+            raise Invalid(f'invalid size {value!r} (use e.g. "100KiB", "128MiB")')
+        number = int(found.group(1)) * _SIZE_UNITS[unit]
+    if number <= 0:
+        raise Invalid(f"size {value!r} must be positive")
+    return number
+
+
+def text(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise Invalid(f"expected a non-empty string, not {value!r}")
+    return value
+
+
+def database_url(value: object) -> str:
+    try:
+        return paths.check_database_url(text(value))
+    except ConfigError as exc:
+        raise Invalid(exc.message) from None
+
+
+def addresses(value: object) -> tuple[str, ...]:
+    if isinstance(value, list):
+        if not value:
+            raise Invalid("expected HOST:PORT or a non-empty list of them")
+        return tuple(dict.fromkeys(address(item) for item in value))
+    return (address(value),)
+
+
+def is_loopback(address: str) -> bool:
+    """Whether HOST:PORT names a loopback address (an IP literal, or `localhost`)."""
+    import ipaddress
+
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def path(value: object) -> str:
+    return os.path.expanduser(text(value))
+
+
+def address(value: object) -> str:
+    given = text(value)
+    host, sep, port = given.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise Invalid(f"expected HOST:PORT such as 127.0.0.1:2525, not {given!r}")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise Invalid(f"write an IPv6 address in brackets, e.g. [::1]:2525, not {given!r}")
+    return given
+
+
+def users(value: object) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict) or not value:
+        raise Invalid('expected a table of user = "password"')
+    for user, password in value.items():
+        if not isinstance(password, str) or not password:
+            raise Invalid(f"user {user}: expected a non-empty password string")
+    return tuple(sorted(value.items()))

@@ -24,9 +24,10 @@ class Selection:
     has passed its checks: the caller emits `using_line` then.
     """
 
-    def __init__(self, account: Account, *, from_file: bool) -> None:
+    def __init__(self, account: Account, *, from_file: bool, by_from: bool = False) -> None:
         self.account = account
         self.from_file = from_file
+        self.by_from = by_from  # chosen because its `from` matched the envelope-from address
 
     @property
     def using_line(self) -> str | None:
@@ -117,7 +118,7 @@ def select(
         account = find_by_from(accounts, envelope_from)
         if account is not None:
             emit(f"account chosen by envelope from address {envelope_from}: {account.id}")
-            return Selection(account.copy(), from_file=True)
+            return Selection(account.copy(), from_file=True, by_from=True)
     emit("falling back to default account")
     account = next((a for a in accounts if a.id == "default"), None)
     if account is not None:

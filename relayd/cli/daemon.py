@@ -39,15 +39,17 @@ def daemon_command(
     # Alembic narrates every migration at INFO; only relayd's own lines belong in this log.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it narrates every job run
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: every SMTP command
     from relayd.daemon import (
         lifecycle as daemon,  # the scheduler and the delivery engine: only to run
     )
+    from relayd.submission.listener import SmtpListener  # [listen] (SPEC §5)
     from relayd.submission.server import SubmitServer  # the host submit socket (SPEC §7)
 
     try:
         config = settings.load()
         run = daemon.run_daemon(
-            config, scan_interval=scan_interval, grace=grace, services=[SubmitServer]
+            config, scan_interval=scan_interval, grace=grace, services=[SubmitServer, SmtpListener]
         )
         code = asyncio.run(run)
     except OSError as exc:  # every known start-up path translates its own; never a traceback

@@ -12,7 +12,7 @@ from relayd import __version__
 from relayd.accounts import files, pretend, resolve
 from relayd.accounts.account import Account
 from relayd.accounts.select import Selection, select
-from relayd.errors import DataError, RelaydError, UsageError
+from relayd.errors import ConfigError, DataError, RelaydError, UsageError
 from relayd.submission import message
 from relayd.submission.cmdline import Delivery, Invocation, Mode, parse
 from relayd.submission.headers import HeaderScan
@@ -116,23 +116,30 @@ def run(inv: Invocation, prog: str) -> int:
     return ExitCode.OK
 
 
-def prepare(inv: Invocation, data: bytes, emit: Output) -> tuple[Account, list[str], HeaderScan]:
+def prepare(
+    inv: Invocation,
+    data: bytes,
+    emit: Output,
+    envelope: list[str] | None = None,
+    require_account: bool = False,
+) -> tuple[Account, list[str], HeaderScan]:
     """The account (chosen, completed and checked as msmtp does), the recipients (aliases
-    expanded) and the header scan of `data`, printing -P/-d lines through `emit`."""
+    expanded) and the header scan of `data`, printing -P/-d lines through `emit`.
+
+    `envelope`: recipients given as they are (SMTP's RCPT TO), instead of the command line's
+    and the headers'; `require_account`: an envelope-from no account's `from` matches is
+    refused (ConfigError) instead of going to `default` (`[listen] require_account`)."""
     sendmail_mode = inv.mode is Mode.SEND
     scan = message.scan_headers(data, read_recipients=inv.read_recipients)
     header_from = scan.from_address if inv.read_envelope_from else None
     if sendmail_mode and inv.read_envelope_from:
         emit(f"envelope from address extracted from mail: {header_from or '(null)'}")
-    for argument in inv.recipients:
-        if any(char in argument for char in "\r\n\0"):
-            raise DataError(f"invalid recipient {argument!r}: contains a line break or NUL")
-    recipients = message.parse_recipient_arguments(inv.recipients)
-    if inv.read_recipients:
-        recipients += scan.recipients
+    recipients = list(envelope) if envelope is not None else _argument_recipients(inv, scan)
     if sendmail_mode and not recipients and not inv.pretend:
         raise UsageError("no recipients found")
     selection = choose_account(inv, header_from=header_from, sendmail_mode=sendmail_mode, emit=emit)
+    if require_account and not selection.by_from and inv.envelope_from:
+        raise ConfigError(f"no account for sender {inv.envelope_from}")
     account = selection.account
     if inv.pretend:
         resolve.run_passwordeval(account)
@@ -152,6 +159,17 @@ def prepare(inv: Invocation, data: bytes, emit: Output) -> tuple[Account, list[s
     if account.aliases:
         recipients = message.expand_aliases(recipients, account.aliases)
     return account, recipients, scan
+
+
+def _argument_recipients(inv: Invocation, scan: HeaderScan) -> list[str]:
+    """The recipients of the command line (and with -t, of the headers)."""
+    for argument in inv.recipients:
+        if any(char in argument for char in "\r\n\0"):
+            raise DataError(f"invalid recipient {argument!r}: contains a line break or NUL")
+    recipients = message.parse_recipient_arguments(inv.recipients)
+    if inv.read_recipients:
+        recipients += scan.recipients
+    return recipients
 
 
 def _to_host(inv: Invocation, sock: _socket.socket, prog: str) -> int:

@@ -1,0 +1,87 @@
+"""`[listen]` in `relayd daemon`: bind the SMTP listener's addresses (or take the sockets
+systemd passed, named `smtp`) and serve them with the SMTP handler (a daemon service)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from relayd.daemon.services import Context
+from relayd.errors import RelaydError
+from relayd.settings import Settings
+from relayd.submission.limits import Committer
+from relayd.submission.smtpd import IDENT, Handler, RelaydSMTP, Sessions
+from relayd.sysexits import ExitCode
+
+log = logging.getLogger("relayd.smtp")
+
+
+class SmtpListener:
+    """Serves `[listen] address` (and systemd's `smtp` sockets) inside the daemon."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.committer = Committer(context.store)
+        self.handler = Handler(context.settings, self.committer, context.wake)
+        self.sessions = Sessions(lambda: self.settings.listen.max_sessions)
+        self.servers: list[asyncio.Server] = []
+
+    @property
+    def settings(self) -> Settings:
+        return self.context.settings()
+
+    def _protocol(self) -> RelaydSMTP:
+        settings = self.settings
+        return RelaydSMTP(
+            self.handler,
+            self.sessions,
+            data_size_limit=settings.submit.max_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            ident=IDENT,
+            timeout=settings.listen.timeout,
+        )
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        passed = self.context.sockets.pop("smtp", [])
+        for sock in passed:
+            self.servers.append(await loop.create_server(self._protocol, sock=sock))
+        if not passed:
+            for address in self.settings.listen.address:
+                self.servers.append(await self._bind(loop, address))
+        for server in self.servers:
+            for sock in server.sockets:
+                log.info("SMTP listener on %s", _shown(sock.getsockname()))
+
+    async def _bind(self, loop: asyncio.AbstractEventLoop, address: str) -> asyncio.Server:
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]")
+        try:
+            return await loop.create_server(
+                self._protocol, host=host, port=int(port), reuse_address=True
+            )
+        except OSError as exc:
+            code = ExitCode.NOPERM if isinstance(exc, PermissionError) else ExitCode.TEMPFAIL
+            raise RelaydError(
+                f"cannot listen on {address}: {exc.strerror or exc}"
+                + (" (use socket activation: relayd-smtp.socket)" if int(port) < 1024 else ""),
+                code,
+            ) from None
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            server.close()
+        for server in self.servers:
+            await server.wait_closed()
+
+    def addresses(self) -> list[str]:
+        return [_shown(sock.getsockname()) for server in self.servers for sock in server.sockets]
+
+
+def _shown(name: Any) -> str:
+    if isinstance(name, tuple):
+        host, port = name[0], name[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(name)

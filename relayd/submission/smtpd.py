@@ -1,0 +1,201 @@
+"""The SMTP listener (SPEC §5): aiosmtpd inside `relayd daemon` (and `relayd-sendmail -bs`),
+storing through the same submission code as relayd-sendmail; 250 only after the commit.
+
+The envelope is the client's: MAIL FROM chooses the account as `-f` does (msmtp's rules, then
+`default`), RCPT TO are the recipients as given (no `-t`). The headers follow the chosen
+account's settings as for a sendmail submission (`set_from_header`, `set_date_header`,
+`set_msgid_header`, `remove_bcc_headers`, `undisclosed_recipients`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from relayd.errors import ConfigError, DataError, QueueError, RelaydError
+from relayd.settings import Settings
+from relayd.store.records import NewMessage
+from relayd.submission.addresses import check_address
+
+log = logging.getLogger("relayd.smtp")
+
+IDENT = "relayd"
+_TOO_BIG = "552 5.3.4 Message too big ([submit] max_size)"
+# aiosmtpd's own replies that need an enhanced status code (we advertise ENHANCEDSTATUSCODES).
+_REWRITES = {
+    "552 Error: Too much mail data": _TOO_BIG,
+    "552 Error: message size exceeds fixed maximum message size": _TOO_BIG,
+    "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)",
+    "503 Error: need MAIL command": "503 5.5.1 Error: need MAIL command",
+    "503 Error: need RCPT command": "503 5.5.1 Error: need RCPT command",
+    "503 Error: nested MAIL command": "503 5.5.1 Error: nested MAIL command",
+}
+
+
+class Ingest(Protocol):
+    """Where composed messages go: the daemon's group commit (or -bs's own store)."""
+
+    async def add(self, message: NewMessage, now: float) -> str:
+        """Store durably; the queue id."""
+        ...
+
+
+class RelaydSMTP(SMTP):
+    """aiosmtpd's SMTP with enhanced status codes on its own refusals and a session limit."""
+
+    def __init__(self, handler: Handler, sessions: Sessions, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._sessions = sessions
+        self._counted = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self._sessions.enter():
+            transport.write(b"421 4.7.0 relayd: too many sessions, try again later\r\n")  # type: ignore[attr-defined]
+            transport.close()
+            return
+        self._counted = True
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._counted:
+            self._counted = False
+            self._sessions.leave()
+        super().connection_lost(error)
+
+    async def push(self, status: Any) -> None:
+        text = status.decode() if isinstance(status, bytes) else status
+        await super().push(_REWRITES.get(text, text))
+
+
+class Sessions:
+    """Counts open SMTP sessions against `[listen] max_sessions`."""
+
+    def __init__(self, limit: Callable[[], int]) -> None:
+        self.limit, self.open = limit, 0
+
+    def enter(self) -> bool:
+        if self.open >= self.limit():
+            return False
+        self.open += 1
+        return True
+
+    def leave(self) -> None:
+        self.open -= 1
+
+
+class Handler:
+    """aiosmtpd's hooks: account and limits at MAIL and RCPT, the durable store at DATA."""
+
+    def __init__(
+        self, settings: Callable[[], Settings], ingest: Ingest, wake: Callable[[], None]
+    ) -> None:
+        self.settings, self.ingest, self.wake = settings, ingest, wake
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        extra = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
+        return [*responses[:-1], *extra, responses[-1]]
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        sender = "" if address == "<>" else address  # aiosmtpd keeps "<>": it must be truthy
+        try:
+            check_address(sender, allow_empty=True)
+        except DataError:
+            return "553 5.1.7 Bad sender address syntax"
+        if sender and self.settings().listen.require_account:
+            try:
+                await asyncio.to_thread(_account_for, sender)
+            except ConfigError:
+                return f"550 5.7.1 No account for sender <{sender}>"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if len(envelope.rcpt_tos) >= self.settings().listen.max_recipients:
+            return "452 4.5.3 Too many recipients"
+        try:
+            check_address(address)
+        except DataError:
+            return "553 5.1.3 Bad recipient address syntax"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        data = envelope.original_content or b""
+        if b"\0" in data:
+            return "554 5.6.0 Message contains NUL bytes (no BINARYMIME here)"
+        settings = self.settings()
+        if len(data) > settings.submit.max_size:
+            return _TOO_BIG
+        sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
+        recipients = list(envelope.rcpt_tos)
+        try:
+            new = await asyncio.to_thread(
+                compose, sender, recipients, data, settings.listen.require_account
+            )
+            queue_id = await self.ingest.add(new, time.time())
+        except QueueError as err:
+            log.warning("SMTP from %s: not stored: %s", _peer(session), err.message)
+            return "451 4.3.0 Queue not writable, try again later"
+        except ConfigError as err:
+            return f"550 5.7.1 {_one_line(err.message)}"
+        except RelaydError as err:
+            return f"554 5.6.0 {_one_line(err.message)}"
+        self.wake()
+        log.info("queued %s from %s over SMTP", queue_id, _peer(session))
+        return f"250 2.0.0 Ok: queued as {queue_id}"
+
+
+def _account_for(sender: str) -> None:
+    """ConfigError unless an account's `from` matches `sender` (`require_account`)."""
+    from relayd.accounts.select import select
+
+    found = select(
+        account_id=None, conffile=None, envelope_from=sender, sendmail_mode=True, emit=_quiet
+    )
+    if not found.by_from:
+        raise ConfigError(f"no account for sender {sender}")
+
+
+def compose(sender: str, recipients: list[str], data: bytes, require_account: bool) -> NewMessage:
+    """The stored message for an SMTP envelope, made as relayd-sendmail makes it."""
+    from relayd.submission import sendmail, submit
+    from relayd.submission.cmdline import Invocation
+
+    inv = Invocation()
+    inv.envelope_from = sender
+    account, rcpts, scan = sendmail.prepare(
+        inv, data, sendmail.Output(False), envelope=recipients, require_account=require_account
+    )
+    return submit.build(inv, account, data, scan, rcpts, time.time())
+
+
+def _quiet(_line: str) -> None:
+    return None
+
+
+def _peer(session: Session) -> str:
+    peer = session.peer
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

@@ -1,0 +1,168 @@
+"""The SMTP listener in `relayd daemon` (SPEC §5), with Python's smtplib as the real client and
+the recording upstream server behind; each daemon is stopped in a finally."""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.sendmail_helpers import stored_messages, write_msmtprc
+from tests.test_daemon import (
+    RELAYD,
+    Daemon,
+    column,
+    eventually,
+    run_relayd,
+    start_daemon,
+    upstream,
+)
+from tests.upstream import UpstreamServer
+
+__all__ = ["start_daemon", "upstream"]  # fixtures
+
+# Date and Message-ID present: relayd adds nothing, so upstream must get these exact bytes.
+MESSAGE = (
+    b"From: Me <me@example.org>\r\nTo: you@example.org\r\nSubject: over SMTP\r\n"
+    b"Date: Sat, 05 Dec 2026 10:00:00 +0000\r\nMessage-ID: <smtp-1@example.org>\r\n\r\n"
+    b"line one\r\n.leading dot\r\n\r\nlast line\r\n"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def listener(
+    upstream: UpstreamServer, start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> Iterator[Callable[..., tuple[Daemon, int]]]:
+    """Start a daemon listening on a free loopback port, with extra `[listen]` lines."""
+
+    def start(*lines: str, submit: str = "") -> tuple[Daemon, int]:
+        write_msmtprc(
+            f"account default\nhost 127.0.0.1\nport {upstream.port}\nfrom me@example.org\n"
+            "account work\nhost 127.0.0.1\nport 1\nfrom *@work.example\n"
+        )
+        port = free_port()
+        config = tmp_path / "relayd.toml"
+        config.write_text(
+            f'[listen]\naddress = "127.0.0.1:{port}"\n' + "\n".join(lines) + "\n" + submit
+        )
+        return start_daemon(RELAYD_CONFIG=str(config)), port
+
+    yield start
+
+
+def test_a_message_over_smtp_is_queued_then_delivered_byte_for_byte(
+    listener: Callable[..., tuple[Daemon, int]], upstream: UpstreamServer
+) -> None:
+    _, port = listener()
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        code, features = client.ehlo("client.example")
+        assert code == 250
+        for feature in (
+            "SIZE 134217728",
+            "8BITMIME",
+            "SMTPUTF8",
+            "PIPELINING",
+            "ENHANCEDSTATUSCODES",
+        ):
+            assert feature.encode() in features, features
+        client.mail("me@example.org")
+        client.rcpt("you@example.org")
+        code, reply = client.data(MESSAGE)
+    assert code == 250 and reply.startswith(b"2.0.0 Ok: queued as "), reply
+    queue_id = reply.split()[-1].decode()
+    assert {m.queue_id for m in stored_messages()} == {queue_id}
+    eventually(lambda: upstream.transactions, 15, "delivery upstream")
+    (txn,) = upstream.transactions
+    assert txn.data == MESSAGE
+    assert (txn.mail_from, list(txn.rcpt_tos)) == ("me@example.org", ["you@example.org"])
+
+
+def test_mail_from_chooses_the_account_like_f_and_null_sender_is_accepted(
+    listener: Callable[..., tuple[Daemon, int]],
+) -> None:
+    _, port = listener("require_account = true")
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.sendmail("boss@work.example", ["a@example.org"], MESSAGE)
+        client.sendmail("", ["b@example.org"], MESSAGE)  # a bounce: MAIL FROM:<>
+        with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+            client.sendmail("stranger@elsewhere.example", ["c@example.org"], MESSAGE)
+    assert refused.value.smtp_code == 550 and b"5.7.1" in refused.value.smtp_error
+    accounts = sorted(str(column(m.queue_id, "account")) for m in stored_messages())
+    assert accounts == ["default", "work"]
+
+
+def test_limits_size_recipients_nul_and_sessions(
+    listener: Callable[..., tuple[Daemon, int]],
+) -> None:
+    _, port = listener(
+        "max_recipients = 2", "max_sessions = 2", submit="[submit]\nmax_size = 2000\n"
+    )
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.ehlo()
+        client.mail("me@example.org")
+        assert client.rcpt("a@example.org")[0] == 250
+        assert client.rcpt("b@example.org")[0] == 250
+        code, reply = client.rcpt("c@example.org")
+        assert (code, reply[:5]) == (452, b"4.5.3")
+        code, reply = client.data(MESSAGE + (b"x" * 70 + b"\r\n") * 50)
+        assert (code, reply[:5]) == (552, b"5.3.4"), reply
+        client.rset()
+        client.mail("me@example.org")
+        client.rcpt("a@example.org")
+        code, reply = client.data(b"Subject: nul\r\n\r\nbad\0byte\r\n")
+        assert (code, reply[:5]) == (554, b"5.6.0"), reply
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as second:
+            assert second.noop()[0] == 250
+            with pytest.raises(smtplib.SMTPConnectError) as third:
+                smtplib.SMTP("127.0.0.1", port, timeout=10)
+            assert third.value.smtp_code == 421
+    assert stored_messages() == []
+
+
+def test_smtputf8_addresses(listener: Callable[..., tuple[Daemon, int]]) -> None:
+    _, port = listener()
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.sendmail("me@example.org", ["jösé@exämple.org"], MESSAGE, mail_options=["SMTPUTF8"])
+    (stored,) = stored_messages()
+    assert [address for address, _ in stored.recipients] == ["jösé@exämple.org"]
+    assert column(stored.queue_id, "needs_smtputf8") == 1
+
+
+def test_a_kill_right_after_250_keeps_the_message(
+    listener: Callable[..., tuple[Daemon, int]],
+) -> None:
+    daemon, port = listener()
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.ehlo()
+        client.mail("me@example.org")
+        client.rcpt("you@work.example")
+        code, reply = client.data(MESSAGE)
+        daemon.proc.send_signal(signal.SIGKILL)
+    assert code == 250
+    daemon.proc.wait(10)
+    queue_id = reply.split()[-1].decode()
+    assert [m.queue_id for m in stored_messages()] == [queue_id]
+
+
+def test_a_non_loopback_address_without_auth_and_tls_is_refused_at_start(tmp_path: Path) -> None:
+    config = tmp_path / "relayd.toml"
+    config.write_text('[listen]\naddress = "0.0.0.0:2525"\n')
+    checked = run_relayd("config", "check", timeout=30)
+    env = dict(os.environ, RELAYD_CONFIG=str(config))
+    checked = subprocess.run([RELAYD, "config", "check"], capture_output=True, env=env, timeout=30)
+    assert checked.returncode == 78 and b"open relay" in checked.stdout + checked.stderr
+    started = subprocess.run([RELAYD, "daemon"], capture_output=True, env=env, timeout=30)
+    assert started.returncode == 78
+    assert started.stderr.count(b"\n") == 1 and b"open relay" in started.stderr

@@ -41,6 +41,8 @@ __all__ = [
     "check",
     "database_override",
     "duration",
+    "is_loopback",
+    "size",
     "load",
     "parse",
     "read",

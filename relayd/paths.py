@@ -187,3 +187,8 @@ def host_runtime_dir(environ: Mapping[str, str] | None = None) -> str:
 def submit_socket(environ: Mapping[str, str] | None = None) -> str:
     """The host submit socket (SPEC §7): `host_runtime_dir()/submit`."""
     return os.path.join(host_runtime_dir(environ), SUBMIT_SOCKET_NAME)
+
+
+def listener_file(environ: Mapping[str, str] | None = None, uid: int | None = None) -> str:
+    """Where a running daemon notes its SMTP listener's addresses, one a line (`status`)."""
+    return os.path.join(runtime_dir(environ, uid), "smtp-listener")

@@ -42,11 +42,11 @@ __all__ = [
     "database_override",
     "duration",
     "is_loopback",
-    "size",
     "load",
     "parse",
     "read",
     "settings_file",
+    "size",
 ]
 _DAY = 86400
 

@@ -159,10 +159,46 @@ def test_a_kill_right_after_250_keeps_the_message(
 def test_a_non_loopback_address_without_auth_and_tls_is_refused_at_start(tmp_path: Path) -> None:
     config = tmp_path / "relayd.toml"
     config.write_text('[listen]\naddress = "0.0.0.0:2525"\n')
-    checked = run_relayd("config", "check", timeout=30)
     env = dict(os.environ, RELAYD_CONFIG=str(config))
     checked = subprocess.run([RELAYD, "config", "check"], capture_output=True, env=env, timeout=30)
     assert checked.returncode == 78 and b"open relay" in checked.stdout + checked.stderr
     started = subprocess.run([RELAYD, "daemon"], capture_output=True, env=env, timeout=30)
     assert started.returncode == 78
     assert started.stderr.count(b"\n") == 1 and b"open relay" in started.stderr
+
+
+def test_socket_activation_and_status_show_the_listener(
+    upstream: UpstreamServer, tmp_path: Path
+) -> None:
+    """As relayd-smtp.socket does: systemd binds, the daemon serves the fd named `smtp`, with no
+    [listen] address at all; `relayd status` shows where it listens."""
+    import json
+
+    from tests.sendmail_helpers import sendmail_env
+
+    write_msmtprc(f"account default\nhost 127.0.0.1\nport {upstream.port}\nfrom me@example.org\n")
+    bound = socket.socket()
+    bound.bind(("127.0.0.1", 0))
+    bound.listen(16)
+    port = bound.getsockname()[1]
+    fd = bound.fileno()
+    env = sendmail_env()
+    wrapper = f'exec 3<&{fd}; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=smtp exec "$0" daemon'
+    daemon = subprocess.Popen(
+        ["bash", "-c", wrapper, RELAYD], pass_fds=[fd], env=env, stderr=subprocess.PIPE
+    )
+    try:
+        # The socket was listening before the daemon: this connection waits for it.
+        with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
+            client.sendmail("me@example.org", ["you@example.org"], MESSAGE)
+        status = run_relayd("status", "--json")
+        assert json.loads(status.stdout)["smtp_listener"] == [f"127.0.0.1:{port}"]
+        plain = run_relayd("status")
+        assert f"smtp listener: 127.0.0.1:{port}".encode() in plain.stdout
+    finally:
+        daemon.terminate()
+        _, err = daemon.communicate(timeout=30)
+        bound.close()
+    assert daemon.returncode == 0, err
+    assert len(stored_messages()) == 1
+    assert json.loads(run_relayd("status", "--json").stdout)["smtp_listener"] is None

@@ -110,7 +110,7 @@ def test_a_second_run_changes_nothing(root: Path, bin_dir: Path) -> None:
     assert snapshot(root) == before
     changes = [line for line in again.stdout.splitlines() if line.startswith(("link", "install"))]
     assert changes == []
-    assert sum(line.startswith("unchanged ") for line in again.stdout.splitlines()) == 6
+    assert sum(line.startswith("unchanged ") for line in again.stdout.splitlines()) == 7
 
 
 def test_dry_run_changes_nothing_and_says_what_it_would_do(root: Path, bin_dir: Path) -> None:
@@ -120,7 +120,7 @@ def test_dry_run_changes_nothing_and_says_what_it_would_do(root: Path, bin_dir: 
     lines = result.stdout.splitlines()
     assert f"would link {root / 'usr/sbin/sendmail'} -> {bin_dir / 'relayd-sendmail'}" in lines
     assert f"would install {root / 'etc/tmpfiles.d/relayd.conf'}" in lines
-    assert len([line for line in lines if line.startswith("would ")]) == 6
+    assert len([line for line in lines if line.startswith("would ")]) == 7
 
 
 def test_a_foreign_sendmail_is_kept_without_force(root: Path, bin_dir: Path) -> None:

@@ -87,6 +87,7 @@ def test_an_empty_queue(store: SqlStore) -> None:
     assert status_json() == {
         "daemon": False,
         "database": os.environ["RELAYD_DATABASE_URL"],
+        "smtp_listener": None,
         "counts": {},
         "next_retry": None,
         "accounts": [],
@@ -96,6 +97,7 @@ def test_an_empty_queue(store: SqlStore) -> None:
     assert result.stdout == (
         "daemon: not running\n"
         f"database: {os.environ['RELAYD_DATABASE_URL']}\n"
+        "smtp listener: off\n"
         "messages: 0 queued, 0 sending, 0 held, 0 sent, 0 failed\n"
         "next retry: -\n"
     )
@@ -148,6 +150,7 @@ def test_plain_text_when_piped(store: SqlStore) -> None:
     assert result.stdout == (
         "daemon: not running\n"
         f"database: {url}\n"
+        "smtp listener: off\n"
         "messages: 3 queued, 0 sending, 1 held, 1 sent, 1 failed\n"
         "next retry: 2026-11-24 15:35:04\n"
         "\n"

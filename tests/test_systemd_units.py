@@ -443,3 +443,22 @@ def test_sysusers_file_passes_systemd_sysusers(tmp_path: Path) -> None:
 def test_socket_unit_passes_systemd_verify(tmp_path: Path) -> None:
     copy = system_unit_copy(tmp_path)
     assert_verified(copy.parent / SOCKET_UNIT.name, user=False)
+
+
+@pytest.mark.parametrize(
+    ("unit_file", "service", "address"),
+    [
+        (ROOT / "systemd" / "relayd-smtp.socket", USER_UNIT, "127.0.0.1:2525"),
+        (ROOT / "systemd" / "system" / "relayd-smtp.socket", SYSTEM_UNIT, "127.0.0.1:25"),
+    ],
+)
+def test_smtp_socket_units_are_loopback_and_named_for_the_listener(
+    unit_file: Path, service: Path, address: str
+) -> None:
+    """The daemon takes the fd named `smtp` as its listener; loopback only (not a relay)."""
+    unit = load(unit_file)
+    listen = one(unit, "ListenStream", "Socket")
+    assert listen == address and settings.is_loopback(listen)
+    assert one(unit, "FileDescriptorName", "Socket") == "smtp"
+    assert one(unit, "Service", "Socket") == service.name
+    assert one(unit, "WantedBy", "Install") == "sockets.target"

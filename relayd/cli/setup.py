@@ -30,6 +30,7 @@ DATA = Path(relayd.__file__).parent / "data" / "systemd"
 FILES = (
     ("system/relayd.service", "etc/systemd/system/relayd.service"),
     ("system/relayd-submit.socket", "etc/systemd/system/relayd-submit.socket"),
+    ("system/relayd-smtp.socket", "etc/systemd/system/relayd-smtp.socket"),
     ("sysusers.d/relayd.conf", "etc/sysusers.d/relayd.conf"),
     ("tmpfiles.d/relayd.conf", "etc/tmpfiles.d/relayd.conf"),
 )
@@ -281,6 +282,7 @@ def setup_command(
     typer.echo(
         "next: /etc/msmtprc as root:relayd 0640, then"
         " systemctl enable --now relayd-submit.socket relayd.service"
+        " (and relayd-smtp.socket for programs that speak SMTP to 127.0.0.1:25)"
     )
     if not tools_ok:
         raise typer.Exit(ExitCode.OSERR)

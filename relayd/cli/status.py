@@ -34,6 +34,25 @@ def daemon_state(database: str) -> bool | None:
     return running
 
 
+def listener(daemon: bool | None) -> list[str] | None:
+    """The SMTP listener's addresses as the running daemon noted them; else None."""
+    if daemon is False:
+        return None
+    try:
+        with open(paths.listener_file(), encoding="utf-8") as note:
+            return [line.strip() for line in note if line.strip()]
+    except OSError:
+        return None
+
+
+def _listener_fact(addresses: list[str] | None, configured: Sequence[str]) -> str:
+    if addresses:
+        return ", ".join(addresses)
+    if configured:
+        return f"{', '.join(configured)} (configured; the daemon is not listening)"
+    return "off"
+
+
 def _location(database: str) -> str:
     """The database URL, with a server's password hidden (a SQLite URL has none)."""
     return database if paths.sqlite_path(database) is not None else describe(database)
@@ -43,11 +62,14 @@ def _overall_retry(reports: Sequence[AccountReport]) -> float | None:
     return min((r.next_retry for r in reports if r.next_retry is not None), default=None)
 
 
-def _as_json(daemon: bool | None, database: str, reports: Sequence[AccountReport]) -> str:
+def _as_json(
+    daemon: bool | None, database: str, reports: Sequence[AccountReport], smtp: list[str] | None
+) -> str:
     return json_line(
         {
             "daemon": daemon,
             "database": database,
+            "smtp_listener": smtp,
             "counts": {r.account: {s.value: n for s, n in r.counts.items()} for r in reports},
             "next_retry": _overall_retry(reports),
             "accounts": [
@@ -71,13 +93,14 @@ class _Table(NamedTuple):
 
 
 def _facts(
-    daemon: bool | None, database: str, reports: Sequence[AccountReport]
+    daemon: bool | None, database: str, reports: Sequence[AccountReport], smtp: str
 ) -> list[tuple[str, str]]:
     """What goes above the tables: (name, value), one fact a line."""
     totals = ", ".join(f"{sum(r.counts[s] for r in reports)} {s.value}" for s in State)
     return [
         ("daemon", _DAEMON[daemon]),
         ("database", sanitize(database, "terminal")),
+        ("smtp listener", smtp),
         ("messages", totals),
         ("next retry", local_time(_overall_retry(reports))),
     ]
@@ -148,10 +171,12 @@ def _status(as_json: bool) -> int:
         with store:
             reports = account_reports(store)
     daemon, database = daemon_state(config.database), _location(config.database)
+    smtp = listener(daemon)
     if as_json:
-        typer.echo(_as_json(daemon, database, reports))
+        typer.echo(_as_json(daemon, database, reports, smtp))
         return 0
-    facts, tables = _facts(daemon, database, reports), _tables(reports)
+    shown = _listener_fact(smtp, config.listen.address)
+    facts, tables = _facts(daemon, database, reports, shown), _tables(reports)
     if on_terminal():
         _print_terminal(facts, tables)
         return 0
@@ -166,8 +191,9 @@ def status_command(
     """Show whether the daemon runs, counts per state and account, next retry, last errors.
 
     --json prints one object: daemon (true, false, or null: cannot tell),
-    database, counts {account: {state: n}}, next_retry (Unix seconds or
-    null), accounts [{account, queued, sending, held, sent, failed,
-    next_retry, last_error, last_error_at}].
+    database, smtp_listener (the listening addresses, or null), counts
+    {account: {state: n}}, next_retry (Unix seconds or null), accounts
+    [{account, queued, sending, held, sent, failed, next_retry, last_error,
+    last_error_at}].
     """
     run(lambda: _status(as_json))

@@ -4,9 +4,12 @@ systemd passed, named `smtp`) and serve them with the SMTP handler (a daemon ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 from typing import Any
 
+from relayd import paths
 from relayd.daemon.services import Context
 from relayd.errors import RelaydError
 from relayd.settings import Settings
@@ -51,9 +54,10 @@ class SmtpListener:
         if not passed:
             for address in self.settings.listen.address:
                 self.servers.append(await self._bind(loop, address))
-        for server in self.servers:
-            for sock in server.sockets:
-                log.info("SMTP listener on %s", _shown(sock.getsockname()))
+        for address in self.addresses():
+            log.info("SMTP listener on %s", address)
+        if self.servers:
+            _note(self.addresses())
 
     async def _bind(self, loop: asyncio.AbstractEventLoop, address: str) -> asyncio.Server:
         host, _, port = address.rpartition(":")
@@ -71,6 +75,9 @@ class SmtpListener:
             ) from None
 
     async def stop(self) -> None:
+        if self.servers:
+            with contextlib.suppress(OSError):
+                os.unlink(paths.listener_file())
         for server in self.servers:
             server.close()
         for server in self.servers:
@@ -78,6 +85,17 @@ class SmtpListener:
 
     def addresses(self) -> list[str]:
         return [_shown(sock.getsockname()) for server in self.servers for sock in server.sockets]
+
+
+def _note(addresses: list[str]) -> None:
+    """Tell `relayd status` where the listener is (a note, never worth failing the start)."""
+    path = paths.listener_file()
+    try:
+        with open(path + ".new", "w", encoding="utf-8") as note:
+            note.write("".join(f"{address}\n" for address in addresses))
+        os.replace(path + ".new", path)
+    except OSError as exc:
+        log.warning("cannot note the listener's addresses in %s: %s", path, exc.strerror)
 
 
 def _shown(name: Any) -> str:

@@ -27,7 +27,7 @@ import pytest
 from tests import source_tree
 from tests.source_tree import PACKAGE, module_files
 
-CORE = frozenset({"relayd", "errors", "sysexits", "paths", "settings", "text"})
+CORE = frozenset({"relayd", "errors", "sysexits", "paths", "settings", "settings_values", "text"})
 LAYERS = {
     "core": 0,
     "accounts": 1,

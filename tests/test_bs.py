@@ -220,6 +220,19 @@ def test_pipelined_commands_in_one_write_are_all_answered(quit: bool) -> None:
     assert (stored.queue_id, stored.data) == (queued.group(1).decode(), MESSAGE)
 
 
+def test_an_unwritable_queue_is_451_and_one_line_on_stderr() -> None:
+    write_msmtprc()
+    home = Path(os.environ["HOME"])
+    (home / "file").write_text("not a directory\n")
+    env = sendmail_env(RELAYD_DATABASE_URL=f"sqlite:///{home}/file/queue.db")
+    script = b"EHLO client.example\r\n" + transaction() + b"QUIT\r\n"
+    result = run_sendmail(["-bs"], script, env=env, timeout=TIMEOUT)
+    assert result.returncode == 0
+    assert b"\r\n451 4.3.0 Queue not writable, try again later\r\n221 " in result.stdout
+    (line,) = result.stderr.decode().splitlines()
+    assert line.startswith("SMTP from stdin: not stored: cannot store the message in ")
+
+
 def test_swaks_sends_through_a_pipe() -> None:
     swaks = shutil.which("swaks")
     if swaks is None:

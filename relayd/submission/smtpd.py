@@ -210,7 +210,7 @@ def _quiet(_line: str) -> None:
 
 def _peer(session: Session) -> str:
     peer = session.peer
-    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer) or "standard input"
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
 
 def one_line(text: str) -> str:

@@ -36,7 +36,7 @@ def serve(prog: str) -> int:
         handler = HostHandler(lambda: loaded, paths.submit_socket())
     else:
         queue = QueueIngest(location.database_url(), fastpath.lock_timeout())
-        handler = Handler(lambda: loaded, queue, _wake)
+        handler = Handler(lambda: loaded, queue, _nothing if way.note else _wake)
     aiosmtpd_log = logging.getLogger("mail.log")  # aiosmtpd's own: never on stdout or stderr
     aiosmtpd_log.propagate = False
     aiosmtpd_log.addHandler(logging.NullHandler())
@@ -116,6 +116,11 @@ class _StdioSMTP(RelaydSMTP):
     def __init__(self, *args: Any, ended: asyncio.Future[None], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._ended, self._input_over = ended, False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.session is not None:
+            self.session.peer = "stdin"  # in the log lines, for the socket pair's nameless end
 
     def eof_received(self) -> bool:
         asyncio.StreamReaderProtocol.eof_received(self)  # the reader runs dry, then stops

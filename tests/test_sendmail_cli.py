@@ -63,7 +63,7 @@ def test_errors_are_one_line_with_the_program_name() -> None:
 
 
 def test_modes_of_later_versions_say_so() -> None:
-    for argv in (["-bs"],):
+    for argv in (["--configure=me@example.org"],):
         result = run(*argv)
         assert result.returncode == 69
         assert "not available in this version" in result.stderr

@@ -12,7 +12,7 @@ from relayd.sysexits import ExitCode
 TYPE_CHECKING = False  # the sendmail hot path
 if TYPE_CHECKING:
     from _socket import socket
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable, Iterator
 
     from relayd.store.listing import Listed
 
@@ -33,7 +33,7 @@ def submit(sock: socket, argv: list[str], prog: str) -> int:
     """Send the invocation and standard input through `sock`; print what the daemon says and
     return its exit code (75 when it never answers: the caller keeps its copy)."""
     try:
-        reply = _submit(sock, argv)
+        reply = send(sock, argv, _stdin_blocks())
     finally:
         sock.close()
     return report(reply, prog)
@@ -64,12 +64,15 @@ def report(reply: Reply, prog: str) -> int:
     return reply.code
 
 
-def _submit(sock: socket, argv: list[str]) -> Reply:
+def send(sock: socket, argv: list[str], blocks: Iterable[bytes]) -> Reply:
+    """Submit `blocks` (the mail, each at most MAX_CHUNK bytes) with `argv`; the reply."""
     sock.settimeout(REPLY_TIMEOUT)
     hello = {"version": protocol.VERSION, "op": "submit", "argv": argv}
     try:
         sock.sendall(protocol.json_frame(protocol.HELLO, hello))
-        _send_stdin(sock)
+        for block in blocks:
+            sock.sendall(protocol.frame(protocol.DATA, block))
+        sock.sendall(protocol.frame(protocol.END))
     except RelaydError as err:
         return Reply(err.exit_code, err.message, [])
     except OSError:
@@ -80,8 +83,8 @@ def _submit(sock: socket, argv: list[str]) -> Reply:
         return Reply(ExitCode.TEMPFAIL, _NO_REPLY.format(reason=exc.strerror or exc), [])
 
 
-def _send_stdin(sock: socket) -> None:
-    """Standard input as DATA frames, then END; the mail is never held whole."""
+def _stdin_blocks() -> Iterator[bytes]:
+    """Standard input in blocks; the mail is never held whole."""
     while True:
         try:
             block = os.read(0, protocol.MAX_CHUNK)
@@ -90,9 +93,8 @@ def _send_stdin(sock: socket) -> None:
                 f"cannot read the mail from standard input: {exc.strerror}", ExitCode.IOERR
             ) from None
         if not block:
-            break
-        sock.sendall(protocol.frame(protocol.DATA, block))
-    sock.sendall(protocol.frame(protocol.END))
+            return
+        yield block
 
 
 def read_reply(sock: socket, on_line: Callable[[dict[str, object]], None] | None) -> Reply:

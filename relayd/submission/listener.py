@@ -14,7 +14,7 @@ from relayd.daemon.services import Context
 from relayd.errors import RelaydError
 from relayd.settings import Settings
 from relayd.submission.limits import Committer
-from relayd.submission.smtpd import IDENT, Handler, RelaydSMTP, Sessions
+from relayd.submission.smtpd import Handler, RelaydSMTP, Sessions, options
 from relayd.sysexits import ExitCode
 
 log = logging.getLogger("relayd.smtp")
@@ -35,16 +35,7 @@ class SmtpListener:
         return self.context.settings()
 
     def _protocol(self) -> RelaydSMTP:
-        settings = self.settings
-        return RelaydSMTP(
-            self.handler,
-            self.sessions,
-            data_size_limit=settings.submit.max_size,
-            enable_SMTPUTF8=True,
-            decode_data=False,
-            ident=IDENT,
-            timeout=settings.listen.timeout,
-        )
+        return RelaydSMTP(self.handler, self.sessions, **options(self.settings))
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

@@ -38,7 +38,7 @@ def decide(environ: Mapping[str, str] | None = None, uid: int | None = None) -> 
         return Route(note=not _answers(wake) and not _stream_answers(paths.submit_socket(env)))
     if _answers(wake, owner=user):
         return Route()
-    sock = _connect(paths.submit_socket(env))
+    sock = connect(paths.submit_socket(env))
     if sock is not None:
         return Route(sock)
     return Route(note=True)
@@ -66,7 +66,7 @@ def _answers(path: str, owner: int | None = None) -> bool:
     return daemon_listening(path)
 
 
-def _connect(path: str) -> _socket.socket | None:
+def connect(path: str) -> _socket.socket | None:
     """A connection to the stream socket at `path`, or None when nothing listens there."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
@@ -78,7 +78,7 @@ def _connect(path: str) -> _socket.socket | None:
 
 
 def _stream_answers(path: str) -> bool:
-    sock = _connect(path)
+    sock = connect(path)
     if sock is None:
         return False
     sock.close()

@@ -65,7 +65,11 @@ def run(inv: Invocation, prog: str) -> int:
         return queuelist.print_mailq(sys.stdout)
     if inv.mode is Mode.FLUSH:
         return _flush(prog)
-    if inv.mode in (Mode.SMTP, Mode.CONFIGURE):
+    if inv.mode is Mode.SMTP:
+        from relayd.submission import smtpstdio  # aiosmtpd: only for -bs
+
+        return smtpstdio.serve(prog)
+    if inv.mode is Mode.CONFIGURE:
         raise RelaydError(
             f"{inv.mode.value} mode is not available in this version", ExitCode.UNAVAILABLE
         )
@@ -104,16 +108,21 @@ def run(inv: Invocation, prog: str) -> int:
     queue_id = submit.store(inv, new, now)
     emit(f"queued as {queue_id}")
     if note:
-        from relayd.store import location
-        from relayd.submission.route import NO_DAEMON
-
-        line = NO_DAEMON.format(queue=_redact(location.database_url()))
-        sys.stderr.buffer.write(f"{prog}: {line}\n".encode("utf-8", "surrogateescape"))
+        no_daemon_note(prog)
     if inv.delivery is Delivery.INTERACTIVE:
         from relayd.submission import interactive
 
         return interactive.deliver_now(account, queue_id, prog=prog, debug=debug)
     return ExitCode.OK
+
+
+def no_daemon_note(prog: str) -> None:
+    """Say on stderr that no daemon delivers the queue the mail was stored in."""
+    from relayd.store import location
+    from relayd.submission.route import NO_DAEMON
+
+    line = NO_DAEMON.format(queue=_redact(location.database_url()))
+    sys.stderr.buffer.write(f"{prog}: {line}\n".encode("utf-8", "surrogateescape"))
 
 
 def prepare(

@@ -25,16 +25,27 @@ from relayd.submission.addresses import check_address
 log = logging.getLogger("relayd.smtp")
 
 IDENT = "relayd"
-_TOO_BIG = "552 5.3.4 Message too big ([submit] max_size)"
+TOO_BIG = "552 5.3.4 Message too big ([submit] max_size)"
 # aiosmtpd's own replies that need an enhanced status code (we advertise ENHANCEDSTATUSCODES).
 _REWRITES = {
-    "552 Error: Too much mail data": _TOO_BIG,
-    "552 Error: message size exceeds fixed maximum message size": _TOO_BIG,
+    "552 Error: Too much mail data": TOO_BIG,
+    "552 Error: message size exceeds fixed maximum message size": TOO_BIG,
     "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)",
     "503 Error: need MAIL command": "503 5.5.1 Error: need MAIL command",
     "503 Error: need RCPT command": "503 5.5.1 Error: need RCPT command",
     "503 Error: nested MAIL command": "503 5.5.1 Error: nested MAIL command",
 }
+
+
+def options(settings: Settings) -> dict[str, Any]:
+    """aiosmtpd's SMTP arguments for `[submit] max_size` and `[listen] timeout`."""
+    return {
+        "data_size_limit": settings.submit.max_size,
+        "enable_SMTPUTF8": True,
+        "decode_data": False,
+        "ident": IDENT,
+        "timeout": settings.listen.timeout,
+    }
 
 
 class Ingest(Protocol):
@@ -144,9 +155,14 @@ class Handler:
             return "554 5.6.0 Message contains NUL bytes (no BINARYMIME here)"
         settings = self.settings()
         if len(data) > settings.submit.max_size:
-            return _TOO_BIG
+            return TOO_BIG
         sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
-        recipients = list(envelope.rcpt_tos)
+        return await self.store(session, sender, list(envelope.rcpt_tos), data, settings)
+
+    async def store(
+        self, session: Session, sender: str, recipients: list[str], data: bytes, settings: Settings
+    ) -> str:
+        """Compose the message and store it through the ingest; the reply to DATA."""
         try:
             new = await asyncio.to_thread(
                 compose, sender, recipients, data, settings.listen.require_account
@@ -156,9 +172,9 @@ class Handler:
             log.warning("SMTP from %s: not stored: %s", _peer(session), err.message)
             return "451 4.3.0 Queue not writable, try again later"
         except ConfigError as err:
-            return f"550 5.7.1 {_one_line(err.message)}"
+            return f"550 5.7.1 {one_line(err.message)}"
         except RelaydError as err:
-            return f"554 5.6.0 {_one_line(err.message)}"
+            return f"554 5.6.0 {one_line(err.message)}"
         self.wake()
         log.info("queued %s from %s over SMTP", queue_id, _peer(session))
         return f"250 2.0.0 Ok: queued as {queue_id}"
@@ -197,5 +213,5 @@ def _peer(session: Session) -> str:
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     return " ".join(text.split())

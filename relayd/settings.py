@@ -284,7 +284,8 @@ def _section(
         try:
             values[target] = validate(value)
         except Invalid as exc:
-            report(Mistake(dotted, f"{dotted}: {exc}"))
+            where = f"{dotted}.{exc.key}" if exc.key is not None else dotted
+            report(Mistake(where, f"{where}: {exc}"))
     return {f"{section}.{key}" for key in table}
 
 

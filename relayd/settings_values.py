@@ -17,7 +17,12 @@ _DURATION = re.compile(r"(?:\d+[smhdw])+")
 
 
 class Invalid(Exception):
-    """A value failed validation; the loader adds the file and key."""
+    """A value failed validation; the loader adds the file and key (and `key`, a sub-key such
+    as the user of `listen.users`, when the fault is in one entry of a table)."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 def duration(value: object) -> int:
@@ -122,10 +127,41 @@ def address(value: object) -> str:
     return given
 
 
+KEYRING = "keyring"  # a `[listen] users` value: the password is in python keyring
+SCRYPT = re.compile(r"scrypt\$n=(\d+),r=(\d+),p=(\d+)\$([A-Za-z0-9+/]+=*)\$([A-Za-z0-9+/]+=*)")
+_HOW = 'use the output of `relayd config hash-password`, or "keyring"'
+
+
 def users(value: object) -> tuple[tuple[str, str], ...]:
+    """`[listen] users`: user = password hash (scrypt, see `scrypt_parts`) or "keyring".
+
+    A plaintext password is refused; no message quotes a value.
+    """
     if not isinstance(value, dict) or not value:
-        raise Invalid('expected a table of user = "password"')
-    for user, password in value.items():
-        if not isinstance(password, str) or not password:
-            raise Invalid(f"user {user}: expected a non-empty password string")
+        raise Invalid('expected a table of user = "PASSWORD HASH" (or "keyring")')
+    for user, stored in value.items():
+        if not isinstance(stored, str) or not stored:
+            raise Invalid(f"expected a password hash string; {_HOW}", user)
+        if stored != KEYRING and scrypt_parts(stored) is None:
+            what = "a malformed scrypt hash" if stored.startswith("scrypt$") else "not a hash"
+            raise Invalid(f"{what} (plaintext passwords are refused); {_HOW}", user)
     return tuple(sorted(value.items()))
+
+
+def scrypt_parts(stored: str) -> tuple[int, int, int, bytes, bytes] | None:
+    """(n, r, p, salt, hash) of `scrypt$n=N,r=R,p=P$SALT_B64$HASH_B64`; None if malformed or
+    beyond 1 GiB (n a power of two, 128·n·r·p within 2**30), or salt or hash too short."""
+    import base64
+    import binascii
+
+    found = SCRYPT.fullmatch(stored)
+    if found is None:
+        return None
+    n, r, p = (int(found.group(i)) for i in (1, 2, 3))
+    if n < 2 or n & (n - 1) or not r or not p or 128 * n * r * p > 1 << 30:
+        return None
+    try:
+        salt, digest = (base64.b64decode(found.group(i), validate=True) for i in (4, 5))
+    except binascii.Error:
+        return None
+    return (n, r, p, salt, digest) if len(salt) >= 8 and len(digest) >= 16 else None

@@ -35,9 +35,9 @@ MESSAGE = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
         return int(probe.getsockname()[1])
 
 
@@ -45,19 +45,23 @@ def free_port() -> int:
 def listener(
     upstream: UpstreamServer, start_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> Iterator[Callable[..., tuple[Daemon, int]]]:
-    """Start a daemon listening on a free loopback port, with extra `[listen]` lines."""
+    """Start a daemon listening on a free loopback port of `host`, with extra `[listen]` lines;
+    `ready=False` returns as soon as it started (to wait for it to fail)."""
 
-    def start(*lines: str, submit: str = "") -> tuple[Daemon, int]:
+    def start(
+        *lines: str, submit: str = "", host: str = "127.0.0.1", ready: bool = True
+    ) -> tuple[Daemon, int]:
         write_msmtprc(
             f"account default\nhost 127.0.0.1\nport {upstream.port}\nfrom me@example.org\n"
             "account work\nhost 127.0.0.1\nport 1\nfrom *@work.example\n"
         )
-        port = free_port()
+        port = free_port(host)
+        shown = f"[{host}]" if ":" in host else host
         config = tmp_path / "relayd.toml"
         config.write_text(
-            f'[listen]\naddress = "127.0.0.1:{port}"\n' + "\n".join(lines) + "\n" + submit
+            f'[listen]\naddress = "{shown}:{port}"\n' + "\n".join(lines) + "\n" + submit
         )
-        return start_daemon(RELAYD_CONFIG=str(config)), port
+        return start_daemon(RELAYD_CONFIG=str(config), ready=ready), port
 
     yield start
 

@@ -14,6 +14,10 @@ from relayd.store import location
 from relayd.sysexits import ExitCode
 
 USER = 1000
+# the hash of "secret"
+HASH = (
+    "scrypt$n=16384,r=8,p=1$wreEONpXeLg+TBEA7GfwlA==$Lhzq1g0rO/e7TYB6RPTj8LdN0YJfK/mE65sSQQhyAXY="
+)
 
 
 @pytest.fixture(autouse=True)
@@ -81,7 +85,7 @@ def test_every_key_is_read() -> None:
         command = "notify-send relayd"
         [listen]
         address = ["[::1]:2525", "127.0.0.1:2525"]
-        users = { alice = "s3cret" }
+        users = { alice = "HASH", bob = "keyring" }
         tls_cert = "/etc/relayd/cert.pem"
         tls_key = "/etc/relayd/key.pem"
         max_recipients = 50
@@ -91,7 +95,7 @@ def test_every_key_is_read() -> None:
         [retain]
         sent = "2w"
         failed = "30d"
-        """
+        """.replace("HASH", HASH)
     )
     got = load()
     assert got.database == "postgresql+psycopg://relayd@db.example/relayd"
@@ -107,7 +111,7 @@ def test_every_key_is_read() -> None:
     assert got.notify_command == "notify-send relayd"
     assert got.listen == settings.Listen(
         address=("[::1]:2525", "127.0.0.1:2525"),
-        users=(("alice", "s3cret"),),
+        users=(("alice", HASH), ("bob", "keyring")),
         tls_cert="/etc/relayd/cert.pem",
         tls_key="/etc/relayd/key.pem",
         max_recipients=50,
@@ -186,7 +190,9 @@ def test_system_file_is_the_last_resort(monkeypatch: pytest.MonkeyPatch, tmp_pat
         ('[bounce]\nmode = "sometimes"\n', "bounce.mode: expected none, sender or maildir:PATH"),
         ('[listen]\naddress = "localhost"\n', "listen.address: expected HOST:PORT"),
         ('[listen]\naddress = "0.0.0.0:25"\n', "would be an open relay"),
-        ('[listen]\naddress = "192.0.2.1:25"\nusers = {a = "x"}\n', "needs listen.tls_cert"),
+        ('[listen]\naddress = "192.0.2.1:25"\nusers = {a = "keyring"}\n', "needs listen.tls_cert"),
+        ('[listen]\nusers = {a = "s3cret"}\n', "listen.users.a: not a hash (plaintext passwords"),
+        ('[listen]\nusers = {a = "scrypt$n=3,r=8,p=1$AAAA$AAAA"}\n', "a malformed scrypt hash"),
         ('[listen]\ntls_cert = "/c.pem"\n', "go together"),
         ('[listen]\naddress = "::1:25"\n', "in brackets"),
         ('[listen]\nusers = "alice"\n', "listen.users"),

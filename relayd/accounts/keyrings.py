@@ -180,6 +180,12 @@ def _backend_name(backend: object) -> str:
 
 def keyring_password(host: str, user: str, *, timeout: float, notes: list[str]) -> str | None:
     """python keyring's password for service `smtp://HOST`, username USER, within `timeout`."""
+    return keyring_lookup(f"{SERVICE}://{host}", user, timeout=timeout, notes=notes)
+
+
+def keyring_lookup(service: str, user: str, *, timeout: float, notes: list[str]) -> str | None:
+    """python keyring's password for `service` and `user` from the usable backends, within
+    `timeout`; why nothing was found goes to `notes`."""
 
     def search() -> str | None:
         import keyring
@@ -194,7 +200,7 @@ def keyring_password(host: str, user: str, *, timeout: float, notes: list[str]) 
             return None
         for backend in usable:
             try:
-                password = backend.get_password(f"{SERVICE}://{host}", user)
+                password = backend.get_password(service, user)
             except Exception as exc:  # KeyringError and whatever a backend lets escape
                 notes.append(f"python keyring: {_backend_name(backend)}: {_describe(exc)}")
                 continue

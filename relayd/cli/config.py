@@ -13,7 +13,9 @@ from relayd.text import sanitize
 if TYPE_CHECKING:
     from relayd.cli import configcheck
 
-app = typer.Typer(name="config", help="Check the configuration.", no_args_is_help=True)
+app = typer.Typer(
+    name="config", help="Check the configuration; hash a password.", no_args_is_help=True
+)
 
 
 def _summary(report: configcheck.Report) -> list[str]:
@@ -86,3 +88,50 @@ def check_command(
     `eval` lines run as msmtp runs them; `passwordeval` never runs, and no password is printed.
     """
     run(lambda: _check(conffile, as_json))
+
+
+def _read_password() -> str:
+    """The password: asked twice on a terminal, else the first line of stdin."""
+    import getpass
+    import sys
+
+    from relayd.errors import RelaydError
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise RelaydError("the passwords differ", ExitCode.DATAERR)
+    else:
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    if not password:
+        raise RelaydError("empty password", ExitCode.DATAERR)
+    return password
+
+
+def _hash_password(user: str | None) -> int:
+    import json
+    import re
+
+    from relayd.submission.smtp_auth import hash_password
+
+    hashed = hash_password(_read_password())
+    if user is None:
+        typer.echo(hashed)
+    else:
+        key = user if re.fullmatch(r"[A-Za-z0-9_-]+", user) else json.dumps(user)
+        typer.echo(f'{key} = "{hashed}"')
+    return ExitCode.OK
+
+
+@app.command("hash-password")
+def hash_password_command(
+    user: str | None = typer.Argument(
+        None, help='Print a line `USER = "HASH"` for [listen] users instead of the hash alone.'
+    ),
+) -> None:
+    """Hash a password for relayd.toml's [listen] users (scrypt; the SMTP listener's AUTH).
+
+    On a terminal the password is asked twice without echo; otherwise it is the first line of
+    standard input. The hash goes to stdout, e.g. `users = { alice = "scrypt$n=…" }`.
+    """
+    run(lambda: _hash_password(user))

@@ -12,7 +12,8 @@ from relayd.accounts import files, msmtprc, resolve
 from relayd.accounts.account import Account
 from relayd.delivery import tls
 from relayd.delivery.classify import Failure
-from relayd.errors import ConfigError
+from relayd.errors import ConfigError, RelaydError
+from relayd.settings_values import KEYRING
 
 SCRUB_MIN = 3  # shorter passwords are not scrubbed: they would blot out ordinary words
 NO_DEFAULT = "none (mail needs -a ACCOUNT or an envelope-from that matches an account's from)"
@@ -165,8 +166,8 @@ def check_accounts(conffile: str | None, report: Report) -> None:
         report.problems.append(Problem(None, None, f"no account defined{text}"))
 
 
-_TABLE = re.compile(r"\s*\[\s*([\w.\-\" ]+?)\s*\]")
-_KEY = re.compile(r"\s*([\w.\-\" ]+?)\s*=")
+_TABLE = re.compile(r"\s*\[\s*([\w.\-\" @+]+?)\s*\]")
+_KEY = re.compile(r"\s*([\w.\-\" @+]+?)\s*=")
 
 
 def key_line(text: str, key: str) -> int | None:
@@ -215,6 +216,33 @@ def _database_problem(url: str) -> str | None:
     return None
 
 
+def _listen_users(text: str) -> set[str]:
+    """The `[listen] users` values as written (hashes; plaintext that failed the check), to
+    scrub from every message; "keyring" is not a secret."""
+    import tomllib
+
+    try:
+        listen = tomllib.loads(text).get("listen")
+    except tomllib.TOMLDecodeError:
+        return set()
+    users = listen.get("users") if isinstance(listen, dict) else None
+    if not isinstance(users, dict):
+        return set()
+    return {value for value in users.values() if isinstance(value, str) and value != KEYRING}
+
+
+def _listen_tls(listen: settings.Listen, path: str, text: str, report: Report) -> None:
+    """The daemon's start-up error for `[listen] tls_cert`/`tls_key` it could not load."""
+    if listen.tls_cert is None or listen.tls_key is None:
+        return
+    from relayd.submission.listener import tls_context  # aiosmtpd: only with TLS files set
+
+    try:
+        tls_context(listen.tls_cert, listen.tls_key)
+    except RelaydError as err:
+        report.problems.append(Problem(path, key_line(text, "listen.tls_cert"), err.message))
+
+
 def check_settings(environ: Mapping[str, str], report: Report) -> None:
     """relayd.toml, found as `settings.load` finds it, and $RELAYD_DATABASE_URL."""
     path = paths.settings_file(environ)[0]
@@ -228,16 +256,17 @@ def check_settings(environ: Mapping[str, str], report: Report) -> None:
             report.problems.append(_from_error(err, path))
         else:
             found, mistakes = settings.check(text, path, default_database=default_database)
+            report.secrets.update(_listen_users(text))
             for mistake in mistakes:
                 line = mistake.line
                 if line is None and mistake.key is not None:
                     line = key_line(text, mistake.key)
                 report.problems.append(Problem(path, line, mistake.message))
+            _listen_tls(found.listen, path, text, report)
             why = _database_problem(found.database)
             if why is not None:
                 line = key_line(text, "database")
                 report.problems.append(Problem(path, line, f"database: {why}"))
-    report.secrets.update(password for _, password in found.listen.users or ())
     database = found.database
     override = environ.get("RELAYD_DATABASE_URL")
     if override:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import ssl
 from typing import Any
 
 from relayd import paths
 from relayd.daemon.services import Context
+from relayd.daemon.startup import permission_failure
 from relayd.errors import RelaydError
 from relayd.settings import Settings
 from relayd.submission.limits import Committer
@@ -29,15 +32,21 @@ class SmtpListener:
         self.handler = Handler(context.settings, self.committer, context.wake)
         self.sessions = Sessions(lambda: self.settings.listen.max_sessions)
         self.servers: list[asyncio.Server] = []
+        self.tls: ssl.SSLContext | None = None
 
     @property
     def settings(self) -> Settings:
         return self.context.settings()
 
     def _protocol(self) -> RelaydSMTP:
-        return RelaydSMTP(self.handler, self.sessions, **options(self.settings))
+        return RelaydSMTP(
+            self.handler, self.sessions, tls_context=self.tls, **options(self.settings)
+        )
 
     async def start(self) -> None:
+        listen = self.settings.listen
+        if listen.tls_cert is not None and listen.tls_key is not None:
+            self.tls = tls_context(listen.tls_cert, listen.tls_key)
         loop = asyncio.get_running_loop()
         passed = self.context.sockets.pop("smtp", [])
         for sock in passed:
@@ -76,6 +85,33 @@ class SmtpListener:
 
     def addresses(self) -> list[str]:
         return [_shown(sock.getsockname()) for server in self.servers for sock in server.sockets]
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """STARTTLS's server context (TLS 1.2 or later) from `[listen] tls_cert` and `tls_key`; a
+    file the daemon cannot read (77 for permissions, else 74) or use (78) is one line naming it."""
+    for name, path in (("tls_cert", cert), ("tls_key", key)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                raise permission_failure(path, f"read listen.{name}") from None
+            reason = (exc.strerror or str(exc)).lower()
+            raise RelaydError(
+                f"cannot read listen.{name}: {path}: {reason}", ExitCode.IOERR
+            ) from None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        raise RelaydError(
+            f"listen.tls_cert {cert} with listen.tls_key {key}: not a PEM certificate and its"
+            f" key ({exc.reason or exc})",
+            ExitCode.CONFIG,
+        ) from None
+    return context
 
 
 def _note(addresses: list[str]) -> None:

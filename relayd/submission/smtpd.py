@@ -15,12 +15,14 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from relayd.errors import ConfigError, DataError, QueueError, RelaydError
 from relayd.settings import Settings
 from relayd.store.records import NewMessage
+from relayd.submission import smtp_auth
 from relayd.submission.addresses import check_address
+from relayd.text import sanitize
 
 log = logging.getLogger("relayd.smtp")
 
@@ -57,10 +59,18 @@ class Ingest(Protocol):
 
 
 class RelaydSMTP(SMTP):
-    """aiosmtpd's SMTP with enhanced status codes on its own refusals and a session limit."""
+    """aiosmtpd's SMTP with enhanced status codes on its own refusals, a session limit, and
+    AUTH PLAIN/LOGIN against `[listen] users` (only after STARTTLS; required when set).
+
+    aiosmtpd calls its `authenticator` on the event loop and does not await it: ours only
+    hands the credentials on (`_deferred`), and `auth_PLAIN`/`auth_LOGIN` check them in a
+    thread (scrypt, keyring), then wait FAILURE_DELAY before a 535."""
 
     def __init__(self, handler: Handler, sessions: Sessions, **kwargs: Any) -> None:
+        users = handler.settings().listen.users
+        kwargs.update(authenticator=_deferred, auth_require_tls=True, auth_required=bool(users))
         super().__init__(handler, **kwargs)
+        self._handler = handler
         self._sessions = sessions
         self._counted = False
 
@@ -73,14 +83,43 @@ class RelaydSMTP(SMTP):
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
-        if self._counted:
-            self._counted = False
-            self._sessions.leave()
+        if not self._counted:  # refused in connection_made: aiosmtpd never started a session
+            return
+        self._counted = False
+        self._sessions.leave()
         super().connection_lost(error)
 
     async def push(self, status: Any) -> None:
         text = status.decode() if isinstance(status, bytes) else status
         await super().push(_REWRITES.get(text, text))
+
+    async def auth_PLAIN(self, _: SMTP, args: list[str]) -> AuthResult:
+        return await self._verify(await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: SMTP, args: list[str]) -> AuthResult:
+        return await self._verify(await super().auth_LOGIN(_, args))
+
+    async def _verify(self, result: AuthResult) -> AuthResult:
+        """The outcome of the credentials `_deferred` passed on (others: as they are)."""
+        given = result.auth_data
+        if not isinstance(given, LoginPassword):
+            return result
+        users = self._handler.settings().listen.users
+        user = sanitize(given.login.decode("utf-8", "replace"))
+        peer = _peer(self.session) if self.session is not None else "?"
+        if await asyncio.to_thread(smtp_auth.check, users, given.login, given.password):
+            log.info("SMTP AUTH from %s as %s", peer, user)
+            return AuthResult(success=True, auth_data=user)
+        log.warning("SMTP AUTH from %s failed for user %s", peer, user)
+        await asyncio.sleep(smtp_auth.FAILURE_DELAY)
+        return AuthResult(success=False, handled=False)
+
+
+def _deferred(
+    server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+) -> AuthResult:
+    """aiosmtpd's (synchronous) authenticator: the credentials, for `RelaydSMTP._verify`."""
+    return AuthResult(success=False, handled=False, auth_data=auth_data)
 
 
 class Sessions:
@@ -117,6 +156,8 @@ class Handler:
     ) -> list[str]:
         session.host_name = hostname
         extra = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
+        if self.settings().listen.users is None:  # aiosmtpd would offer AUTH after STARTTLS
+            responses = [line for line in responses if not line.startswith("250-AUTH ")]
         return [*responses[:-1], *extra, responses[-1]]
 
     async def handle_MAIL(

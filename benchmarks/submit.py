@@ -1,22 +1,27 @@
 #!/usr/bin/env python3
-"""Submission latency: `relayd-sendmail` for a 10 KB message, beside its floors and msmtp.
+"""Submission latency: `relayd-sendmail` for a 10 KB message, beside its floors and its peers.
 
-Runs four contenders round-robin in one run, so machine load falls on all of them alike:
+Runs seven contenders round-robin in one run, so machine load falls on all of them alike:
 
 1. `python -c pass` with the interpreter relayd-sendmail runs on;
 2. a bare durable insert: a fresh Python process that reads the message from stdin and inserts
    it as a BLOB with stdlib sqlite3 (WAL, synchronous=FULL, BEGIN IMMEDIATE, COMMIT);
 3. `relayd-sendmail you@example.org < msg`, durable, into a SQLite queue in a temporary HOME;
-4. Debian's `msmtp` sending the same message to Postfix's `smtp-sink` on 127.0.0.1.
+4. Debian's `msmtp` sending the same message to Postfix's `smtp-sink` on 127.0.0.1;
+5. `python -c pass` as `nobody` through `setpriv`: the floor of 6 (hostsocket.py);
+6. `relayd-sendmail` as `nobody` through a root `relayd daemon`'s submit socket (SPEC §7),
+   the daemon started by the benchmark and delivering to the smtp-sink meanwhile;
+7. Postfix's `sendmail`, which hands the message to `postdrop` (postdrop.py).
 
-Contenders 1-3 use a non-editable install of this checkout in `benchmarks/.cache/venv` (an
-editable install's import hook slows every Python start), built once and rebuilt when the
-project's files change. `smtp-sink` comes from `apt-get download postfix`, unpacked in
-`benchmarks/.cache/postfix`; without apt or msmtp the msmtp contender is skipped with a reason.
+Contenders 1-3, 5 and 6 use a non-editable install of this checkout in `benchmarks/.cache/venv`
+(an editable install's import hook slows every Python start), built once and rebuilt when the
+project's files change. `smtp-sink` and Postfix's sendmail come from `apt-get download
+postfix`, unpacked in `benchmarks/.cache/postfix`. A contender that cannot run here (no msmtp,
+no apt, not root or no setpriv for 5 and 6) is skipped with the reason.
 
-It reports the median and p95 of each (milliseconds, wall clock around the whole process) and
-SPEC §6's submission targets with PASS/FAIL. It exits 0 whatever the figures: it reports, it
-does not gate. Usage: python benchmarks/submit.py [--runs N] [--json FILE]
+It reports the median and p95 of each (milliseconds, wall clock around the whole process),
+SPEC §6's submission targets and SPEC §7's host socket target with PASS/FAIL, and exits 0
+whatever the figures. Usage: python benchmarks/submit.py [--runs N] [--json FILE]
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import hostsocket
+import postdrop
 from common import (
     CACHE,
     RECIPIENT,
@@ -84,6 +91,7 @@ class Contender:
     argv: list[str]
     env: dict[str, str]
     stdin: Path | None
+    cwd: Path | None = None
     samples_ms: list[float] = field(default_factory=list)
     skipped: str | None = None
     failed: str | None = None
@@ -91,9 +99,6 @@ class Contender:
     @property
     def active(self) -> bool:
         return self.skipped is None and self.failed is None
-
-
-# --- small helpers ---------------------------------------------------------------------------
 
 
 # --- small helpers ---------------------------------------------------------------------------
@@ -126,6 +131,7 @@ def run_once(contender: Contender, errors: IO[bytes]) -> float:
         proc = subprocess.Popen(
             contender.argv,
             env=contender.env,
+            cwd=contender.cwd,
             stdin=stdin,
             stdout=subprocess.DEVNULL,
             stderr=errors,
@@ -230,6 +236,8 @@ def report(
         print(f"  {verdict}  {t['target']}: {t['value_ms']:.2f} ms (limit {t['limit_ms']:.2f} ms)")
     if runs < MIN_RUNS:
         print(f"  note: {runs} runs is fewer than the {MIN_RUNS} the targets are measured over")
+    print()
+    host = hostsocket.report(results)
     return {
         "command": command,
         "runs": runs,
@@ -237,6 +245,7 @@ def report(
         "results": results,
         "ratio_relayd_to_bare_insert": None if ratio is None else round(ratio, 3),
         "targets": targets,
+        "host_socket": host,
     }
 
 
@@ -303,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 except Skip as exc:
                     sink_skip = str(exc)
             env = make_home(work, port)
+            nobody, host = host_contenders(stack, python, message, port)
             contenders = [
                 Contender("python -c pass", [str(python), "-c", "pass"], env, None),
                 Contender(
@@ -313,9 +323,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ),
                 Contender("relayd-sendmail", [str(sendmail), RECIPIENT], env, message),
                 Contender("msmtp -> smtp-sink", [msmtp or "msmtp", RECIPIENT], env, message),
+                *nobody,
             ]
             if sink_skip is not None:
                 contenders[3].skipped = sink_skip
+            maildrop: Path | None = None
+            try:
+                argv, postfix_env, maildrop = postdrop.setup(work)
+                contenders.append(Contender(postdrop.NAME, argv, postfix_env, message))
+            except Skip as exc:
+                contenders.append(Contender(postdrop.NAME, [], env, None, skipped=str(exc)))
             facts = machine_facts(python, work)
             before = conditions(work)
             log(f"timing {args.runs} rounds of {sum(c.active for c in contenders)} contenders ...")
@@ -325,6 +342,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         facts["conditions"] = f"before: {before}; after: {conditions(work)}"
         stored = count_rows(work / "queue.sqlite3")
         facts["queued messages"] = f"{stored} in relayd's queue after the run (1 + runs expected)"
+        facts["host queue"] = hostsocket.queue_fact(host, args.runs, len(contenders[5].samples_ms))
+        if maildrop is not None:
+            facts["postfix maildrop"] = (
+                f"{postdrop.queued(maildrop)} queue files in maildrop after the run"
+                f" ({len(contenders[6].samples_ms)} timed + 1 warm-up expected)"
+            )
         result = report(contenders, args.runs, facts, command)
         if not spool_existed and os.path.exists("/var/spool/relayd"):
             print("warning: /var/spool/relayd appeared during the run")
@@ -337,6 +360,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def host_contenders(
+    stack: contextlib.ExitStack, python: Path, message: Path, port: int | None
+) -> tuple[list[Contender], hostsocket.HostDaemon | None]:
+    """Contenders 5 and 6, the host daemon started in `stack` (and stopped when it closes)."""
+    floor = Contender(hostsocket.FLOOR_NAME, [], {}, None)
+    sock = Contender(hostsocket.SOCKET_NAME, [], {}, message)
+    try:
+        host = stack.enter_context(hostsocket.host_daemon(VENV, message, port))
+    except Skip as exc:
+        floor.skipped = sock.skipped = str(exc)
+        return [floor, sock], None
+    except hostsocket.HostFailed as exc:
+        sock.failed = str(exc)
+        floor.skipped = "measured only beside the host socket contender"
+        return [floor, sock], None
+    floor.argv = [*host.prefix, str(python), "-c", "pass"]
+    sock.argv = [*host.prefix, str(VENV / "bin" / "relayd-sendmail"), RECIPIENT]
+    for contender in (floor, sock):
+        contender.env, contender.cwd = host.user_env, host.user_home
+    return [floor, sock], host
 
 
 def count_rows(db: Path) -> int | None:

@@ -110,7 +110,7 @@ def test_mail_from_chooses_the_account_like_f_and_null_sender_is_accepted(
 def test_limits_size_recipients_nul_and_sessions(
     listener: Callable[..., tuple[Daemon, int]],
 ) -> None:
-    _, port = listener(
+    daemon, port = listener(
         "max_recipients = 2", "max_sessions = 2", submit="[submit]\nmax_size = 2000\n"
     )
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
@@ -133,6 +133,8 @@ def test_limits_size_recipients_nul_and_sessions(
                 smtplib.SMTP("127.0.0.1", port, timeout=10)
             assert third.value.smtp_code == 421
     assert stored_messages() == []
+    code, err = daemon.stop()
+    assert code == 0 and "Traceback" not in err and "Exception in callback" not in err, err
 
 
 def test_smtputf8_addresses(listener: Callable[..., tuple[Daemon, int]]) -> None:

@@ -330,11 +330,9 @@ def make_message() -> bytes:
     return (head + body).encode("ascii")
 
 
-def make_home(work: Path, port: int | None) -> dict[str, str]:
-    """A throw-away HOME with ~/.msmtprc and the XDG directories; the environment using it."""
-    home = work / "home"
-    env = clean_environment(os.environ)
-    env["HOME"] = str(home)
+def xdg_dirs(home: Path) -> dict[str, str]:
+    """HOME and its XDG directories (made 0700); the variables naming them."""
+    env = {"HOME": str(home)}
     for name, rel in (
         ("XDG_CONFIG_HOME", ".config"),
         ("XDG_STATE_HOME", ".local/state"),
@@ -344,6 +342,14 @@ def make_home(work: Path, port: int | None) -> dict[str, str]:
     ):
         (home / rel).mkdir(mode=0o700, parents=True, exist_ok=True)
         env[name] = str(home / rel)
+    return env
+
+
+def make_home(work: Path, port: int | None) -> dict[str, str]:
+    """A throw-away HOME with ~/.msmtprc and the XDG directories; the environment using it."""
+    home = work / "home"
+    env = clean_environment(os.environ)
+    env.update(xdg_dirs(home))
     rc = home / ".msmtprc"
     # Without a sink, port 9 (discard) keeps the file valid; msmtp is skipped then anyway.
     rc.write_text(

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import CACHE, RECIPIENT, RUN_TIMEOUT, SENDER, Skip, clean_environment
+from common import CACHE, RECIPIENT, RUN_TIMEOUT, SENDER, Skip, clean_environment, xdg_dirs
 
 START_TIMEOUT = 15.0  # seconds for the daemon's submit socket to appear
 STOP_TIMEOUT = 15.0  # seconds for the daemon to exit after SIGTERM, before SIGKILL
@@ -71,17 +71,8 @@ def nobody_prefix() -> tuple[list[str], int, int]:
 
 def private_home(home: Path, uid: int, gid: int) -> dict[str, str]:
     """`home` (0700, owned by uid) with the XDG directories; the variables naming them."""
-    env = {"HOME": str(home)}
     home.mkdir(mode=0o700)
-    for name, rel in (
-        ("XDG_CONFIG_HOME", ".config"),
-        ("XDG_STATE_HOME", ".local/state"),
-        ("XDG_DATA_HOME", ".local/share"),
-        ("XDG_CACHE_HOME", ".cache"),
-        ("XDG_RUNTIME_DIR", "run"),
-    ):
-        (home / rel).mkdir(mode=0o700, parents=True)
-        env[name] = str(home / rel)
+    env = xdg_dirs(home)
     for dirpath, dirnames, filenames in os.walk(home):
         for name in [*dirnames, *filenames]:
             os.chown(Path(dirpath) / name, uid, gid)

@@ -17,7 +17,8 @@ Definitions (issue 12, SPEC §4), per message key (``fN``, see `World.enqueue`):
   either side), beyond one per connection-level fault (greeting, EHLO: key unknown) and one per
   transaction cut off by a daemon kill (the contract records those at the next start); an
   attempt that could not connect at all (the server was down) is the dead destination's one
-  attempt row, not a phantom.
+  attempt row, not a phantom; nor is an attempt in progress while the server was being
+  killed (its command was in the dead server's socket buffer: it was tried, unread).
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ class Figures:
     stuck: list[str] = field(default_factory=list)
     tracebacks: int = 0
     phantom: int = 0
+    phantom_rows: list[str] = field(default_factory=list)  # the unexplained rows, for the report
     extra: dict[str, Any] = field(default_factory=dict)
     other: list[str] = field(default_factory=list)  # the scenario's own checks that failed
 
@@ -160,7 +162,9 @@ class Figures:
         if self.tracebacks:
             found.append(f"{self.tracebacks} traceback(s)")
         if self.phantom:
-            found.append(f"{self.phantom} phantom failed attempt row(s)")
+            found.append(
+                f"{self.phantom} phantom failed attempt row(s) among {self.phantom_rows[:10]}"
+            )
         return found + self.other
 
 
@@ -173,12 +177,14 @@ def measure(
     stderr: Iterable[str],
     fault_times: Sequence[float],
     kill_times: Sequence[float] = (),
+    server_kills: Sequence[tuple[float, float]] = (),
     seconds: float,
     expected_unsent: Collection[str] = (),
 ) -> Figures:
     """The figures of a finished scenario. `keys` maps message key to queue id; `fault_times`
     are the instants of every fault (daemon kills included), `kill_times` those of daemon
-    kills alone; `expected_unsent` the keys meant to end failed or held (or deleted)."""
+    kills alone; `server_kills` the (before, after) instants of each SIGKILL of the server;
+    `expected_unsent` the keys meant to end failed or held (or deleted)."""
     messages, attempts = read_queue(url)
     key_of = {queue_id: key for key, queue_id in keys.items()}
     accepted = Counter(e.key for e in events if e.kind in {"accept", "vanish"} and e.key)
@@ -198,7 +204,9 @@ def measure(
         elif row.state in {"failed", "held"} and key not in expected_unsent:
             figures.stuck.append(f"{key}:{row.state}")
     figures.tracebacks = sum(text.count(TRACEBACK) for text in stderr)
-    figures.phantom = _phantom(attempts, key_of, events, kill_times)
+    figures.phantom, figures.phantom_rows = _phantom(
+        attempts, key_of, events, kill_times, server_kills
+    )
     return figures
 
 
@@ -207,19 +215,28 @@ def _phantom(
     key_of: dict[str, str],
     events: Sequence[Event],
     kill_times: Sequence[float],
-) -> int:
+    server_kills: Sequence[tuple[float, float]],
+) -> tuple[int, list[str]]:
+    """How many failed attempt rows are unexplained beyond the allowance, and a description of
+    each unexplained one (key, start, duration, reply)."""
     seen: dict[str, list[float]] = {}
     for event in events:
         if event.kind in _SEEN and event.key:
             seen.setdefault(event.key, []).append(event.at)
-    unexplained = 0
+    unexplained: list[str] = []
     for row in attempts:
         if row.exit_code == 0 or row.sent or row.reply.startswith(_NO_CONNECTION):
             continue
-        times = seen.get(key_of.get(row.queue_id, ""), [])
+        end = row.started_at + row.duration
+        if any(row.started_at <= after and end >= before for before, after in server_kills):
+            continue  # in progress while the server died: tried, its command unread
+        key = key_of.get(row.queue_id, "")
+        times = seen.get(key, [])
         low, high = row.started_at - 1.0, row.started_at + row.duration + 1.0
         if not any(low <= at <= high for at in times):
-            unexplained += 1
+            unexplained.append(
+                f"{key or row.queue_id}@{row.started_at:.3f}+{row.duration:.3f}:{row.reply[:60]}"
+            )
     allowance = sum(1 for e in events if e.kind == "fault" and e.key is None)
     allowance += sum(open_transactions(events, at) for at in kill_times)
-    return max(0, unexplained - allowance)
+    return max(0, len(unexplained) - allowance), unexplained

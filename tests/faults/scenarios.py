@@ -49,6 +49,7 @@ def _finish(
     *,
     fault_times: list[float],
     kill_times: list[float] = (),  # type: ignore[assignment]
+    server_kills: list[tuple[float, float]] = (),  # type: ignore[assignment]
     expected_unsent: set[str] | None = None,
     other: list[str] | None = None,
 ) -> Figures:
@@ -60,6 +61,7 @@ def _finish(
         stderr=world.daemon_stderr(),
         fault_times=fault_times,
         kill_times=list(kill_times),
+        server_kills=list(server_kills),
         seconds=time.monotonic() - started,
         expected_unsent=expected_unsent or set(),
     )
@@ -129,11 +131,13 @@ def upstream_kills(root: Path, *, messages: int = 200, kills: int = 3) -> Figure
         world.enqueue(messages, body_bytes=64 * 1024)
         daemon = world.daemon()
         fault_times = []
+        server_kills = []
         for _ in range(kills):
             time.sleep(0.3)
             wait_until(lambda: _in_data(world), 15, "a transaction in DATA", step=0.002)
             fault_times.append(time.time())
             world.server.kill()
+            server_kills.append((fault_times[-1], time.time()))
             world.server.start()  # same port
         code = drain(world, daemon, started + 45)
         return _finish(
@@ -141,6 +145,7 @@ def upstream_kills(root: Path, *, messages: int = 200, kills: int = 3) -> Figure
             "upstream_sigkill_mid_data",
             started,
             fault_times=fault_times,
+            server_kills=server_kills,
             other=[] if code == 0 else [f"daemon exit {code}"],
         )
     finally:

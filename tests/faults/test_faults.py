@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.faults import scenarios
-from tests.faults.harness import RecorderServer, wait_until
-from tests.faults.measure import Figures, open_transactions
+from tests.faults.harness import Event, RecorderServer, wait_until
+from tests.faults.measure import AttemptRow, Figures, _phantom, open_transactions
 from tests.store_helpers import PG_URL, postgres_schema
 
 pytestmark = pytest.mark.faults
@@ -49,6 +49,20 @@ def test_the_recording_server_logs_and_faults(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert "Traceback" not in "".join(server.stderr_texts())
+
+
+def test_a_phantom_is_a_failed_attempt_the_server_never_saw() -> None:
+    key_of = {"Q1": "f1", "Q2": "f2"}
+    seen = [Event(100.0, "mail", "c1", "f1", "-")]
+    reset = "network read error: Connection reset by peer"
+    tried = AttemptRow("Q1", 100.0, 0.01, 69, False, False, reset)
+    unseen = AttemptRow("Q2", 200.0, 0.01, 69, False, False, reset)
+    assert _phantom([tried], key_of, seen, [], []) == (0, [])
+    count, rows = _phantom([tried, unseen], key_of, seen, [], [])
+    assert count == 1 and rows[0].startswith("f2@200.000")
+    # In progress while the server was being killed: its MAIL sat unread in the dead socket.
+    assert _phantom([unseen], key_of, seen, [], [(200.005, 200.02)]) == (0, [])
+    assert _phantom([unseen], key_of, seen, [], [(200.02, 200.03)])[0] == 1
 
 
 def test_daemon_sigkill_loop(tmp_path: Path) -> None:

@@ -155,3 +155,32 @@ def test_simultaneous_first_users_migrate_exactly_once(url: str) -> None:
     outputs = [p.communicate("go\n", timeout=60) for p in starters]
     assert [p.returncode for p in starters] == [0] * 6, [err for _, err in outputs]
     assert sorted(json.loads(out) for out, _ in outputs) == [False] * 5 + [True]
+
+
+def test_upgrading_from_0004_makes_each_body_one_chunk_and_back(
+    url: str, engine: sa.Engine
+) -> None:
+    config = alembic_config(url)
+    command.upgrade(config, "0004")
+    big = bytes(range(256)) * 1024  # 256 KiB: more than one chunk once written anew
+    with engine.begin() as conn:
+        conn.execute(sa.text(OLD_MESSAGE))
+        message_id = conn.execute(sa.text("SELECT id FROM messages")).scalar_one()
+        conn.execute(sa.text(OLD_BODY), {"id": message_id, "data": big})
+        conn.execute(sa.text(OLD_RECIPIENT), {"id": message_id})
+    command.upgrade(config, "head")
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+        rows = conn.execute(sa.text("SELECT seq, data FROM bodies")).all()
+    assert [(seq, bytes(data)) for seq, data in rows] == [(0, big)]
+    with engine.begin() as conn:  # a body written in chunks by 0005 code
+        conn.execute(sa.text("DELETE FROM bodies"))
+        for seq in range(4):
+            conn.execute(
+                sa.text("INSERT INTO bodies (message_id, seq, data) VALUES (:id, :seq, :data)"),
+                {"id": message_id, "seq": seq, "data": big[seq * 65536 : (seq + 1) * 65536]},
+            )
+    command.downgrade(config, "0004")
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT message_id, data FROM bodies")).all()
+    assert [(m, bytes(data)) for m, data in rows] == [(message_id, big)]

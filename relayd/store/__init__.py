@@ -6,4 +6,8 @@ path and must not pull in SQLAlchemy through its parent package.
 
 # The Alembic head revision this code reads and writes. The fast path compares the database's
 # `alembic_version` with it; tests check it equals the head of `relayd/migrations`.
-SCHEMA_REVISION = "0004"
+SCHEMA_REVISION = "0005"
+
+# The most bytes of a body one `bodies` row holds when written (revision 0005): bodies stream
+# to and from the store a chunk at a time.
+BODY_CHUNK = 64 * 1024

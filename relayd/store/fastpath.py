@@ -15,7 +15,7 @@ import sqlite3
 
 from relayd import paths
 from relayd.errors import ConfigError, QueueError
-from relayd.store import SCHEMA_REVISION, failures
+from relayd.store import BODY_CHUNK, SCHEMA_REVISION, failures
 from relayd.store.ids import new_queue_id
 from relayd.store.records import NewMessage
 from relayd.sysexits import ExitCode
@@ -46,7 +46,7 @@ _INSERT_MESSAGE = (
     " needs_smtputf8, needs_8bitmime, created_at, next_attempt_at, attempts, submitted_uid,"
     " submitted_user) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)"
 )
-_INSERT_BODY = "INSERT INTO bodies (message_id, data) VALUES (?, ?)"
+_INSERT_BODY = "INSERT INTO bodies (message_id, seq, data) VALUES (?, ?, ?)"
 _INSERT_RECIPIENT = (
     "INSERT INTO recipients (message_id, position, address, state) VALUES (?, ?, ?, 'pending')"
 )
@@ -163,7 +163,7 @@ def _insert(conn: sqlite3.Connection, message: NewMessage, now: float) -> str:
                 raise
             continue
         message_id = cursor.lastrowid
-        conn.execute(_INSERT_BODY, (message_id, message.data))
+        conn.executemany(_INSERT_BODY, body_chunks(message_id, message.data))
         conn.executemany(
             _INSERT_RECIPIENT,
             [
@@ -173,6 +173,18 @@ def _insert(conn: sqlite3.Connection, message: NewMessage, now: float) -> str:
         )
         return queue_id
     raise AssertionError("unreachable")
+
+
+BodyRow = tuple[int | None, int, bytes]  # (message_id, seq, chunk)
+
+
+def body_chunks(message_id: int | None, data: bytes | bytearray) -> list[BodyRow]:
+    """The `bodies` rows of `data`: (message_id, seq, chunk), at most BODY_CHUNK bytes each."""
+    view = memoryview(data)
+    return [
+        (message_id, seq, bytes(view[start : start + BODY_CHUNK]))
+        for seq, start in enumerate(range(0, max(len(data), 1), BODY_CHUNK))
+    ]
 
 
 def _json_pairs(pairs: tuple[tuple[str, str | None], ...]) -> str:

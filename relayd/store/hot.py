@@ -176,7 +176,8 @@ class HotStatements:
         self.body = Prepared(
             sa.select(bodies.c.data)
             .join(messages, messages.c.id == bodies.c.message_id)
-            .where(messages.c.queue_id == sa.bindparam("b_queue_id", type_=sa.Text())),
+            .where(messages.c.queue_id == sa.bindparam("b_queue_id", type_=sa.Text()))
+            .order_by(bodies.c.seq),
             dialect,
         )
         self.claimed_recipients = Prepared(_claimed_recipients(dialect), dialect)
@@ -234,8 +235,12 @@ class HotStatements:
 
     def read_bodies(self, conn: sa.Connection, queue_ids: Sequence[str]) -> dict[str, bytes]:
         """The stored wire bytes of each of `queue_ids` that exists."""
-        found = self.body.each_row(conn, [self.body.args({"b_queue_id": q}) for q in queue_ids])
-        return {q: bytes(row[0]) for q, row in zip(queue_ids, found, strict=True) if row}
+        found = {}
+        for queue_id in queue_ids:
+            chunks = self.body.fetch(conn, self.body.args({"b_queue_id": queue_id}))
+            if chunks:
+                found[queue_id] = b"".join(bytes(row[0]) for row in chunks)
+        return found
 
     def prepare(self, record: AttemptRecord) -> PreparedRecord:
         """`record` as driver arguments of `finish`, `attempt` and `recipients` (pure Python)."""

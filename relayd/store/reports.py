@@ -148,11 +148,15 @@ def log_entries(
         delivered = {row.message_id for row in rows if row.exit_code == 0}
         sizes: dict[int, int] = {}
         if delivered:
-            data = sa.select(bodies.c.message_id, bodies.c.data).where(
-                bodies.c.message_id.in_(delivered)
+            data = (
+                sa.select(bodies.c.message_id, bodies.c.data)
+                .where(bodies.c.message_id.in_(delivered))
+                .order_by(bodies.c.message_id, bodies.c.seq)
             )
-            for message_id, body in conn.execute(data.execution_options(yield_per=8)):
-                sizes[message_id] = mail_size(bytes(body))
+            joined: dict[int, list[bytes]] = {}
+            for message_id, chunk in conn.execute(data.execution_options(yield_per=8)):
+                joined.setdefault(message_id, []).append(bytes(chunk))
+            sizes = {key: mail_size(b"".join(chunks)) for key, chunks in joined.items()}
     if newest:
         rows.reverse()
     return [

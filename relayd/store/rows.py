@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from relayd.store.fastpath import body_chunks
 from relayd.store.queued import Attempt, QueuedMessage, Recipient, RecipientState, State
 from relayd.store.records import NewMessage
 from relayd.store.tables import bodies, messages, recipients
@@ -189,7 +190,13 @@ def insert_message(conn: sa.Connection, queue_id: str, message: NewMessage, now:
         )
     )
     (message_id,) = result.inserted_primary_key or (None,)
-    conn.execute(bodies.insert().values(message_id=message_id, data=bytes(message.data)))
+    conn.execute(
+        bodies.insert(),
+        [
+            {"message_id": message_id, "seq": seq, "data": chunk}
+            for _, seq, chunk in body_chunks(message_id, message.data)
+        ],
+    )
     conn.execute(
         recipients.insert(),
         [

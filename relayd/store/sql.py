@@ -109,12 +109,17 @@ class SqlStore:
 
     def read_data(self, queue_id: str) -> bytes | None:
         with self.reading() as conn:
-            data = conn.execute(
-                sa.select(bodies.c.data)
-                .join(messages, messages.c.id == bodies.c.message_id)
-                .where(messages.c.queue_id == queue_id)
-            ).scalar_one_or_none()
-        return None if data is None else bytes(data)
+            chunks = (
+                conn.execute(
+                    sa.select(bodies.c.data)
+                    .join(messages, messages.c.id == bodies.c.message_id)
+                    .where(messages.c.queue_id == queue_id)
+                    .order_by(bodies.c.seq)
+                )
+                .scalars()
+                .all()
+            )
+        return b"".join(bytes(chunk) for chunk in chunks) if chunks else None
 
     def listing(
         self, states: Collection[State] | None = None, account: str | None = None

@@ -70,6 +70,9 @@ sa.Index("ix_messages_due", messages.c.state, messages.c.account, messages.c.nex
 
 # The wire bytes apart from the message row (revision 0002): SQLite rewrites a whole record on
 # every UPDATE, so a 10 KB body inside `messages` would be copied at each claim and each result.
+# In chunks (revision 0005): the body is the `data` of its rows in `seq` order, each at most
+# BODY_CHUNK bytes when written (bodies migrated from 0004 are one chunk of any size), so that
+# it is written and read a chunk at a time.
 bodies = sa.Table(
     "bodies",
     metadata,
@@ -79,7 +82,8 @@ bodies = sa.Table(
         sa.ForeignKey("messages.id", ondelete="CASCADE"),
         primary_key=True,
     ),
-    sa.Column("data", sa.LargeBinary(), nullable=False),  # exactly the wire bytes
+    sa.Column("seq", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("data", sa.LargeBinary(), nullable=False),  # exactly the wire bytes, in order
 )
 
 recipients = sa.Table(

@@ -185,20 +185,31 @@ def _show(queue_id: str, raw: bool, as_json: bool) -> int:
     if through_host is not None:
         return _print_show(*through_host, raw=raw, as_json=as_json)
     store = open_queue()
-    message = data = None
+    message = head = None
     if store is not None:
         with store:
             message = store.get(queue_id)
-            data = store.read_data(queue_id)
+            if message is not None and raw:
+                return _copy_raw(queue_id, store.read_data_chunks(queue_id))
+            head = queuelist.header_head(store.read_data_chunks(queue_id))
             attempts = store.attempts(queue_id)
     if message is None:
         fail(f"{queue_id}: no such message", ExitCode.UNAVAILABLE)
-    if raw:
-        if data is None:
-            fail(f"{queue_id}: {PURGED}", ExitCode.NOINPUT)
-        return _print_show(None, data, raw=True, as_json=False)
-    record = show_record(message, attempts, None if data is None else display_headers(data))
+    record = show_record(message, attempts, None if head is None else display_headers(head))
     return _print_show(record, b"", raw=False, as_json=as_json)
+
+
+def _copy_raw(queue_id: str, chunks: Iterable[bytes]) -> int:
+    """`queue show --raw`: the stored bytes to stdout as they are read, a chunk at a time."""
+    out = sys.stdout.buffer
+    empty = True
+    for chunk in chunks:
+        empty = False
+        out.write(chunk)
+    if empty:
+        fail(f"{queue_id}: {PURGED}", ExitCode.NOINPUT)
+    out.flush()
+    return 0
 
 
 def _print_show(record: dict[str, Any] | None, data: bytes, *, raw: bool, as_json: bool) -> int:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 
 from relayd.accounts.account import Account
 from relayd.daemon import attempt_log, retry
+from relayd.daemon.bodies import Bodies, Streamed
 from relayd.daemon.recorder import Delivered, Recorder
 from relayd.daemon.wirelog import WireLog
 from relayd.delivery.result import DeliveryResult, Disposition, Event, Reply
@@ -33,10 +34,6 @@ _RECIPIENT_STATES = {
     Disposition.SENT: RecipientState.SENT,
     Disposition.FAIL: RecipientState.FAILED,
 }
-# Bodies are read from the store a group at a time, at most this many bytes (and at least one
-# message) per read: a batch of 100 big messages must not sit in memory at once.
-READ_AHEAD_BYTES = 4 << 20
-
 log = logging.getLogger("relayd.daemon.drain")
 
 
@@ -97,37 +94,6 @@ def outcome_for(
     )
 
 
-class _Bodies:
-    """The claimed messages' stored bytes, read a bounded group ahead of the one being sent."""
-
-    def __init__(self, store: RunnerStore, messages: Sequence[QueuedMessage]) -> None:
-        self._store = store
-        self._messages = messages
-        self._read: dict[str, bytes] = {}
-        self._next = 0  # the first message not read yet
-
-    async def get(self, index: int) -> bytes | None:
-        """Message `index`'s bytes (None: deleted meanwhile); forgets the ones before it."""
-        queue_id = self._messages[index].queue_id
-        if index >= self._next:
-            group: list[str] = []
-            size = 0
-            for message in self._messages[index:]:
-                if group and size + message.size > READ_AHEAD_BYTES:
-                    break
-                group.append(message.queue_id)
-                size += message.size
-            self._next = index + len(group)
-            self._read = await asyncio.to_thread(self._store.read_data_many, group)
-        return self._read.pop(queue_id, None)
-
-    def peek(self, index: int) -> bytes | None:
-        """Message `index`'s bytes if they are read already (no waiting), else None."""
-        if not index < min(self._next, len(self._messages)):
-            return None
-        return self._read.get(self._messages[index].queue_id)
-
-
 @dataclass
 class Drained:
     """What one connection did with its claimed messages.
@@ -171,7 +137,7 @@ async def deliver_claimed(
     recorder = recorder or Recorder(store)
     own_wire = wire is None  # else the caller made it before the claim, and closes it
     wire = wire or WireLog(owner)
-    bodies = _Bodies(store, messages)
+    bodies = Bodies(store, messages)
     renewing = asyncio.create_task(_renew(store, owner, retry.lease_seconds(settings), clock))
     drained = Drained()
     sent: list[tuple[Delivered | None, asyncio.Future[bool]]] = []
@@ -228,7 +194,8 @@ async def deliver_claimed(
                 future = recorder.record(AttemptRecord(message.queue_id, attempt, outcome, owner))
                 addresses = tuple(r.address for r in todo)
                 _log(account, message.sender, addresses, data, result, prog)
-                tried = item = Delivered(message, result, outcome, addresses, data)
+                head = data.head if isinstance(data, Streamed) else data
+                tried = item = Delivered(message, result, outcome, addresses, head)
                 sent.append((item, future))
                 if refused is not None and result.disposition is not Disposition.HOLD:
                     drained.dead = item
@@ -268,9 +235,7 @@ async def _renew(store: RunnerStore, owner: str, lease: float, clock: Callable[[
             log.warning("%s: cannot renew the lease: %s", owner, exc.message)
 
 
-def _ahead(
-    messages: Sequence[QueuedMessage], index: int, bodies: _Bodies
-) -> OutgoingMessage | None:
+def _ahead(messages: Sequence[QueuedMessage], index: int, bodies: Bodies) -> OutgoingMessage | None:
     """The next message, if its envelope can ride with this one's data (PIPELINING)."""
     if index + 1 >= len(messages):
         return None
@@ -300,13 +265,17 @@ def _held_too(
     return held
 
 
-def _outgoing(message: QueuedMessage, todo: Sequence[Recipient], data: bytes) -> OutgoingMessage:
+def _outgoing(
+    message: QueuedMessage, todo: Sequence[Recipient], data: bytes | Streamed
+) -> OutgoingMessage:
+    body = data if isinstance(data, Streamed) else None
     return OutgoingMessage(
         message.sender,
         [r.address for r in todo],
-        data,
+        data.head if isinstance(data, Streamed) else data,
         smtputf8=message.smtputf8,
         eightbit=message.eightbit,
+        body=body,
     )
 
 
@@ -319,7 +288,7 @@ def _log(
     account: Account,
     sender: str,
     recipients: Sequence[str],
-    data: bytes,
+    data: bytes | Streamed,
     result: DeliveryResult,
     prog: str,
 ) -> None:
@@ -337,8 +306,12 @@ def _log(
         envelope_from=sender,
         recipients=recipients,
         exit_code=result.exit_code,
-        mailsize=mail_size(data) if ok else None,
+        mailsize=_mail_size(data) if ok else None,
         reply=None if lmtp_end else result.reply,
         error=error,
     )
     attempt_log.write(account, info, exit_code=result.exit_code, prog=prog)
+
+
+def _mail_size(data: bytes | Streamed) -> int:
+    return data.counted.value if isinstance(data, Streamed) else mail_size(data)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from relayd.accounts.account import Account
 from relayd.delivery.classify import Failure, classify, combine
@@ -15,11 +16,31 @@ MAX_COMMAND = 4094  # msmtp's SMTP_MAXCMDLEN in 1.8.23
 PIPELINE_LIMIT = 100  # commands in flight, as msmtp
 
 
+class StoredBody(Protocol):
+    """A body read from the store a chunk at a time as it is sent (a big message)."""
+
+    @property
+    def size(self) -> int:
+        """The stored bytes (messages.size), known before reading them."""
+        ...
+
+    @property
+    def last(self) -> bytes:
+        """The last stored byte (b"" for an empty body)."""
+        ...
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The stored bytes in order; raises Abort if they cannot all be read."""
+        ...
+
+
 @dataclass(frozen=True)
 class OutgoingMessage:
     """One message to send: the envelope and the stored bytes (CRLF line ends, not dot-stuffed).
 
-    `smtputf8`/`eightbit` default to detection: a non-ASCII address / a byte ≥ 0x80.
+    `smtputf8`/`eightbit` default to detection: a non-ASCII address / a byte ≥ 0x80. With
+    `body`, the bytes are streamed from it and `data` is unused (`eightbit` is then assumed
+    unless given).
     """
 
     sender: str
@@ -27,6 +48,16 @@ class OutgoingMessage:
     data: bytes
     smtputf8: bool | None = None
     eightbit: bool | None = None
+    body: StoredBody | None = None
+
+    @property
+    def size(self) -> int:
+        """The SIZE msmtp compares: the bytes, and the CRLF it adds to a last line without one."""
+        if self.body is not None:
+            size, last = self.body.size, self.body.last
+        else:
+            size, last = len(self.data), self.data[-1:]
+        return size + (2 if size and last != b"\n" else 0)
 
 
 @dataclass
@@ -123,7 +154,7 @@ class Transaction:
             await self._recover()
             return None
         ahead = self._announce(following) if pipelined else []
-        await wire.send_data(message.data, then=ahead)
+        await wire.send_data(message.body.chunks() if message.body else message.data, then=ahead)
         progress.dot_sent = True
         await self._finish(accepted)
         return following if ahead else None
@@ -133,7 +164,9 @@ class Transaction:
         line = f"MAIL FROM:<{sender}>"
         if self.account.dsn_return:
             line += f" RET={self.account.dsn_return}"
-        eightbit = message.eightbit if message.eightbit is not None else not message.data.isascii()
+        eightbit = message.eightbit
+        if eightbit is None:
+            eightbit = message.body is not None or not message.data.isascii()
         if eightbit and self.capabilities.eightbitmime:
             line += " BODY=8BITMIME"
         return line + (" SMTPUTF8" if smtputf8 else "")
@@ -146,10 +179,10 @@ class Transaction:
         self, message: OutgoingMessage, lines: Sequence[str], smtputf8: bool
     ) -> Failure | None:
         """What fails before anything is sent: SMTPUTF8 missing, SIZE exceeded, long commands."""
-        caps, data = self.capabilities, message.data
+        caps = self.capabilities
         if smtputf8 and not caps.smtputf8:
             return classify(Event.NO_SMTPUTF8)
-        size = len(data) + (2 if data and not data.endswith(b"\n") else 0)
+        size = message.size
         limit = caps.size_limit
         if limit is not None and size > limit:
             return classify(Event.SIZE_EXCEEDED, size=size, limit=limit)

@@ -8,7 +8,7 @@ import errno
 import os
 import socket
 import ssl
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterable, Callable, Sequence
 
 from relayd.accounts.account import Account
 from relayd.delivery import tls
@@ -36,18 +36,51 @@ def encode(line: str) -> bytes:
     return line.encode("utf-8", "surrogateescape")
 
 
-def _stuffed(data: bytes) -> Iterator[bytes]:
-    """The data dot-stuffed in chunks, ending in CRLF (a missing one added, a bare LF at the very
-    end made CRLF as msmtp would) and the terminating dot line."""
-    end = len(data) - 1 if data.endswith(b"\n") and not data.endswith(b"\r\n") else len(data)
-    view = memoryview(data)[:end]
-    at_line_start = True
-    for start in range(0, end, CHUNK):
-        chunk = bytes(view[start : start + CHUNK])
-        out = chunk.replace(b"\n.", b"\n..")
-        yield b"." + out if at_line_start and chunk.startswith(b".") else out
-        at_line_start = chunk.endswith(b"\n")
-    yield b".\r\n" if at_line_start else b"\r\n.\r\n"
+class Stuffer:
+    """Dot-stuffing of message data fed a chunk at a time: the same bytes whatever the chunk
+    boundaries. The data ends in CRLF (a missing one added, a bare LF at the very end made
+    CRLF as msmtp would), then the terminating dot line (`end`)."""
+
+    def __init__(self) -> None:
+        self._line_start = True  # the data given out so far ends a line (or there is none)
+        self._last = b""  # the last byte of data given out
+        self._held = False  # a final LF kept back: the end may drop it (a bare LF at the end)
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The stuffed bytes of `chunk` that can go out now."""
+        if not chunk:
+            return b""
+        data = b"\n" + chunk if self._held else chunk
+        self._held = data.endswith(b"\n")
+        if self._held:
+            data = data[:-1]
+        if not data:
+            return b""
+        out = data.replace(b"\n.", b"\n..")
+        if self._line_start and data.startswith(b"."):
+            out = b"." + out
+        self._line_start = data.endswith(b"\n")
+        self._last = data[-1:]
+        return out
+
+    def end(self) -> bytes:
+        """The rest: a kept-back CRLF's LF, or the CRLF msmtp adds, and the dot line."""
+        if self._held and self._last == b"\r":
+            return b"\n.\r\n"
+        return b".\r\n" if self._line_start else b"\r\n.\r\n"
+
+
+class _Trace:
+    """The data lines traced like msmtp -d, as the stuffed bytes go out."""
+
+    def __init__(self, wire: Wire) -> None:
+        self._wire = wire
+        self._partial = b""
+
+    def add(self, out: bytes) -> None:
+        *lines, self._partial = (self._partial + out).split(b"\n")
+        shown = [line.decode("utf-8", "surrogateescape").removesuffix("\r") for line in lines]
+        self._wire.trace(shown)
 
 
 class Wire:
@@ -139,21 +172,38 @@ class Wire:
         await self.send([line], shown)
         return await self.read_reply()
 
-    async def send_data(self, data: bytes, *, then: Sequence[str] = ()) -> None:
-        """The message data and its final dot; `then`: commands to pipeline after it (the next
-        message's envelope), in the same write."""
-        if self.debug:
-            text = b"".join(_stuffed(data)).decode("utf-8", "surrogateescape")
-            self.trace([line.removesuffix("\r") for line in text.split("\n")[:-1]])
-            self.trace(then)
+    async def send_data(
+        self, data: bytes | AsyncIterable[bytes], *, then: Sequence[str] = ()
+    ) -> None:
+        """The message data (bytes, or chunks as read from the store) dot-stuffed as it goes,
+        and its final dot; `then`: commands to pipeline after it (the next message's
+        envelope), in the same write."""
+        stuffer = Stuffer()
+        trace = _Trace(self) if self.debug else None
         # Small messages go out in one write with their final dot (one syscall, one segment).
         pending = b""
-        for chunk in _stuffed(data):
-            if pending and len(pending) + len(chunk) > CHUNK:
-                await self.write(pending)
-                pending = b""
-            pending += chunk
-        await self.write(pending + b"".join(encode(line) + b"\r\n" for line in then))
+        if isinstance(data, bytes):
+            view = memoryview(data)
+            for start in range(0, len(data), CHUNK):
+                piece = stuffer.feed(bytes(view[start : start + CHUNK]))
+                pending = await self._stage(pending, piece, trace)
+        else:
+            async for chunk in data:
+                pending = await self._stage(pending, stuffer.feed(chunk), trace)
+        last = stuffer.end()
+        if trace:
+            trace.add(last)
+            self.trace(then)
+        await self.write(pending + last + b"".join(encode(line) + b"\r\n" for line in then))
+
+    async def _stage(self, pending: bytes, piece: bytes, trace: _Trace | None) -> bytes:
+        """`pending` with `piece` added; a CHUNK's worth written out first."""
+        if trace:
+            trace.add(piece)
+        if pending and len(pending) + len(piece) > CHUNK:
+            await self.write(pending)
+            return piece
+        return pending + piece
 
     async def start_tls(self, context: ssl.SSLContext, hostname: str | None) -> None:
         try:

@@ -180,6 +180,25 @@ class HotStatements:
             .order_by(bodies.c.seq),
             dialect,
         )
+        self.body_part = Prepared(
+            sa.select(bodies.c.seq, bodies.c.data)
+            .join(messages, messages.c.id == bodies.c.message_id)
+            .where(
+                messages.c.queue_id == sa.bindparam("b_queue_id", type_=sa.Text()),
+                bodies.c.seq >= sa.bindparam("b_from", type_=sa.Integer()),
+            )
+            .order_by(bodies.c.seq)
+            .limit(sa.bindparam("b_limit", type_=sa.Integer())),
+            dialect,
+        )
+        self.body_end = Prepared(
+            sa.select(bodies.c.data)
+            .join(messages, messages.c.id == bodies.c.message_id)
+            .where(messages.c.queue_id == sa.bindparam("b_queue_id", type_=sa.Text()))
+            .order_by(bodies.c.seq.desc())
+            .limit(1),
+            dialect,
+        )
         self.claimed_recipients = Prepared(_claimed_recipients(dialect), dialect)
         self.finish = Prepared(_finish(), dialect)
         columns = [c for c in attempts.columns if c.name not in ("id", "message_id")]
@@ -241,6 +260,19 @@ class HotStatements:
             if chunks:
                 found[queue_id] = b"".join(bytes(row[0]) for row in chunks)
         return found
+
+    def read_body_part(
+        self, conn: sa.Connection, queue_id: str, first: int, limit: int
+    ) -> list[tuple[int, bytes]]:
+        """Up to `limit` chunk rows of `queue_id`'s body from seq `first` on: (seq, bytes)."""
+        params = {"b_queue_id": queue_id, "b_from": first, "b_limit": limit}
+        rows = self.body_part.fetch(conn, self.body_part.args(params))
+        return [(int(row[0]), bytes(row[1])) for row in rows]
+
+    def read_body_end(self, conn: sa.Connection, queue_id: str) -> bytes | None:
+        """The last byte of `queue_id`'s body (b"" if empty); None if it has no body."""
+        rows = self.body_end.fetch(conn, self.body_end.args({"b_queue_id": queue_id}))
+        return bytes(rows[0][0])[-1:] if rows else None
 
     def prepare(self, record: AttemptRecord) -> PreparedRecord:
         """`record` as driver arguments of `finish`, `attempt` and `recipients` (pure Python)."""

@@ -36,6 +36,11 @@ class MessageStore(Protocol):
         attempt's result is recorded; a retry becomes `held`); those held or to be held."""
         ...
 
+    def read_data_chunks(self, queue_id: str) -> Iterator[bytes]:
+        """The stored wire bytes of `queue_id` a chunk at a time, a few rows per short read
+        (nothing if there is no such message or no body): the body is never whole in memory."""
+        ...
+
 
 class RunnerStore(MessageStore, Protocol):
     """What a delivery pass uses: the daemon's runner, an in-process flush, `sendmail -odi`."""
@@ -77,6 +82,11 @@ class RunnerStore(MessageStore, Protocol):
 
     def read_data_many(self, queue_ids: Sequence[str]) -> dict[str, bytes]:
         """The stored wire bytes of several messages in one read (a runner's batch)."""
+        ...
+
+    def read_body_end(self, queue_id: str) -> bytes | None:
+        """The last byte of `queue_id`'s body (b"" if it is empty); None if the message or its
+        body is gone."""
         ...
 
     def extend_lease(self, owner: str, until: float) -> int:

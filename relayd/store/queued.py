@@ -132,8 +132,29 @@ def mail_size(message: bytes) -> int:
     Every line end counts as one byte (CRLF and LF alike; a lone CR is an ordinary byte), and a
     last line without a line end counts one more, for the line end msmtp adds when sending.
     """
-    unified = message.replace(b"\r\n", b"\n")
-    size = len(unified)
-    if unified and not unified.endswith(b"\n"):
-        size += 1
-    return size
+    counter = MailSize()
+    counter.add(message)
+    return counter.value
+
+
+class MailSize:
+    """`mail_size` of a message fed a chunk at a time: the same number whatever the chunk
+    boundaries (a CRLF split between two chunks is one line end)."""
+
+    def __init__(self) -> None:
+        self._bytes = 0
+        self._crlf = 0
+        self._last = b""
+
+    def add(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        split = self._last == b"\r" and chunk.startswith(b"\n")
+        self._crlf += chunk.count(b"\r\n") + split
+        self._bytes += len(chunk)
+        self._last = chunk[-1:]
+
+    @property
+    def value(self) -> int:
+        unfinished = self._bytes > 0 and self._last != b"\n"
+        return self._bytes - self._crlf + unfinished

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from relayd.store.interface import ReportStore
-from relayd.store.queued import Attempt, State, mail_size
+from relayd.store.queued import Attempt, MailSize, State
 from relayd.store.rows import attempt_from_row
 from relayd.store.tables import attempts, bodies, messages
 
@@ -153,10 +153,10 @@ def log_entries(
                 .where(bodies.c.message_id.in_(delivered))
                 .order_by(bodies.c.message_id, bodies.c.seq)
             )
-            joined: dict[int, list[bytes]] = {}
+            counters: dict[int, MailSize] = {}
             for message_id, chunk in conn.execute(data.execution_options(yield_per=8)):
-                joined.setdefault(message_id, []).append(bytes(chunk))
-            sizes = {key: mail_size(b"".join(chunks)) for key, chunks in joined.items()}
+                counters.setdefault(message_id, MailSize()).add(bytes(chunk))
+            sizes = {key: counter.value for key, counter in counters.items()}
     if newest:
         rows.reverse()
     return [

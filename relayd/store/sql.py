@@ -29,6 +29,7 @@ from relayd.store.tables import attempts, bodies, messages
 
 _ID_TRIES = 8  # fresh queue ids to try when one collides with a stored one
 _CHUNK = 500  # queue ids per IN list of a read
+_BODY_ROWS = 8  # body rows per read of a streamed body (each ≤ BODY_CHUNK when written)
 
 
 class SqlStore:
@@ -120,6 +121,20 @@ class SqlStore:
                 .all()
             )
         return b"".join(bytes(chunk) for chunk in chunks) if chunks else None
+
+    def read_body_end(self, queue_id: str) -> bytes | None:
+        hot = self._statements()
+        with self.reading() as conn:
+            return hot.read_body_end(conn, queue_id)
+
+    def read_data_chunks(self, queue_id: str) -> Iterator[bytes]:
+        hot = self._statements()
+        rows = [(-1, b"")] * _BODY_ROWS  # as if a full read ended before seq 0
+        while len(rows) == _BODY_ROWS:
+            with self.reading() as conn:
+                rows = hot.read_body_part(conn, queue_id, rows[-1][0] + 1, _BODY_ROWS)
+            for _, chunk in rows:
+                yield chunk
 
     def listing(
         self, states: Collection[State] | None = None, account: str | None = None

@@ -194,6 +194,22 @@ def print_mailq(out: TextIO) -> int:
     return 0
 
 
+HEAD_LIMIT = 1 << 20  # the most of a body `queue show` reads for its headers
+
+
+def header_head(chunks: Iterable[bytes]) -> bytes | None:
+    """The start of a body read a chunk at a time, up to the end of its header block (or
+    HEAD_LIMIT bytes): what `queue show` parses for headers. None: no body (purged)."""
+    head = b""
+    seen = False
+    for chunk in chunks:
+        seen = True
+        head += chunk
+        if b"\n\n" in head or b"\n\r\n" in head or len(head) >= HEAD_LIMIT:
+            break
+    return head[:HEAD_LIMIT] if seen else None
+
+
 def show_record(
     message: QueuedMessage, attempts: Sequence[Attempt], headers: list[tuple[str, str]] | None
 ) -> dict[str, Any]:

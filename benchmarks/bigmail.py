@@ -44,7 +44,15 @@ from common import (
     make_home,
     smtp_sink,
 )
-from drain import big_message, daemon_env, notified, notify_socket, proc_status_kb, queue_file
+from drain import (
+    big_message,
+    daemon_env,
+    notified,
+    notify_socket,
+    proc_status_kb,
+    queue_file,
+    spawn_daemon,
+)
 
 DELIVER_TIMEOUT = 300.0  # seconds for one 50 MB delivery
 IDLE_SETTLE = 1.0  # seconds the daemon is left idle after READY=1 before its RSS is read
@@ -127,14 +135,7 @@ def deliver_once(sink: Path, work: Path, message: Path) -> dict[str, Any]:
         env = daemon_env(make_home(work, port))
         notify_path = work / "notify"
         with notify_socket(notify_path) as sock, (work / "daemon.log").open("wb") as daemon_log:
-            daemon = subprocess.Popen(
-                [relayd, "daemon"],
-                env=dict(env, NOTIFY_SOCKET=str(notify_path)),
-                cwd=env["HOME"],
-                stdin=subprocess.DEVNULL,
-                stdout=daemon_log,
-                stderr=subprocess.STDOUT,
-            )
+            daemon = spawn_daemon(Path(relayd), env, notify_path, daemon_log)
             try:
                 deadline = time.monotonic() + 30
                 while "READY=1" not in notified(sock) and time.monotonic() < deadline:

@@ -330,6 +330,20 @@ def notified(sock: socket.socket) -> list[str]:
             return states
 
 
+def spawn_daemon(
+    relayd: Path, env: dict[str, str], notify_path: Path, daemon_log: IO[bytes]
+) -> subprocess.Popen[bytes]:
+    """`relayd daemon` on the queue of `env`, notifying `notify_path`, its output to the log."""
+    return subprocess.Popen(
+        [str(relayd), "daemon"],
+        env=dict(env, NOTIFY_SOCKET=str(notify_path)),
+        cwd=env["HOME"],
+        stdin=subprocess.DEVNULL,
+        stdout=daemon_log,
+        stderr=subprocess.STDOUT,
+    )
+
+
 def run_daemon(relayd: Path, env: dict[str, str], work: Path, result: Drain) -> None:
     """Start `relayd daemon` on the queue of `env`, watch it send everything, SIGTERM it."""
     notify_path = work / "notify"
@@ -339,14 +353,7 @@ def run_daemon(relayd: Path, env: dict[str, str], work: Path, result: Drain) -> 
         (work / "daemon.log").open("wb") as daemon_log,
     ):
         start = time.perf_counter()
-        proc = subprocess.Popen(
-            [str(relayd), "daemon"],
-            env=dict(env, NOTIFY_SOCKET=str(notify_path)),
-            cwd=env["HOME"],
-            stdin=subprocess.DEVNULL,
-            stdout=daemon_log,
-            stderr=subprocess.STDOUT,
-        )
+        proc = spawn_daemon(relayd, env, notify_path, daemon_log)
         try:
             watch(proc, sock, reader, start, result)
             result.hwm_kb = proc_status_kb(proc.pid, "VmHWM")

@@ -32,7 +32,7 @@ BIG = (
     + b"".join(b".%07d the quick brown fox jumps over the lazy dog\r\n" % n for n in range(380_000))
     + b"no final newline"
 )
-# The daemon holds one body read (8 rows of 64 KiB) and one write (64 KiB) at a time; SQLite's
+# The daemon holds one body read (2 rows of 64 KiB) and one write (64 KiB) at a time; SQLite's
 # page cache (2 MiB per connection, a few threads' connections) and the allocator's slack come
 # on top. Holding the message whole would add 20 MiB at least (today: ~2.3 times the size).
 DAEMON_GROWTH = 8 * MIB

@@ -29,7 +29,7 @@ from relayd.store.tables import attempts, bodies, messages
 
 _ID_TRIES = 8  # fresh queue ids to try when one collides with a stored one
 _CHUNK = 500  # queue ids per IN list of a read
-_BODY_ROWS = 8  # body rows per read of a streamed body (each ≤ BODY_CHUNK when written)
+_BODY_ROWS = 2  # body rows per read of a streamed body: 128 KiB (rows ≤ BODY_CHUNK when written)
 
 
 class SqlStore:

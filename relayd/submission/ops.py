@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -98,22 +99,29 @@ class QueueOps:
         def read() -> tuple[Any, ...]:
             message = self.store.get(queue_id)
             if message is None:
-                return None, None, ()
-            return message, self.store.read_data(queue_id), self.store.attempts(queue_id)
+                return None, None, (), iter(())
+            chunks = self.store.read_data_chunks(queue_id)  # a chunk at a time, never whole
+            return message, next(chunks, None), self.store.attempts(queue_id), chunks
 
-        message, data, attempts = await asyncio.to_thread(read)
+        message, first, attempts, rest = await asyncio.to_thread(read)
         if message is None:
             raise Refused(f"{queue_id}: no such message", ExitCode.UNAVAILABLE)
         if not may_see(uid, message.uid):
             raise Refused(_not_yours(queue_id), ExitCode.NOPERM)
         if hello.get("raw"):
-            if data is None:
+            if first is None:
                 raise Refused(f"{queue_id}: {queuelist.PURGED}", ExitCode.NOINPUT)
-            for start in range(0, len(data), _RAW_CHUNK):
-                chunk = data[start : start + _RAW_CHUNK]
-                await send({"raw": base64.b64encode(chunk).decode("ascii")})
+            chunk = first
+            while chunk is not None:
+                for start in range(0, len(chunk), _RAW_CHUNK):
+                    piece = chunk[start : start + _RAW_CHUNK]
+                    await send({"raw": base64.b64encode(piece).decode("ascii")})
+                chunk = await asyncio.to_thread(next, rest, None)
             return 0, ""
-        headers = None if data is None else display_headers(data)
+        head = None
+        if first is not None:
+            head = await asyncio.to_thread(queuelist.header_head, itertools.chain([first], rest))
+        headers = None if head is None else display_headers(head)
         await send({"record": queuelist.show_record(message, attempts, headers)})
         return 0, ""
 

@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.sendmail_helpers import queue_db, run_sendmail, sendmail_env
+from relayd.store.queued import mail_size
+from tests.sendmail_helpers import queue_db, run_sendmail, sendmail_env, write_msmtprc
 from tests.test_daemon import (
     RELAYD,
     Daemon,
@@ -111,9 +112,13 @@ def test_queue_show_of_20_mb_streams_in_bounded_memory() -> None:
 
 
 def test_the_daemon_streams_20_mb_with_bounded_rss_growth(
-    upstream: UpstreamServer, start_daemon: Callable[..., Daemon]
+    upstream: UpstreamServer, start_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
-    rc_for(upstream.port)
+    logfile = tmp_path / "msmtp.log"
+    write_msmtprc(
+        f"account default\nhost 127.0.0.1\nport {upstream.port}\nfrom me@example.org\n"
+        f"logfile {logfile}\n"
+    )
     daemon = start_daemon()
     submit()  # warm up: the first delivery imports and connects what every later one uses
     upstream.wait_for(1, timeout=10)
@@ -125,6 +130,10 @@ def test_the_daemon_streams_20_mb_with_bounded_rss_growth(
     eventually(lambda: _stored(queue_id)[0] == "sent", 30, "state sent")
     peak = _status(pid, "VmHWM")
     # Byte-exact as stored (the server undid the dot-stuffing), big lines of dots and all.
-    assert upstream.transactions[1].data == _stored(queue_id)[1]
+    stored = _stored(queue_id)[1]
+    assert upstream.transactions[1].data == stored
+    # The attempt log's mailsize, counted while the body streamed, as msmtp counts it whole.
+    last = logfile.read_text().splitlines()[-1]
+    assert f" mailsize={mail_size(stored)} " in last, last
     print(f"daemon RSS idle {idle / MIB:.1f} MiB, peak {peak / MIB:.1f} MiB")
     assert peak - idle <= DAEMON_GROWTH, (idle / MIB, peak / MIB)

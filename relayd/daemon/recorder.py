@@ -26,7 +26,7 @@ class Delivered:
     result: DeliveryResult
     outcome: Outcome
     recipients: tuple[str, ...]
-    data: bytes  # what was sent (bounces quote its headers)
+    data: bytes  # what was sent (bounces quote its headers); of a streamed body, its start
     changed: bool = True  # False: the record did not move the message (lease lost, deleted)
 
 

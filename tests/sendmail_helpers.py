@@ -111,12 +111,18 @@ def stored_messages(db: Path | None = None) -> list[Stored]:
         if "messages" not in tables:
             return []
         rows = conn.execute(
-            "SELECT id, queue_id, state, account, config_file, overrides, sender, size, data,"
-            " created_at, next_attempt_at FROM messages JOIN bodies ON message_id = id ORDER BY id"
+            "SELECT id, queue_id, state, account, config_file, overrides, sender, size,"
+            " created_at, next_attempt_at FROM messages ORDER BY id"
         ).fetchall()
         result = []
         for row_id, queue_id, state, account, config_file, overrides, *rest in rows:
-            sender, size, data, created_at, next_attempt_at = rest
+            sender, size, created_at, next_attempt_at = rest
+            data = b"".join(  # a body is its chunks in seq order
+                chunk
+                for (chunk,) in conn.execute(
+                    "SELECT data FROM bodies WHERE message_id = ? ORDER BY seq", (row_id,)
+                )
+            )
             recipients = conn.execute(
                 "SELECT address, state FROM recipients WHERE message_id = ? ORDER BY position",
                 (row_id,),
@@ -182,8 +188,8 @@ def check_consistent(db: Path | None = None) -> None:
         ).fetchall()
         assert gaps == [], f"messages with missing recipient positions: {gaps}"
         wrong_size = conn.execute(
-            "SELECT queue_id FROM messages LEFT JOIN bodies ON message_id = id"
-            " WHERE data IS NULL OR length(data) != size"
+            "SELECT queue_id FROM messages LEFT JOIN bodies ON message_id = id GROUP BY id"
+            " HAVING count(data) = 0 OR sum(length(data)) != size OR max(seq) != count(*) - 1"
         ).fetchall()
         assert wrong_size == [], f"messages whose data is not `size` bytes long: {wrong_size}"
     finally:

@@ -35,11 +35,12 @@ def build(
     scan: HeaderScan,
     recipients: Sequence[str],
     now: float,
-    rest: Iterable[bytes] = (),
+    rest: Iterable[bytes] | None = None,
 ) -> NewMessage:
     """Check the envelope and make the exact wire bytes, as msmtp would before sending: the
     message is `data` (its head, at least the header block) and then `rest`, which is read
-    only as the store writes the body."""
+    only as the store writes the body (once). Without `rest`, `data` is the whole message and
+    the result holds its wire bytes (a NewMessage that can be stored more than once)."""
     _check_storable(inv, account)
     envelope_from = account.from_ or ""
     message.check_address(envelope_from, allow_empty=True)
@@ -48,7 +49,7 @@ def build(
     sender = message.smtp_reverse_path(envelope_from)
     wire = message.wire_chunks(
         data,
-        rest,
+        () if rest is None else rest,
         scan,
         envelope_from=envelope_from,
         full_name=inv.full_name,
@@ -60,14 +61,21 @@ def build(
         now=now,
         hostname=message.canonical_hostname,
     )
+    whole = None
+    if rest is None:
+        whole = bytearray()
+        for piece in wire:
+            whole += piece
     uid = os.getuid()
     return NewMessage(
         account=account.id or "",
         overrides=stored_overrides(inv, account),
         sender=sender,
         recipients=tuple(recipients),
-        body=wire,  # converted while the store writes it: the message is never held whole
+        data=b"" if whole is None else whole,
+        body=wire if whole is None else None,  # converted while the store writes it
         smtputf8=message.needs_smtputf8([sender, *recipients]),
+        eightbit=whole is not None and message.is_eightbit(whole),
         # Only a -C file is recorded: without one, delivery reads the default files again.
         config_file=os.path.abspath(inv.conffile) if inv.conffile else None,
         uid=uid,

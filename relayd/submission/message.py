@@ -37,7 +37,7 @@ __all__ = [
 TYPE_CHECKING = False  # typing costs milliseconds at import: this is the hot path
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
-    from typing import Literal
+    from typing import Any, Literal
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")  # time.struct_time.tm_wday order
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -163,38 +163,12 @@ def _checked(pieces: Iterable[bytes]) -> Iterator[bytes]:
         yield piece
 
 
-def build_message(
-    raw: bytes,
-    scan: HeaderScan,
-    *,
-    envelope_from: str,
-    full_name: str | None,
-    set_from_header: Literal["auto", "on", "off"],
-    set_date_header: Literal["auto", "off"],
-    set_msgid_header: Literal["auto", "off"],
-    remove_bcc_headers: bool,
-    undisclosed_recipients: bool,
-    now: float,
-    hostname: str | Callable[[], str],
-) -> bytearray:
-    """The bytes msmtp 1.8.23 would put on the wire for `raw`, whole (see wire_chunks); the
-    body is converted a slice at a time, so it costs one output buffer, not three."""
+def build_message(raw: bytes, scan: HeaderScan, **options: Any) -> bytearray:
+    """The bytes msmtp 1.8.23 would put on the wire for `raw`, whole; `options` are
+    wire_chunks'. The body is converted a slice at a time: one output buffer, not three."""
     end = scan.header_end
     out = bytearray()
-    for piece in wire_chunks(
-        raw[:end],  # no copy for a message that is all header
-        _slices(raw, end),
-        scan,
-        envelope_from=envelope_from,
-        full_name=full_name,
-        set_from_header=set_from_header,
-        set_date_header=set_date_header,
-        set_msgid_header=set_msgid_header,
-        remove_bcc_headers=remove_bcc_headers,
-        undisclosed_recipients=undisclosed_recipients,
-        now=now,
-        hostname=hostname,
-    ):
+    for piece in wire_chunks(raw[:end], _slices(raw, end), scan, **options):
         out += piece
     return out
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pwd  # a builtin C module: nothing to load on the hot path
-import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from relayd import paths
@@ -123,8 +122,15 @@ def read_stdin(size: int) -> bytes:
         ) from None
 
 
-# The empty line (CRs aside) that ends a header block, as msmtp's reader sees it.
-_HEADER_END = re.compile(rb"^\r*\n", re.MULTILINE)
+def _header_ended(head: bytearray, start: int) -> bool:
+    """Whether `head` has, in a line from `start` (a line start) on, the empty line (CRs
+    aside) that ends a header block as msmtp's reader sees it. (No regex: compiling one costs
+    the hot path 0.3 M instructions.)"""
+    while (newline := head.find(b"\n", start)) >= 0:
+        if head.count(b"\r", start, newline) == newline - start:
+            return True
+        start = newline + 1
+    return False
 
 
 class Input:
@@ -149,7 +155,7 @@ class Input:
         while not self._ended:
             line_start = head.rfind(b"\n") + 1  # a CR-only line may still get its LF
             head += self._block()
-            if _HEADER_END.search(head, line_start) is not None:
+            if _header_ended(head, line_start):
                 break
         return bytes(head)
 

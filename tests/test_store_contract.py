@@ -480,3 +480,34 @@ def test_a_body_failing_mid_stream_stores_nothing(store: SqlStore) -> None:
         store.enqueue(_streamed(pieces, fail_after=2), T0)
     assert rows(store, bodies) == 0 and rows(store, recipients) == 0
     assert list_messages(store) == []
+
+
+def test_the_fast_insert_runs_on_any_dbapi_connection(store: SqlStore) -> None:
+    """fastpath.insert through the driver's own connection and paramstyle (sqlite3's qmark,
+    psycopg's format): what a psycopg fast path reuses."""
+    import sqlite3
+
+    from relayd.store import fastpath
+
+    raw = store.engine.raw_connection()
+    try:
+        driver = raw.driver_connection
+        duplicate: type[Exception]
+        if isinstance(driver, sqlite3.Connection):
+            style, duplicate, savepoint = "qmark", sqlite3.IntegrityError, False
+        else:
+            import psycopg
+
+            style, duplicate, savepoint = "format", psycopg.errors.UniqueViolation, True
+        new = _streamed([b"Subject: s\r\n\r\n", b"x" * (BODY_CHUNK + 1)])
+        new.overrides = (("port", "2525"),)
+        queue_id = fastpath.insert(
+            driver, new, T0, paramstyle=style, duplicate=duplicate, savepoint=savepoint
+        )
+        raw.commit()
+    finally:
+        raw.close()
+    got = store.get(queue_id)
+    assert got is not None and got.size == 14 + BODY_CHUNK + 1 and not got.eightbit
+    assert got.overrides == (("port", "2525"),)
+    assert store.read_data(queue_id) == b"Subject: s\r\n\r\n" + b"x" * (BODY_CHUNK + 1)

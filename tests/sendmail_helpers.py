@@ -187,8 +187,8 @@ def check_consistent(db: Path | None = None) -> None:
         ).fetchall()
         assert gaps == [], f"messages with missing recipient positions: {gaps}"
         wrong_size = conn.execute(
-            "SELECT queue_id FROM messages LEFT JOIN bodies ON message_id = id"
-            " WHERE data IS NULL OR length(data) != size"
+            "SELECT queue_id FROM messages LEFT JOIN bodies ON message_id = id GROUP BY id"
+            " HAVING count(data) = 0 OR sum(length(data)) != size OR max(seq) != count(*) - 1"
         ).fetchall()
         assert wrong_size == [], f"messages whose data is not `size` bytes long: {wrong_size}"
     finally:

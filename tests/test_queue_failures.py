@@ -140,7 +140,8 @@ def test_disk_full_creating_the_queue_directory(
 
 
 class _BrokenRecipients:
-    """A connection whose recipient INSERT fails after the message row went in."""
+    """A connection whose multi-row INSERTs (the body's rows, the recipients) fail after the
+    message row went in."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
@@ -148,11 +149,25 @@ class _BrokenRecipients:
     def execute(self, *args: Any) -> sqlite3.Cursor:
         return self._conn.execute(*args)
 
-    def executemany(self, *args: Any) -> sqlite3.Cursor:
-        raise sqlite3.OperationalError("disk I/O error")
+    def cursor(self) -> _BrokenCursor:
+        return _BrokenCursor(self._conn.cursor())
 
     def close(self) -> None:
         self._conn.close()
+
+
+class _BrokenCursor:
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self._cursor = cursor
+
+    def execute(self, *args: Any) -> sqlite3.Cursor:
+        return self._cursor.execute(*args)
+
+    def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    def executemany(self, *args: Any) -> sqlite3.Cursor:
+        raise sqlite3.OperationalError("disk I/O error")
 
 
 def test_a_failure_mid_transaction_stores_nothing(

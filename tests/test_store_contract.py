@@ -10,13 +10,15 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from relayd.store import sql
+from relayd.errors import DataError
+from relayd.store import BODY_CHUNK, sql
 from relayd.store.ids import is_queue_id
 from relayd.store.interface import ReportStore, Store
 from relayd.store.prepared import Prepared
 from relayd.store.queued import Attempt, AttemptRecord, Outcome, Recipient, RecipientState, State
+from relayd.store.records import NewMessage
 from relayd.store.sql import SqlStore
-from relayd.store.tables import attempts, recipients
+from relayd.store.tables import attempts, bodies, recipients
 from tests.store_helpers import (
     BACKENDS,
     database_url,
@@ -443,3 +445,69 @@ def test_delete_spares_a_live_lease_only(store: SqlStore) -> None:
     assert store.delete([queue_id], now=T0 + 1) == ()
     assert store.delete([queue_id], now=T0 + LEASE + 1) == (queue_id,)
     assert store.states_of([queue_id]) == {}
+
+
+def _streamed(pieces: list[bytes], fail_after: int | None = None) -> NewMessage:
+    def body() -> Iterator[bytes]:
+        for number, piece in enumerate(pieces):
+            if number == fail_after:
+                raise DataError("the input went wrong")
+            yield piece
+
+    new = message()
+    new.data, new.body = b"", body()
+    return new
+
+
+def test_a_streamed_body_is_stored_in_chunks_with_its_size_and_8bit_flag(
+    store: SqlStore,
+) -> None:
+    pieces = [b"Subject: s\r\n\r\n", b"a" * 100_000, b"\xc3\xa9\r\n", b"b" * (3 * BODY_CHUNK)]
+    queue_id = store.enqueue(_streamed(pieces), T0)
+    data = b"".join(pieces)
+    assert store.read_data(queue_id) == data
+    got = store.get(queue_id)
+    assert got is not None and got.size == len(data) and got.eightbit
+    with store.engine.connect() as conn:
+        sizes = conn.execute(sa.select(sa.func.length(bodies.c.data)).order_by(bodies.c.seq))
+        full, last = divmod(len(data), BODY_CHUNK)
+        assert [size for (size,) in sizes] == [BODY_CHUNK] * full + [last]
+
+
+def test_a_body_failing_mid_stream_stores_nothing(store: SqlStore) -> None:
+    pieces = [b"Subject: s\r\n\r\n", b"a" * (3 * BODY_CHUNK), b"never"]
+    with pytest.raises(DataError):
+        store.enqueue(_streamed(pieces, fail_after=2), T0)
+    assert rows(store, bodies) == 0 and rows(store, recipients) == 0
+    assert list_messages(store) == []
+
+
+def test_the_fast_insert_runs_on_any_dbapi_connection(store: SqlStore) -> None:
+    """fastpath.insert through the driver's own connection and paramstyle (sqlite3's qmark,
+    psycopg's format): what a psycopg fast path reuses."""
+    import sqlite3
+
+    from relayd.store import fastpath
+
+    raw = store.engine.raw_connection()
+    try:
+        driver = raw.driver_connection
+        duplicate: type[Exception]
+        if isinstance(driver, sqlite3.Connection):
+            style, duplicate, savepoint = "qmark", sqlite3.IntegrityError, False
+        else:
+            import psycopg
+
+            style, duplicate, savepoint = "format", psycopg.errors.UniqueViolation, True
+        new = _streamed([b"Subject: s\r\n\r\n", b"x" * (BODY_CHUNK + 1)])
+        new.overrides = (("port", "2525"),)
+        queue_id = fastpath.insert(
+            driver, new, T0, paramstyle=style, duplicate=duplicate, savepoint=savepoint
+        )
+        raw.commit()
+    finally:
+        raw.close()
+    got = store.get(queue_id)
+    assert got is not None and got.size == 14 + BODY_CHUNK + 1 and not got.eightbit
+    assert got.overrides == (("port", "2525"),)
+    assert store.read_data(queue_id) == b"Subject: s\r\n\r\n" + b"x" * (BODY_CHUNK + 1)

@@ -20,6 +20,11 @@ from relayd.store.ids import new_queue_id
 from relayd.store.records import NewMessage
 from relayd.sysexits import ExitCode
 
+TYPE_CHECKING = False  # typing costs milliseconds on the sendmail hot path
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
+
 DEFAULT_TIMEOUT = 10.0  # seconds to wait for a lock before exit 75
 TIMEOUT_ENV = "RELAYD_LOCK_TIMEOUT"  # seconds; overrides DEFAULT_TIMEOUT for submissions
 
@@ -41,15 +46,28 @@ def lock_timeout() -> float:
 _ID_TRIES = 8  # fresh queue ids to try when one collides with a stored one
 _ACTION = "store the message"
 
+# The statements in qmark style (sqlite3); `statements` gives them in a driver's paramstyle.
 _INSERT_MESSAGE = (
     "INSERT INTO messages (queue_id, state, account, config_file, overrides, sender, size,"
     " needs_smtputf8, needs_8bitmime, created_at, next_attempt_at, attempts, submitted_uid,"
-    " submitted_user) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)"
+    " submitted_user) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?) RETURNING id"
 )
 _INSERT_BODY = "INSERT INTO bodies (message_id, seq, data) VALUES (?, ?, ?)"
+_SET_SIZE = "UPDATE messages SET size = ?, needs_8bitmime = ? WHERE id = ?"
 _INSERT_RECIPIENT = (
     "INSERT INTO recipients (message_id, position, address, state) VALUES (?, ?, ?, 'pending')"
 )
+_QMARK = (_INSERT_MESSAGE, _INSERT_BODY, _SET_SIZE, _INSERT_RECIPIENT)
+
+
+def statements(paramstyle: str) -> tuple[str, str, str, str]:
+    """The insert's four statements for a DB-API driver's `paramstyle` (qmark or format)."""
+    if paramstyle == "qmark":
+        return _QMARK
+    if paramstyle not in ("format", "pyformat"):
+        raise ValueError(f"unsupported paramstyle {paramstyle!r}")
+    a, b, c, d = (sql.replace("?", "%s") for sql in _QMARK)
+    return a, b, c, d
 
 
 def submit(
@@ -119,7 +137,7 @@ def _try_insert(db_path: str, message: NewMessage, now: float, timeout: float) -
         if _revision(conn) != SCHEMA_REVISION:
             conn.execute("ROLLBACK")
             return None
-        queue_id = _insert(conn, message, now)
+        queue_id = insert(conn, message, now)
         conn.execute("COMMIT")
         return queue_id
     finally:
@@ -137,8 +155,28 @@ def _revision(conn: sqlite3.Connection) -> str | None:
     return None if row is None else str(row[0])
 
 
-def _insert(conn: sqlite3.Connection, message: NewMessage, now: float) -> str:
+def insert(
+    conn: Any,
+    message: NewMessage,
+    now: float,
+    *,
+    paramstyle: str = "qmark",
+    duplicate: type[Exception] = sqlite3.IntegrityError,
+    savepoint: bool = False,
+) -> str:
+    """Insert `message` through the DB-API connection `conn`, inside the caller's transaction;
+    its queue id. The message row comes first, then the body's rows as the body streams in (an
+    error from it — too big, unreadable input — leaves the caller's transaction to roll back),
+    then a streamed body's size and 8-bit flag, then the recipients.
+
+    `paramstyle` is the driver's; `duplicate` the driver's exception for a unique key that
+    exists (a queue id drawn twice: another is drawn); `savepoint` wraps the message row in a
+    savepoint, for servers (PostgreSQL) where a failed statement aborts the transaction.
+    """
+    insert_message, insert_body, set_size, insert_recipient = statements(paramstyle)
     overrides = _json_pairs(message.overrides)
+    streamed = message.body is not None
+    cursor = conn.cursor()
     for attempt in range(_ID_TRIES):
         queue_id = new_queue_id(now)
         values = (
@@ -147,25 +185,32 @@ def _insert(conn: sqlite3.Connection, message: NewMessage, now: float) -> str:
             message.config_file,
             overrides,
             message.sender,
-            len(message.data),
-            int(message.smtputf8),
-            int(message.eightbit),
+            0 if streamed else len(message.data),
+            bool(message.smtputf8),
+            bool(message.eightbit),
             now,
             now,
             message.uid,
             message.user,
         )
+        if savepoint:
+            cursor.execute("SAVEPOINT new_queue_id")
         try:
-            cursor = conn.execute(_INSERT_MESSAGE, values)
-        except sqlite3.IntegrityError as exc:
+            cursor.execute(insert_message, values)
+        except duplicate as exc:
             # A failed statement leaves SQLite's transaction intact: just draw another id.
             if "queue_id" not in str(exc) or attempt + 1 == _ID_TRIES:
                 raise
+            if savepoint:
+                cursor.execute("ROLLBACK TO SAVEPOINT new_queue_id")
             continue
-        message_id = cursor.lastrowid
-        conn.executemany(_INSERT_BODY, body_chunks(message_id, message.data))
-        conn.executemany(
-            _INSERT_RECIPIENT,
+        (message_id,) = cursor.fetchone()
+        rows = BodyRows(message_id, message)
+        cursor.executemany(insert_body, rows)
+        if streamed:
+            cursor.execute(set_size, (rows.size, rows.eightbit, message_id))
+        cursor.executemany(
+            insert_recipient,
             [
                 (message_id, position, address)
                 for position, address in enumerate(message.recipients)
@@ -176,6 +221,39 @@ def _insert(conn: sqlite3.Connection, message: NewMessage, now: float) -> str:
 
 
 BodyRow = tuple[int | None, int, bytes]  # (message_id, seq, chunk)
+
+
+class BodyRows:
+    """The `bodies` rows of `message` as they are written: (message_id, seq, chunk), each at
+    most BODY_CHUNK bytes (one empty row for an empty body). Iterating reads a streamed body,
+    counting its `size` and whether it has 8-bit bytes (`eightbit`, or `message.eightbit`)."""
+
+    __slots__ = ("eightbit", "message", "message_id", "size")
+
+    def __init__(self, message_id: int | None, message: NewMessage) -> None:
+        self.message_id = message_id
+        self.message = message
+        self.size = 0
+        self.eightbit = bool(message.eightbit)
+
+    def __iter__(self) -> Iterator[BodyRow]:
+        body = self.message.body
+        if body is None:
+            yield from body_chunks(self.message_id, self.message.data)
+            self.size = len(self.message.data)
+            return
+        self.size, seq, pending = 0, 0, bytearray()
+        for piece in body:
+            self.size += len(piece)
+            if not self.eightbit and not piece.isascii():
+                self.eightbit = True
+            pending += piece
+            while len(pending) >= BODY_CHUNK:
+                yield (self.message_id, seq, bytes(pending[:BODY_CHUNK]))
+                del pending[:BODY_CHUNK]
+                seq += 1
+        if pending or seq == 0:
+            yield (self.message_id, seq, bytes(pending))
 
 
 def body_chunks(message_id: int | None, data: bytes | bytearray) -> list[BodyRow]:

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import enum
 
+TYPE_CHECKING = False  # typing costs milliseconds: this is on the sendmail hot path
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
 
 class State(enum.StrEnum):
     """A message's place in the queue (SPEC §4)."""
@@ -34,7 +38,10 @@ class NewMessage:
     `overrides` are the msmtp command-line options that change the account, as (option, value)
     pairs in command-line order, e.g. (("host", "mx.example"), ("port", "2525")); they are stored
     as a structured list and never re-split. `sender` is the envelope sender, '' for `<>`.
-    `data` is exactly what goes on the wire before dot-stuffing (CRLF line ends). `uid` is the
+    `data` is exactly what goes on the wire before dot-stuffing (CRLF line ends); a big message
+    comes as `body` instead, those bytes in pieces of any size read only while the store writes
+    them (its size and 8-bit flag are counted then; `eightbit` may only add to it). A body that
+    must survive a retried transaction iterates afresh each time. `uid` is the
     submitting user (None when unknown; the sendmail front end passes `os.getuid()`) and `user`
     that uid's name in the password database (None when unknown or it has no entry).
 
@@ -43,6 +50,7 @@ class NewMessage:
 
     __slots__ = (
         "account",
+        "body",
         "config_file",
         "data",
         "eightbit",
@@ -60,12 +68,13 @@ class NewMessage:
         overrides: tuple[tuple[str, str | None], ...],
         sender: str,
         recipients: tuple[str, ...],
-        data: bytes | bytearray,
+        data: bytes | bytearray = b"",
         smtputf8: bool = False,
         eightbit: bool = False,
         config_file: str | None = None,
         uid: int | None = None,
         user: str | None = None,
+        body: Iterable[bytes] | None = None,
     ) -> None:
         if not recipients:
             raise ValueError("a queued message needs at least one recipient")
@@ -79,6 +88,7 @@ class NewMessage:
         self.config_file = config_file
         self.uid = uid
         self.user = user
+        self.body = body
 
     def _key(self) -> tuple[object, ...]:
         return tuple(getattr(self, name) for name in self.__slots__)
@@ -90,6 +100,5 @@ class NewMessage:
         return hash(self._key())
 
     def __repr__(self) -> str:
-        return (
-            f"NewMessage(account={self.account!r}, sender={self.sender!r}, size={len(self.data)})"
-        )
+        size = "streamed" if self.body is not None else len(self.data)
+        return f"NewMessage(account={self.account!r}, sender={self.sender!r}, size={size})"

@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from relayd.store.fastpath import body_chunks
+from relayd.store.fastpath import BodyRows
 from relayd.store.queued import Attempt, QueuedMessage, Recipient, RecipientState, State
 from relayd.store.records import NewMessage
 from relayd.store.tables import bodies, messages, recipients
@@ -169,6 +169,9 @@ def attempt_from_row(row: sa.Row[Any]) -> Attempt:
     )
 
 
+_BATCH = 16  # body rows inserted by one statement (1 MiB)
+
+
 def insert_message(conn: sa.Connection, queue_id: str, message: NewMessage, now: float) -> None:
     """Insert `message` as `queue_id`, due and arrived at `now`, every recipient pending."""
     result = conn.execute(
@@ -179,7 +182,7 @@ def insert_message(conn: sa.Connection, queue_id: str, message: NewMessage, now:
             config_file=message.config_file,
             overrides=[list(pair) for pair in message.overrides],
             sender=message.sender,
-            size=len(message.data),
+            size=0 if message.body is not None else len(message.data),
             needs_smtputf8=message.smtputf8,
             needs_8bitmime=message.eightbit,
             created_at=now,
@@ -190,13 +193,21 @@ def insert_message(conn: sa.Connection, queue_id: str, message: NewMessage, now:
         )
     )
     (message_id,) = result.inserted_primary_key or (None,)
-    conn.execute(
-        bodies.insert(),
-        [
-            {"message_id": message_id, "seq": seq, "data": chunk}
-            for _, seq, chunk in body_chunks(message_id, message.data)
-        ],
-    )
+    rows = BodyRows(message_id, message)
+    batch: list[dict[str, Any]] = []
+    for _, seq, chunk in rows:  # a streamed body: _BATCH rows in memory at a time
+        batch.append({"message_id": message_id, "seq": seq, "data": chunk})
+        if len(batch) == _BATCH:
+            conn.execute(bodies.insert(), batch)
+            batch = []
+    if batch:
+        conn.execute(bodies.insert(), batch)
+    if message.body is not None:
+        conn.execute(
+            messages.update()
+            .where(messages.c.id == message_id)
+            .values(size=rows.size, needs_8bitmime=rows.eightbit)
+        )
     conn.execute(
         recipients.insert(),
         [

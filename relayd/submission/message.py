@@ -31,18 +31,18 @@ __all__ = [
     "parse_recipient_arguments",
     "scan_headers",
     "smtp_reverse_path",
+    "wire_chunks",
 ]
 
 TYPE_CHECKING = False  # typing costs milliseconds at import: this is the hot path
 if TYPE_CHECKING:
-    from collections.abc import Callable
-    from typing import Literal
+    from collections.abc import Callable, Iterable, Iterator
+    from typing import Any, Literal
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")  # time.struct_time.tm_wday order
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
-# The body is converted a slice at a time so a 50 MB message costs one output buffer, not three.
-_CHUNK = 1 << 20
+_CHUNK = 1 << 20  # build_message converts a whole body in slices of this size
 
 
 def format_date(now: float) -> str:
@@ -129,40 +129,53 @@ def _header_section(raw: bytes, end: int, remove: tuple[str, ...]) -> bytes:
     return header
 
 
-def _crlf_size(data: bytes, start: int) -> int:
-    """len(_fill_crlf's output) for data[start:]."""
-    bare_lfs = data.count(b"\n", start) - data.count(b"\r\n", start)
-    unterminated = start < len(data) and data[-1] != 0x0A
-    return len(data) - start + bare_lfs + 2 * unterminated
+def _crlf(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """`pieces` (one byte stream cut anywhere) with LF → CRLF where the CR is missing, and a
+    CRLF after an unterminated last line. Trailing CRs wait for the next piece, so a CRLF split
+    between two pieces stays one line end; nothing is held beyond one piece."""
+    carry = b""
+    last = 0x0A  # the last byte seen; an empty stream needs no line end
+    for piece in pieces:
+        if not piece:
+            continue
+        last = piece[-1]
+        if carry:
+            piece, carry = carry + piece, b""
+        end = len(piece)
+        while end and piece[end - 1] == 0x0D:
+            end -= 1
+        if end < len(piece):
+            piece, carry = piece[:end], piece[end:]
+        if piece.count(b"\n") != piece.count(b"\r\n"):
+            piece = piece.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        if piece:
+            yield piece
+    if carry:
+        yield carry
+    if last != 0x0A:
+        yield b"\r\n"
 
 
-def _fill_crlf(out: bytearray, at: int, data: bytes, start: int) -> int:
-    """Copy data[start:] into out[at:] with LF → CRLF where the CR is missing, and CRLF after
-    an unterminated last line; return where it ended. Works a slice at a time."""
-    view = memoryview(data)
-    size = len(data)
-    unterminated = start < size and data[-1] != 0x0A
-    while start < size:
-        stop = min(start + _CHUNK, size)
-        while stop < size and data[stop - 1] == 0x0D:
-            stop += 1  # never split a CRLF between two slices
-        piece = view[start:stop]
-        if data.count(b"\n", start, stop) != data.count(b"\r\n", start, stop):
-            converted = bytes(piece).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-            out[at : at + len(converted)] = converted
-            at += len(converted)
-        else:
-            out[at : at + len(piece)] = piece
-            at += len(piece)
-        start = stop
-    if unterminated:
-        out[at : at + 2] = b"\r\n"
-        at += 2
-    return at
+def _checked(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """`pieces`, each refused (check_message) before it is passed on."""
+    for piece in pieces:
+        check_message(piece)
+        yield piece
 
 
-def build_message(
-    raw: bytes,
+def build_message(raw: bytes, scan: HeaderScan, **options: Any) -> bytearray:
+    """The bytes msmtp 1.8.23 would put on the wire for `raw`, whole; `options` are
+    wire_chunks'. The body is converted a slice at a time: one output buffer, not three."""
+    end = scan.header_end
+    out = bytearray()
+    for piece in wire_chunks(raw[:end], _slices(raw, end), scan, **options):
+        out += piece
+    return out
+
+
+def wire_chunks(
+    head: bytes,
+    rest: Iterable[bytes],
     scan: HeaderScan,
     *,
     envelope_from: str,
@@ -174,8 +187,12 @@ def build_message(
     undisclosed_recipients: bool,
     now: float,
     hostname: str | Callable[[], str],
-) -> bytearray:
-    """The bytes msmtp 1.8.23 would put on the wire for `raw` (before dot-stuffing).
+) -> Iterator[bytes]:
+    """The bytes msmtp 1.8.23 would put on the wire (before dot-stuffing) for the message
+    `head` + `rest`, in pieces: `head` holds the whole header block (scanned into `scan`) and
+    maybe the start of the body; `rest` is the remainder of the input, in pieces cut anywhere,
+    read only as the result is. Problems with the command line or the head (a bad full name,
+    NUL in the head) raise here; NUL later in the body raises while iterating.
 
     Generated headers come first, in msmtp's order: From: (set_from_header on, or auto and no
     From address), `To: undisclosed-recipients:;`, Date:, Message-ID:. The original header
@@ -185,13 +202,13 @@ def build_message(
     except LF → CRLF where the CR is missing, and a CRLF after a last line without one. No
     blank line is ever added. `envelope_from` is the account's from address as msmtp holds it
     ("" for `-f <>`); `hostname` (or a function giving it) is needed only for a Message-ID
-    whose envelope-from lacks `@`. Returns a bytearray so a 50 MB message is copied once.
+    whose envelope-from lacks `@`.
 
     Differences from msmtp 1.8.23, both msmtp bugs: a CR that ends a 1023-byte slice of a
     long body line is kept (msmtp drops it), and a last line without a newline whose length is
     a multiple of 1023 gets its CRLF (msmtp sends none and the server waits forever).
     """
-    check_message(raw)
+    check_message(head)
     lines: list[str] = []
     add_from = set_from_header == "on" or (set_from_header == "auto" and not scan.has_from)
     if add_from:
@@ -217,11 +234,30 @@ def build_message(
         remove += ["to", "cc"]
     if remove_bcc_headers or undisclosed_recipients:
         remove.append("bcc")
-    header = _header_section(raw, scan.header_end, tuple(remove))
-    size = len(generated) + _crlf_size(header, 0) + _crlf_size(raw, scan.header_end)
-    out = bytearray(size)
-    out[: len(generated)] = generated
-    at = _fill_crlf(out, len(generated), header, 0)
-    at = _fill_crlf(out, at, raw, scan.header_end)
-    assert at == size
-    return out
+    header = _header_section(head, scan.header_end, tuple(remove))
+    return _wire(generated, header, head[scan.header_end :], rest)
+
+
+def _wire(
+    generated: bytes, header: bytes, body_start: bytes, rest: Iterable[bytes]
+) -> Iterator[bytes]:
+    """The generated and original headers, then the body converted as it is read."""
+    if generated:
+        yield generated
+    yield from _crlf(_slices(header, 0))
+    yield from _crlf(_body(body_start, rest))
+
+
+def _slices(data: bytes, start: int) -> Iterator[bytes]:
+    """data[start:] in slices of _CHUNK bytes (the whole of it when that is one slice)."""
+    if start == 0 and len(data) <= _CHUNK:
+        yield data
+        return
+    view = memoryview(data)
+    for at in range(start, len(data), _CHUNK):
+        yield bytes(view[at : at + _CHUNK])
+
+
+def _body(body_start: bytes, rest: Iterable[bytes]) -> Iterator[bytes]:
+    yield body_start
+    yield from _checked(rest)

@@ -6,7 +6,7 @@ import _socket
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from relayd import __version__
 from relayd.accounts import files, pretend, resolve
@@ -82,11 +82,16 @@ def run(inv: Invocation, prog: str) -> int:
         if way.sock is not None:
             return _to_host(inv, way.sock, prog)
         note = way.note
-    data = b""
+    data: bytes = b""
+    rest: Iterable[bytes] = ()
     if sendmail_mode:
-        from relayd.submission.submit import max_size, read_message
+        from relayd.submission.submit import Input, max_size, read_stdin
 
-        data = read_message(sys.stdin.buffer, max_size())
+        stdin = Input(read_stdin, max_size())
+        data, rest = stdin.head(), stdin.rest()  # the rest is read while it is stored
+        if inv.pretend:
+            for _ in rest:  # read to the end: a message over max_size is refused as before
+                pass
     emit = Output(inv.pretend or inv.debug)
     account, recipients, scan = prepare(inv, data, emit)
     if inv.pretend:
@@ -103,8 +108,8 @@ def run(inv: Invocation, prog: str) -> int:
     from relayd.submission import submit
 
     now = time.time()
-    new = submit.build(inv, account, data, scan, recipients, now)
-    del data  # the wire copy replaces the input: a large message is held once, not twice
+    new = submit.build(inv, account, data, scan, recipients, now, rest)
+    del data
     queue_id = submit.store(inv, new, now)
     emit(f"queued as {queue_id}")
     if note:

@@ -11,9 +11,10 @@ import pwd
 import socket
 import stat
 import struct
+import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from relayd import paths
@@ -21,6 +22,7 @@ from relayd.daemon import startup
 from relayd.daemon.services import Context
 from relayd.errors import RelaydError
 from relayd.settings import Settings
+from relayd.store import BODY_CHUNK
 from relayd.store.records import NewMessage
 from relayd.submission import privilege, protocol
 from relayd.submission.cmdline import Delivery, Invocation, Mode, parse
@@ -221,30 +223,49 @@ class SubmitServer:
                 spool.write(chunk)
             self._readers.difference_update({asyncio.current_task()})  # a stop lets it finish
             spool.seek(0)
-            new = await asyncio.to_thread(_compose, inv, spool, peer)
-        try:
-            queue_id = await self.committer.add(new, time.time())
-        except RelaydError as err:
-            raise Refused(err.message, err.exit_code) from None
+            with tempfile.SpooledTemporaryFile(_SPOOL_IN_MEMORY) as wire:
+                new = await asyncio.to_thread(_compose, inv, spool, wire, peer)
+                try:
+                    queue_id = await self.committer.add(new, time.time())
+                except RelaydError as err:
+                    raise Refused(err.message, err.exit_code) from None
         log.info("queued %s from %s", queue_id, peer)
         if inv.delivery is Delivery.BACKGROUND:
             self.context.wake()
         await _reply(writer, ExitCode.OK, f"queued as {queue_id}", warnings)
 
 
-def _compose(inv: Invocation, spool: Any, peer: Peer) -> NewMessage:
-    """The stored message, made as relayd-sendmail makes it, with the host's accounts."""
+def _compose(inv: Invocation, spool: Any, wire: Any, peer: Peer) -> NewMessage:
+    """The stored message, made as relayd-sendmail makes it, with the host's accounts: read
+    from `spool` a block at a time, its wire form written to `wire`, which the store reads
+    back a chunk at a time (again, if a group commit is retried)."""
     from relayd.submission import sendmail, submit
 
-    data = spool.read()
+    source = submit.Input(spool.read, sys.maxsize)  # max_size was checked as it arrived
     now = time.time()
     try:
-        account, recipients, scan = sendmail.prepare(inv, data, sendmail.Output(False))
-        new = submit.build(inv, account, data, scan, recipients, now)
+        head = source.head()
+        account, recipients, scan = sendmail.prepare(inv, head, sendmail.Output(False))
+        new = submit.build(inv, account, head, scan, recipients, now, source.rest())
+        for piece in new.body or ():
+            wire.write(piece)
     except RelaydError as err:
         raise Refused(err.message, err.exit_code) from None
+    new.body = _Replay(wire)
     new.uid, new.user = peer.uid, peer.user
     return new
+
+
+class _Replay:
+    """A file's bytes, from its start, BODY_CHUNK at a time, each time it is iterated."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+
+    def __iter__(self) -> Iterator[bytes]:
+        self.file.seek(0)
+        while block := self.file.read(BODY_CHUNK):
+            yield block
 
 
 def _sender(writer: asyncio.StreamWriter) -> Callable[[dict[str, Any]], Awaitable[None]]:

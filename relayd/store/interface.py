@@ -205,8 +205,9 @@ class Store(RunnerStore, QueueStore, Protocol):
     """Every role, and what the daemon's scheduler adds: scans, lease sweeps, [retain] purges."""
 
     def due_summary(self, now: float) -> Sequence[AccountDue]:
-        """Per account with queued mail: how much, how much is due at `now`, the next due
-        time; one aggregate, so a scan costs the same memory with 100,000 messages as with ten."""
+        """Per account with queued mail: whether any is due at `now`, and its earliest due
+        time; from index seeks per account, so a scan costs the same with 1,000,000 queued
+        as with ten."""
         ...
 
     def purge_bodies(

@@ -64,9 +64,17 @@ messages = sa.Table(
     sa.Column("submitted_user", sa.String(64), nullable=True),
     sa.CheckConstraint(_one_of("state", State), name="state"),
 )
-# Claiming: state = 'queued' AND account = ? AND next_attempt_at <= now ORDER BY next_attempt_at;
-# the same index serves expired-lease scans (state = 'sending') and listing by state.
-sa.Index("ix_messages_due", messages.c.state, messages.c.account, messages.c.next_attempt_at)
+# Claiming: state = 'queued' AND account = ? AND next_attempt_at <= now ORDER BY next_attempt_at,
+# id (revision 0006 added `id`: PostgreSQL's indexes do not end with the row id, SQLite's do);
+# the same index serves the scan's per-account seeks, expired-lease scans (state = 'sending')
+# and counts by state.
+sa.Index(
+    "ix_messages_due",
+    messages.c.state,
+    messages.c.account,
+    messages.c.next_attempt_at,
+    messages.c.id,
+)
 
 # The wire bytes apart from the message row (revision 0002): SQLite rewrites a whole record on
 # every UPDATE, so a 10 KB body inside `messages` would be copied at each claim and each result.

@@ -164,8 +164,9 @@ class QueueStore(MessageStore, Protocol):
     def listing(
         self, states: Collection[State] | None = None, account: str | None = None
     ) -> Iterator[Listed]:
-        """Messages in arrival order for a listing, streamed in one read transaction,
-        optionally only some states and/or one account."""
+        """Messages in arrival order for a listing, optionally only some states and/or one
+        account; read in batches, each in its own read transaction (the first arrives at once
+        whatever the depth), each message at most once."""
         ...
 
     def states_of(self, queue_ids: Collection[str]) -> dict[str, tuple[State, str, float | None]]:

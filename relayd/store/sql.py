@@ -20,7 +20,7 @@ from relayd.store import retain
 from relayd.store.database import Database
 from relayd.store.hot import HotStatements, build_claimed
 from relayd.store.ids import new_queue_id
-from relayd.store.listing import Listed, listing
+from relayd.store.listing import Listed, pages
 from relayd.store.prepared import ClaimedRows, PreparedRecord
 from relayd.store.queued import AccountDue, Attempt, AttemptRecord, Lease, QueuedMessage
 from relayd.store.records import NewMessage, State
@@ -142,8 +142,7 @@ class SqlStore:
     def listing(
         self, states: Collection[State] | None = None, account: str | None = None
     ) -> Iterator[Listed]:
-        with self.reading() as conn:
-            yield from listing(conn, states, account)
+        return pages(self.reading, states, account)
 
     def owners_of(self, queue_ids: Collection[str]) -> dict[str, int | None]:
         """The submitting uid of each of `queue_ids` that exists (None: not recorded)."""

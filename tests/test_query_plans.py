@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from relayd.store.hot import HotStatements
+from relayd.store.records import State
+from relayd.store.reports import account_reports
 from relayd.store.sql import DUE_BY_ACCOUNT, SqlStore
 from tests.queue_fill import enqueue_many
 from tests.store_helpers import BACKENDS, database_url, message
@@ -101,3 +104,28 @@ def test_the_periodic_scan_seeks_the_due_index(store: SqlStore) -> None:
         ("home", True, T0),
         ("work", True, T0),
     ]
+
+
+def test_status_counts_come_from_one_grouped_index_only_query(store: SqlStore) -> None:
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    sa.event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        (home, work) = account_reports(store)
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", record)
+    assert (home.account, home.counts[State.QUEUED], work.counts[State.QUEUED]) == (
+        "home",
+        QUEUED // 2,
+        QUEUED // 2,
+    )
+    counting = [sql for sql in seen if "count(" in sql.lower()]
+    assert len(counting) == 1 and "GROUP BY" in counting[0], seen
+    if store.engine.dialect.name == "sqlite":  # read from the index alone, no table row
+        steps = plan(store, counting[0], ())
+        assert steps == ["SCAN messages USING COVERING INDEX ix_messages_due"], steps
+    # PostgreSQL counts every row either way; it reads the index alone only once VACUUM has
+    # marked the pages all-visible, so its planner's choice is left to it.

@@ -16,7 +16,7 @@ from relayd.store.prepared import ClaimedRows, Prepared, PreparedRecord
 from relayd.store.queued import AttemptRecord, Outcome, QueuedMessage, Recipient
 from relayd.store.records import State
 from relayd.store.rows import RECIPIENT, SUMMARY, attempt_row, join_messages
-from relayd.store.tables import attempts, bodies, messages, recipients
+from relayd.store.tables import attempts, bodies, messages, recipients, state_off_the_due_index
 
 LATE = "late"  # attempts.note of a result that came back after its lease was lost
 
@@ -136,8 +136,11 @@ def _claim(dialect: sa.Dialect, *, by_account: bool, listed: bool) -> sa.ClauseE
     queued, the drain falling from 3,200 to 1,960 messages/s). Bound to an account, the claim
     reads the index in order and stops after `b_limit` entries, whatever the depth.
     """
+    # Named messages (`-odi`, `queue flush ID…`) are found by their queue ids, not among all
+    # queued mail of the due index.
+    state = state_off_the_due_index(dialect) if listed else messages.c.state
     conditions: list[sa.ColumnElement[bool]] = [
-        messages.c.state == State.QUEUED.value,
+        state == State.QUEUED.value,
         messages.c.next_attempt_at <= sa.bindparam("b_now", type_=sa.Double()),
     ]
     if by_account:

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from relayd.store.prepared import Prepared
 from relayd.store.records import State
-from relayd.store.tables import messages, recipients
+from relayd.store.tables import messages, recipients, state_off_the_due_index
 
 
 def reply_text(code: int | None, text: str | None) -> str | None:
@@ -90,10 +90,8 @@ def _query(
     """The listing's query: messages after row id `after`, in row id order; with `paged`, up
     to `limit` of them."""
     # The row id first: the read walks the table in its key order and stops after `limit`
-    # rows. SQLite must not pick the due index for the state test (it would read every
-    # listed message and sort them before the first row): `+state` keeps it off the index.
-    sqlite = dialect.name == "sqlite"
-    state = sa.literal_column("+messages.state") if sqlite else messages.c.state
+    # rows, never reading and sorting every listed message before the first row.
+    state = state_off_the_due_index(dialect)
     condition: sa.ColumnElement[bool] = messages.c.id > sa.bindparam("after")
     if states is not None:
         literal: list[sa.ColumnElement[Any]] = [

@@ -34,12 +34,12 @@ from common import (
     CACHE,
     SetupError,
     Skip,
+    command_line,
     ensure_smtp_sink,
     ensure_venv,
     log,
     machine_facts,
     make_home,
-    shown,
     sink_messages,
     smtp_sink,
 )
@@ -219,13 +219,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(given)
-    command = " ".join([shown(sys.executable), shown(__file__), *given])
     try:
-        python = ensure_venv(args.rebuild)
-        sink = ensure_smtp_sink()
+        python, sink = ensure_venv(args.rebuild), ensure_smtp_sink()
     except (SetupError, Skip) as exc:
         log(f"cannot run: {exc}")
         return 1
+    command = command_line(__file__, given)
     CACHE.mkdir(parents=True, exist_ok=True)
     results = []
     facts: dict[str, str] = {}

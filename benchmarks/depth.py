@@ -163,6 +163,10 @@ def one_depth(python: Path, sink: Path, work: Path, depth: int, runs: int) -> di
         drained = Drain(messages=depth)
         run_daemon(relayd, env, work, drained)
     drained.sink_messages = sink_messages(counts)
+    if drained.failure is not None:  # the work directory goes: keep the daemon's log
+        kept = CACHE / f"depth-{depth}-daemon.log"
+        shutil.copyfile(work / "daemon.log", kept)
+        log(f"depth {depth:,}: the drain failed; the daemon's log is kept in {kept}")
     summary = drained.summary()
     summary.pop("series", None)
     result["drain"] = summary

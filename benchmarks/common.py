@@ -417,3 +417,8 @@ def shown(path: str) -> str:
     """`path` relative to the current directory when it is below it, else absolute."""
     relative = os.path.relpath(path)
     return os.path.abspath(path) if relative.startswith("..") else relative
+
+
+def command_line(script: str, arguments: Sequence[str]) -> str:
+    """How this benchmark was run, as printed beside its figures."""
+    return " ".join([shown(sys.executable), shown(script), *arguments])

@@ -343,9 +343,10 @@ class _Lifecycle:
         for account in summary:
             if account.due:
                 self.runner.kick(account.account)
-        queued = sum(account.queued for account in summary)
+        # No message count: counting reads every queued message (`relayd status` does that).
         sdnotify.notify(
-            f"STATUS={queued} queued, {len(self.runner.busy)} account(s) delivering; "
+            f"STATUS={len(summary)} account(s) with queued mail, "
+            f"{len(self.runner.busy)} delivering; "
             f"since start: {self.runner.tally}"
         )
         later = [a.next_at for a in summary if not a.due and a.next_at is not None]

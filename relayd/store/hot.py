@@ -16,7 +16,7 @@ from relayd.store.prepared import ClaimedRows, Prepared, PreparedRecord
 from relayd.store.queued import AttemptRecord, Outcome, QueuedMessage, Recipient
 from relayd.store.records import State
 from relayd.store.rows import RECIPIENT, SUMMARY, attempt_row, join_messages
-from relayd.store.tables import attempts, bodies, messages, recipients
+from relayd.store.tables import attempts, bodies, messages, recipients, state_off_the_due_index
 
 LATE = "late"  # attempts.note of a result that came back after its lease was lost
 
@@ -125,29 +125,46 @@ def _elements(
     return sa.select(sa.func.json_each(array).table_valued("value").c.value)
 
 
-def _claim(dialect: sa.Dialect) -> sa.ClauseElement:
-    """Lease the `b_limit` earliest due messages of `b_account` (any if NULL), only those named
-    in the JSON array `b_queue_ids` unless it is NULL, to `b_owner` until `b_until`; RETURNING
-    their summary rows (as they are after the claim)."""
-    account = sa.bindparam("b_account", type_=sa.Text())
-    listed = sa.bindparam("b_queue_ids", type_=sa.Text())
+def _claim(dialect: sa.Dialect, *, by_account: bool, listed: bool) -> sa.ClauseElement:
+    """Lease the `b_limit` earliest due messages (of `b_account` with `by_account`; only those
+    named in the JSON array `b_queue_ids` with `listed`) to `b_owner` until `b_until`;
+    RETURNING their summary rows (as they are after the claim).
+
+    One statement per shape rather than `(:account IS NULL OR account = :account)`: with such
+    an OR neither SQLite nor PostgreSQL can seek `ix_messages_due` on (state, account,
+    next_attempt_at), so every claim read and sorted all queued mail (38 ms a claim at 100,000
+    queued, the drain falling from 3,200 to 1,960 messages/s). Bound to an account, the claim
+    reads the index in order and stops after `b_limit` entries, whatever the depth.
+    """
+    # Named messages (`-odi`, `queue flush ID…`) are found by their queue ids, not among all
+    # queued mail of the due index.
+    state = state_off_the_due_index(dialect) if listed else messages.c.state
+    conditions: list[sa.ColumnElement[bool]] = [
+        state == State.QUEUED.value,
+        messages.c.next_attempt_at <= sa.bindparam("b_now", type_=sa.Double()),
+    ]
+    if by_account:
+        conditions.append(messages.c.account == sa.bindparam("b_account", type_=sa.Text()))
+    if listed:
+        named = _elements(sa.bindparam("b_queue_ids", type_=sa.Text()), dialect, sa.Text())
+        conditions.append(messages.c.queue_id.in_(named))
     due = (
         sa.select(messages.c.id)
-        .where(
-            messages.c.state == State.QUEUED.value,
-            messages.c.next_attempt_at <= sa.bindparam("b_now", type_=sa.Double()),
-            sa.or_(account.is_(None), messages.c.account == account),
-            sa.or_(
-                listed.is_(None), messages.c.queue_id.in_(_elements(listed, dialect, sa.Text()))
-            ),
-        )
+        .where(*conditions)
         .order_by(messages.c.next_attempt_at, messages.c.id)
         .limit(sa.bindparam("b_limit", type_=sa.Integer()))
         .with_for_update(skip_locked=True)
     )
+    chosen: sa.ColumnElement[bool] = messages.c.id.in_(due.scalar_subquery())
+    if dialect.name == "postgresql":
+        # `id = ANY(an array)`: PostgreSQL then fetches the claimed rows by key; with `IN
+        # (subquery)` it hash-joins them with a read of the whole table up to ~100,000 rows.
+        claimed = due.subquery()
+        ids = sa.select(sa.func.array_agg(claimed.c.id)).scalar_subquery()
+        chosen = messages.c.id == sa.any_(sa.cast(ids, sa.ARRAY(sa.BigInteger())))
     return (
         messages.update()
-        .where(messages.c.id.in_(due.scalar_subquery()))
+        .where(chosen)
         .values(
             state=State.SENDING.value,
             lease_owner=sa.bindparam("b_owner", type_=sa.Text()),
@@ -172,7 +189,14 @@ class HotStatements:
     """The runner's statements: claims and group commits, compiled once for the dialect."""
 
     def __init__(self, dialect: sa.Dialect) -> None:
-        self.claim = Prepared(_claim(dialect), dialect)
+        # By (account given, queue ids given): each shape compiled once.
+        self.claims = {
+            (by_account, listed): Prepared(
+                _claim(dialect, by_account=by_account, listed=listed), dialect
+            )
+            for by_account in (False, True)
+            for listed in (False, True)
+        }
         self.body = Prepared(
             sa.select(bodies.c.data)
             .join(messages, messages.c.id == bodies.c.message_id)
@@ -244,7 +268,8 @@ class HotStatements:
             "b_until": now + lease_seconds,
             "b_queue_ids": None if queue_ids is None else json.dumps(list(queue_ids)),
         }
-        rows = self.claim.fetch(conn, self.claim.args(params))
+        claim = self.claims[account is not None, queue_ids is not None]
+        rows = claim.fetch(conn, claim.args(params))
         if not rows:
             return ClaimedRows([], [])
         ids = {"b_ids": json.dumps([row[0] for row in rows])}

@@ -174,8 +174,9 @@ class QueueStore(MessageStore, Protocol):
     def listing(
         self, states: Collection[State] | None = None, account: str | None = None
     ) -> Iterator[Listed]:
-        """Messages in arrival order for a listing, streamed in one read transaction,
-        optionally only some states and/or one account."""
+        """Messages in arrival order for a listing, optionally only some states and/or one
+        account; read in batches, each in its own read transaction (the first arrives at once
+        whatever the depth), each message at most once."""
         ...
 
     def states_of(self, queue_ids: Collection[str]) -> dict[str, tuple[State, str, float | None]]:
@@ -215,8 +216,9 @@ class Store(RunnerStore, QueueStore, Protocol):
     """Every role, and what the daemon's scheduler adds: scans, lease sweeps, [retain] purges."""
 
     def due_summary(self, now: float) -> Sequence[AccountDue]:
-        """Per account with queued mail: how much, how much is due at `now`, the next due
-        time; one aggregate, so a scan costs the same memory with 100,000 messages as with ten."""
+        """Per account with queued mail: whether any is due at `now`, and its earliest due
+        time; from index seeks per account, so a scan costs the same with 1,000,000 queued
+        as with ten."""
         ...
 
     def purge_bodies(

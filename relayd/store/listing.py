@@ -1,4 +1,4 @@
-"""The queue listing read (`queue list`, `mailq`): one streamed query, recipients aggregated.
+"""The queue listing read (`queue list`, `mailq`): batches in row id order, recipients aggregated.
 
 A listing of 100,000 messages must take well under two seconds, so it reads only the columns a
 listing prints, aggregates each message's recipients into one JSON array in the database (one
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Iterator
+from contextlib import AbstractContextManager
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
 from relayd.store.prepared import Prepared
 from relayd.store.records import State
-from relayd.store.tables import messages, recipients
+from relayd.store.tables import messages, recipients, state_off_the_due_index
 
 
 def reply_text(code: int | None, text: str | None) -> str | None:
@@ -83,25 +84,25 @@ def _packed(dialect: str) -> sa.ColumnElement[Any]:
     return sa.func.json_group_array(sa.func.json_array(*_PACKED))
 
 
-def listing(
-    conn: sa.Connection, states: Collection[State] | None, account: str | None
-) -> Iterator[Listed]:
-    """Messages in arrival (row id) order, optionally only `states` and/or one `account`.
-
-    Run on the driver's cursor (`Prepared`): SQLAlchemy's row processing would cost more than
-    the query itself at 100,000 rows. The states are constants of this module, so they are
-    compiled into the SQL; the account is a bound parameter.
-    """
-    condition: sa.ColumnElement[bool] = sa.true()
+def _query(
+    dialect: sa.Dialect, states: Collection[State] | None, account: str | None, *, paged: bool
+) -> Prepared:
+    """The listing's query: messages after row id `after`, in row id order; with `paged`, up
+    to `limit` of them."""
+    # The row id first: the read walks the table in its key order and stops after `limit`
+    # rows, never reading and sorting every listed message before the first row.
+    state = state_off_the_due_index(dialect)
+    condition: sa.ColumnElement[bool] = messages.c.id > sa.bindparam("after")
     if states is not None:
         literal: list[sa.ColumnElement[Any]] = [
             sa.literal_column(f"'{State(s).value}'") for s in states
         ]
-        condition = sa.and_(condition, messages.c.state.in_(literal))
+        condition = sa.and_(condition, state.in_(literal))
     if account is not None:
         condition = sa.and_(condition, messages.c.account == sa.bindparam("account"))
     query = (
         sa.select(
+            messages.c.id,
             messages.c.queue_id,
             messages.c.state,
             messages.c.account,
@@ -113,20 +114,70 @@ def listing(
             messages.c.reason,
             messages.c.submitted_uid,
             messages.c.submitted_user,
-            _packed(conn.dialect.name),
+            _packed(dialect.name),
         )
         .join(recipients, recipients.c.message_id == messages.c.id)
         .where(condition)
         .group_by(messages.c.id)
         .order_by(messages.c.id)
     )
-    prepared = Prepared(query, conn.dialect)
+    if paged:
+        query = query.limit(sa.bindparam("limit", type_=sa.Integer()))
+    return Prepared(query, dialect)
+
+
+def _page(
+    conn: sa.Connection, prepared: Prepared, account: str | None, after: int, limit: int
+) -> Iterator[tuple[int, Listed]]:
+    """(row id, message) of the listed messages after row id `after`, up to `limit`.
+
+    Run on the driver's cursor (`Prepared`): SQLAlchemy's row processing would cost more than
+    the query itself at 100,000 rows. The states are constants of this module, so they are
+    compiled into the SQL; the account is a bound parameter.
+    """
+    params: dict[str, Any] = {"after": after, "limit": limit}
+    if account is not None:
+        params["account"] = account
     make, recipient = Listed._make, ListedRecipient._make
-    for row in prepared.rows(
-        conn, prepared.args({} if account is None else {"account": account}), _BATCH
-    ):
-        packed = row[11]
+    for row in prepared.rows(conn, prepared.args(params), _BATCH):
+        packed = row[12]
         found = _scan(packed, 0)[0] if isinstance(packed, str) else packed
         if len(found) > 1:
             found.sort()
-        yield make((*row[:11], tuple([recipient(item[1:]) for item in found])))
+        yield row[0], make((*row[1:12], tuple([recipient(item[1:]) for item in found])))
+
+
+def listing(
+    conn: sa.Connection, states: Collection[State] | None, account: str | None
+) -> Iterator[Listed]:
+    """Messages in arrival (row id) order, optionally only `states` and/or one `account`, in
+    `conn`'s one transaction."""
+    prepared = _query(conn.dialect, states, account, paged=False)
+    for _, message in _page(conn, prepared, account, 0, 0):
+        yield message
+
+
+def pages(
+    reading: Callable[[], AbstractContextManager[sa.Connection]],
+    states: Collection[State] | None,
+    account: str | None,
+    batch: int = _BATCH,
+) -> Iterator[Listed]:
+    """`listing`, read `batch` messages at a time, each batch in its own read transaction
+    from `reading()`: the first line shows after one batch whatever the queue's depth, and no
+    read snapshot is held while a slow reader takes a million lines (a long-lived reader
+    keeps SQLite's WAL from being checkpointed). A message is listed at most once (row ids
+    only grow); one that changes between batches shows as it was when its batch was read.
+    """
+    after = 0
+    prepared: Prepared | None = None
+    while True:
+        with reading() as conn:
+            if prepared is None:
+                prepared = _query(conn.dialect, states, account, paged=True)
+            found = list(_page(conn, prepared, account, after, batch))
+        for _, message in found:
+            yield message
+        if len(found) < batch:
+            return
+        after = found[-1][0]

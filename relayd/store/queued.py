@@ -118,11 +118,14 @@ class Lease:
 
 @dataclass(frozen=True)
 class AccountDue:
-    """One account's queued mail as a scan sees it: how many, how many due, the next time."""
+    """One account with queued mail as a scan sees it: whether any is due, its earliest time.
+
+    No counts: counting is a read of every queued message, and a scan must cost what is due,
+    not what is queued.
+    """
 
     account: str
-    queued: int
-    due: int
+    due: bool
     next_at: float | None
 
 

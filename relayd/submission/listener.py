@@ -28,8 +28,8 @@ class SmtpListener:
 
     def __init__(self, context: Context) -> None:
         self.context = context
-        self.committer = Committer(context.store)
-        self.handler = Handler(context.settings, self.committer, context.wake)
+        self.committer = Committer(context.store, on_commit=context.wake)
+        self.handler = Handler(context.settings, self.committer)
         self.sessions = Sessions(lambda: self.settings.listen.max_sessions)
         self.servers: list[asyncio.Server] = []
         self.tls: ssl.SSLContext | None = None

@@ -61,11 +61,15 @@ def options(settings: Settings) -> dict[str, Any]:
     }
 
 
-class Ingest(Protocol):
-    """Where composed messages go: the daemon's group commit (or -bs's own store)."""
+Compose = Callable[[], NewMessage]
 
-    async def add(self, message: NewMessage, now: float) -> str:
-        """Store durably; the queue id."""
+
+class Ingest(Protocol):
+    """Where messages go: the daemon's group commit (or -bs's own store)."""
+
+    async def add(self, message: NewMessage | Compose, now: float) -> str:
+        """Compose (given a function: in the ingest's own thread, with the store) and store
+        durably, then wake the runner; the queue id."""
         ...
 
 
@@ -194,10 +198,8 @@ class Sessions:
 class Handler:
     """aiosmtpd's hooks: account and limits at MAIL and RCPT, the durable store at DATA."""
 
-    def __init__(
-        self, settings: Callable[[], Settings], ingest: Ingest, wake: Callable[[], None]
-    ) -> None:
-        self.settings, self.ingest, self.wake = settings, ingest, wake
+    def __init__(self, settings: Callable[[], Settings], ingest: Ingest) -> None:
+        self.settings, self.ingest = settings, ingest
 
     async def handle_EHLO(
         self,
@@ -257,11 +259,11 @@ class Handler:
         self, session: Session, sender: str, recipients: list[str], data: bytes, settings: Settings
     ) -> str:
         """Compose the message and store it through the ingest; the reply to DATA."""
+        require = settings.listen.require_account
         try:
-            new = await asyncio.to_thread(
-                compose, sender, recipients, data, settings.listen.require_account
+            queue_id = await self.ingest.add(
+                lambda: compose(sender, recipients, data, require), time.time()
             )
-            queue_id = await self.ingest.add(new, time.time())
         except QueueError as err:
             log.warning("SMTP from %s: not stored: %s", _peer(session), err.message)
             return "451 4.3.0 Queue not writable, try again later"
@@ -269,7 +271,6 @@ class Handler:
             return f"550 5.7.1 {one_line(err.message)}"
         except RelaydError as err:
             return f"554 5.6.0 {one_line(err.message)}"
-        self.wake()
         log.info("queued %s from %s over SMTP", queue_id, _peer(session))
         return f"250 2.0.0 Ok: queued as {queue_id}"
 

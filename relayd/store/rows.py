@@ -171,29 +171,48 @@ def attempt_from_row(row: sa.Row[Any]) -> Attempt:
 
 def insert_message(conn: sa.Connection, queue_id: str, message: NewMessage, now: float) -> None:
     """Insert `message` as `queue_id`, due and arrived at `now`, every recipient pending."""
-    result = conn.execute(
-        messages.insert().values(
-            queue_id=queue_id,
-            state=State.QUEUED.value,
-            account=message.account,
-            config_file=message.config_file,
-            overrides=[list(pair) for pair in message.overrides],
-            sender=message.sender,
-            size=len(message.data),
-            needs_smtputf8=message.smtputf8,
-            needs_8bitmime=message.eightbit,
-            created_at=now,
-            next_attempt_at=now,
-            attempts=0,
-            submitted_uid=message.uid,
-            submitted_user=message.user,
-        )
-    )
-    (message_id,) = result.inserted_primary_key or (None,)
+    insert_messages(conn, [(queue_id, message)], now)
+
+
+# The new rows' ids in the order of the parameters: several messages in one statement.
+_INSERT_MESSAGES = messages.insert().returning(messages.c.id, sort_by_parameter_order=True)
+
+
+def insert_messages(
+    conn: sa.Connection, batch: Sequence[tuple[str, NewMessage]], now: float
+) -> None:
+    """Insert each (queue id, message) of `batch` as `insert_message` does: three statements
+    for the whole batch (a group commit's), each run with all its rows."""
+    if not batch:
+        return
+    ids = conn.execute(
+        _INSERT_MESSAGES,
+        [
+            {
+                "queue_id": queue_id,
+                "state": State.QUEUED.value,
+                "account": message.account,
+                "config_file": message.config_file,
+                "overrides": [list(pair) for pair in message.overrides],
+                "sender": message.sender,
+                "size": len(message.data),
+                "needs_smtputf8": message.smtputf8,
+                "needs_8bitmime": message.eightbit,
+                "created_at": now,
+                "next_attempt_at": now,
+                "attempts": 0,
+                "submitted_uid": message.uid,
+                "submitted_user": message.user,
+            }
+            for queue_id, message in batch
+        ],
+    ).scalars()
+    stored = list(zip(ids, (message for _, message in batch), strict=True))
     conn.execute(
         bodies.insert(),
         [
             {"message_id": message_id, "seq": seq, "data": chunk}
+            for message_id, message in stored
             for _, seq, chunk in body_chunks(message_id, message.data)
         ],
     )
@@ -206,6 +225,7 @@ def insert_message(conn: sa.Connection, queue_id: str, message: NewMessage, now:
                 "address": address,
                 "state": RecipientState.PENDING.value,
             }
+            for message_id, message in stored
             for position, address in enumerate(message.recipients)
         ],
     )

@@ -24,7 +24,7 @@ from relayd.store.listing import Listed, listing
 from relayd.store.prepared import ClaimedRows, PreparedRecord
 from relayd.store.queued import AccountDue, Attempt, AttemptRecord, Lease, QueuedMessage
 from relayd.store.records import NewMessage, State
-from relayd.store.rows import attempt_from_row, insert_message, load_messages
+from relayd.store.rows import attempt_from_row, insert_messages, load_messages
 from relayd.store.tables import attempts, bodies, messages
 
 _ID_TRIES = 8  # fresh queue ids to try when one collides with a stored one
@@ -92,8 +92,7 @@ class SqlStore:
             queue_ids = [new_queue_id(now) for _ in batch]
             try:
                 with self._db.transaction("store the message") as conn:
-                    for queue_id, message in zip(queue_ids, batch, strict=True):
-                        insert_message(conn, queue_id, message, now)
+                    insert_messages(conn, list(zip(queue_ids, batch, strict=True)), now)
                 return queue_ids
             except sa.exc.IntegrityError as exc:
                 if "queue_id" not in str(exc.orig) or attempt + 1 == _ID_TRIES:

@@ -69,3 +69,33 @@ def test_a_locked_queue_answers_every_caller_and_wakes_nobody(tmp_path: Path) ->
         assert woken == [] and list_messages(store) == []
     finally:
         store.close()
+
+
+def test_the_listener_wakes_the_runner_at_once_then_at_most_once_a_pause() -> None:
+    """A first commit wakes the runner at once; commits during the pause get one wake-up at
+    its end (never none: their mail must not wait for the periodic scan)."""
+    from relayd.submission.listener import Paced
+
+    other: list[float] = []
+
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        woken: list[float] = []
+        paced = Paced(lambda: woken.append(loop.time()), 0.2)
+        start = loop.time()
+        for _ in range(50):
+            paced()
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(0.35)
+        paced()  # long after: at once again
+        cancelled = Paced(lambda: other.append(loop.time()), 0.2)
+        cancelled()
+        cancelled()
+        cancelled.cancel()
+        await asyncio.sleep(0.25)
+        return [t - start for t in woken]
+
+    woken = asyncio.run(main())
+    assert len(woken) == 3, woken  # at once, at the end of the pause, later at once again
+    assert woken[0] < 0.05 and 0.19 < woken[1] < 0.35 and woken[2] > 0.45
+    assert len(other) == 1  # its second call was cancelled with it

@@ -99,3 +99,24 @@ def test_the_listener_wakes_the_runner_at_once_then_at_most_once_a_pause() -> No
     assert len(woken) == 3, woken  # at once, at the end of the pause, later at once again
     assert woken[0] < 0.05 and 0.19 < woken[1] < 0.35 and woken[2] > 0.45
     assert len(other) == 1  # its second call was cancelled with it
+
+
+def test_a_driver_error_in_the_middle_of_a_batch_stores_none_of_it(tmp_path: Path) -> None:
+    """On SQLite the batch goes in through the driver's connection: an error there (here the
+    recipients table is gone) is a QueueError naming the queue, and the batch rolls back."""
+    path = tmp_path / "queue.db"
+    store = SqlStore.open(f"sqlite:///{path}")
+    try:
+        with sqlite3.connect(path) as breaker:
+            breaker.execute("ALTER TABLE recipients RENAME TO recipients_gone")
+        try:
+            store.enqueue_many([message(n) for n in range(3)], 0.0)
+        except QueueError as err:
+            assert str(path) in err.message and "store the message" in err.message, err.message
+        else:
+            raise AssertionError("stored without a recipients table")
+        with sqlite3.connect(path) as reader:
+            assert reader.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+            assert reader.execute("SELECT count(*) FROM bodies").fetchone() == (0,)
+    finally:
+        store.close()

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from relayd.store import sql
+from relayd.store import fastpath, sql
 from relayd.store.ids import is_queue_id
 from relayd.store.interface import ReportStore, Store
 from relayd.store.prepared import Prepared
@@ -122,7 +122,9 @@ def test_a_colliding_queue_id_is_drawn_again(
 ) -> None:
     first = store.enqueue(message(), T0)
     draws = iter([first, first, "0000000000AB"])
+    # SQLite's rows go in through the fast path's inserts, which draw their own ids
     monkeypatch.setattr(sql, "new_queue_id", lambda now: next(draws))
+    monkeypatch.setattr(fastpath, "new_queue_id", lambda now: next(draws))
     assert store.enqueue(message(1), T0) == "0000000000AB"
     assert len(list_messages(store)) == 2
 

@@ -111,12 +111,18 @@ def stored_messages(db: Path | None = None) -> list[Stored]:
         if "messages" not in tables:
             return []
         rows = conn.execute(
-            "SELECT id, queue_id, state, account, config_file, overrides, sender, size, data,"
-            " created_at, next_attempt_at FROM messages JOIN bodies ON message_id = id ORDER BY id"
+            "SELECT id, queue_id, state, account, config_file, overrides, sender, size,"
+            " created_at, next_attempt_at FROM messages ORDER BY id"
         ).fetchall()
         result = []
         for row_id, queue_id, state, account, config_file, overrides, *rest in rows:
-            sender, size, data, created_at, next_attempt_at = rest
+            sender, size, created_at, next_attempt_at = rest
+            chunks = conn.execute(  # a body over 64 KiB is several rows (schema 0005)
+                "SELECT data FROM bodies WHERE message_id = ? ORDER BY seq", (row_id,)
+            ).fetchall()
+            if not chunks:  # its body purged ([retain]): not listed, as the join did
+                continue
+            data = b"".join(bytes(chunk) for (chunk,) in chunks)
             recipients = conn.execute(
                 "SELECT address, state FROM recipients WHERE message_id = ? ORDER BY position",
                 (row_id,),

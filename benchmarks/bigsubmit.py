@@ -1,4 +1,4 @@
-"""Big mail in (SPEC §6, issue 15): peak RSS of submitting a 50 MB message, beside msmtp and a floor.
+"""Big mail in (SPEC §6, issue 15): peak RSS of submitting 50 MB, beside msmtp and a floor.
 
 Parts (``--part``, all by default): ``submit`` — ``relayd-sendmail -odq`` storing the message
 into a SQLite queue, msmtp sending it to smtp-sink, and the stdlib floor (a fresh Python

@@ -12,6 +12,8 @@ When it can run here, Postfix's own `smtpd` -> `cleanup` ingest (a private insta
 so the messages stay in `incoming`) takes the same `smtp-source` load in the same run. Medians
 of --runs runs; SPEC's target with PASS/FAIL; exits 0 whatever the figures. Usage:
 python benchmarks/listen.py [--runs N] [--messages N] [--no-postfix] [--json FILE] [--rebuild]
+[--profile FILE] (py-spy samples the daemon during the first run, which is then slower; its
+summary is printed at the end, the collapsed stacks are in FILE).
 
 Why this module is long: it runs, checks and reports two contenders under the same load
 (relayd's listener with its RSS and CPU, and Postfix's smtpd, whose instance is drain.py's).
@@ -20,6 +22,7 @@ Why this module is long: it runs, checks and reports two contenders under the sa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -36,6 +39,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import pyspy
 from common import (
     CACHE,
     MESSAGE_SIZE,
@@ -174,8 +178,11 @@ class RssSampler(threading.Thread):
             self.halt.wait(RSS_INTERVAL)
 
 
-def relayd_run(relayd: Path, work: Path, messages: int) -> dict[str, Any]:
-    """One run of `relayd daemon` with its listener on a fresh queue; its figures."""
+def relayd_run(
+    relayd: Path, work: Path, messages: int, profile: Path | None = None
+) -> dict[str, Any]:
+    """One run of `relayd daemon` with its listener on a fresh queue; its figures (with
+    `profile`, py-spy's samples of the daemon during the timed part go there)."""
     work.mkdir()
     env = daemon_env(make_home(work, free_port()))  # a free port: nothing listens there
     config = Path(env["XDG_CONFIG_HOME"]) / "relayd" / "relayd.toml"
@@ -204,7 +211,8 @@ def relayd_run(relayd: Path, work: Path, messages: int) -> dict[str, Any]:
         rss_before, cpu_before = proc_status_kb(proc.pid, "VmRSS"), cpu_seconds(proc.pid)
         sampler = RssSampler(proc.pid)
         sampler.start()
-        seconds, data_done, failure = run_source(port, messages, work)
+        with pyspy.recording(proc.pid, profile) if profile else contextlib.nullcontext():
+            seconds, data_done, failure = run_source(port, messages, work)
         rows_at_exit = queue_rows(queue)[0]  # every 250 received: all of them committed by now
         cpu_after = cpu_seconds(proc.pid)
         time.sleep(AFTER_PAUSE)
@@ -224,6 +232,7 @@ def relayd_run(relayd: Path, work: Path, messages: int) -> dict[str, Any]:
         )
         if cpu_before is not None and cpu_after is not None:
             result["daemon_cpu_share"] = round((cpu_after - cpu_before) / seconds, 2)
+            result["cpu_ms_per_message"] = round((cpu_after - cpu_before) * 1000 / messages, 3)
     except SetupError as exc:
         result["failure"] = str(exc)
     finally:
@@ -290,6 +299,7 @@ def relayd_line(r: dict[str, Any]) -> str:
         f"{cell(r.get('seconds'), '8.3f'):>8} {cell(r.get('rate'), ',.1f'):>9}"
         f" {cell(r.get('new_rows_at_exit')):>8} {cell(r.get('data_completed')):>5}"
         f" {rss:>24} {cell(r.get('daemon_cpu_share'), '.2f'):>4} {cell(r.get('attempts')):>6}"
+        f" {cell(r.get('cpu_ms_per_message'), '.3f'):>8}"
     )
 
 
@@ -314,12 +324,14 @@ def print_report(
     runs: list[dict[str, Any]] = results["relayd"]
     print_runs(
         "relayd daemon, [listen] SMTP listener:",
-        "       s     msg/s new rows  DATA RSS MB before/peak/after  CPU  tries",
+        "       s     msg/s new rows  DATA RSS MB before/peak/after  CPU  tries CPU ms/msg",
         runs,
         relayd_line,
     )
     rate = median(runs, "rate")
     print(f"  median{'':9} {cell(rate, ',.1f'):>9} messages/s")
+    cpu = median(runs, "cpu_ms_per_message")
+    print(f"  median daemon CPU per message: {cell(cpu, '.3f')} ms (load does not inflate it much)")
     postfix = results["postfix"]
     pf_rate = None
     print()
@@ -369,6 +381,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--no-postfix", action="store_true", help="skip Postfix's smtpd")
     parser.add_argument("--json", metavar="FILE", type=Path, help="also write the results here")
     parser.add_argument(
+        "--profile", metavar="FILE", type=Path, help="py-spy the daemon in run 1 (into FILE)"
+    )
+    parser.add_argument(
         "--rebuild", action="store_true", help="rebuild the non-editable venv even if current"
     )
     args = parser.parse_args(argv)
@@ -404,7 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for who in ("relayd", "postfix") if n % 2 == 0 else ("postfix", "relayd"):
                 if who == "relayd":
                     log(f"run {n + 1}/{args.runs}: relayd daemon ...")
-                    one = relayd_run(relayd, work / f"relayd-{n}", args.messages)
+                    profile = args.profile if n == 0 else None
+                    one = relayd_run(relayd, work / f"relayd-{n}", args.messages, profile)
                     results["relayd"].append(one)
                 elif isinstance(results["postfix"], list):
                     log(f"run {n + 1}/{args.runs}: postfix smtpd ...")
@@ -415,6 +431,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         results["postfix"].append(one)
         facts["conditions"] = f"before: {before}; after: {conditions(work)}"
         found = print_report(results, facts, command, args.messages)
+        if args.profile is not None and args.profile.exists():
+            print(f"\npy-spy profile of the daemon in relayd run 1 ({args.profile}):")
+            print("\n".join(pyspy.summary(args.profile)))
         if args.json is not None:
             out = {"command": command, "machine": facts, "targets": found, **results}
             args.json.write_text(json.dumps(out, indent=2) + "\n")

@@ -208,3 +208,49 @@ def test_socket_activation_and_status_show_the_listener(
     assert daemon.returncode == 0, err
     assert len(stored_messages()) == 1
     assert json.loads(run_relayd("status", "--json").stdout)["smtp_listener"] is None
+
+
+def _reply(sock: socket.socket) -> bytes:
+    """One whole SMTP reply (its last line has a space after the code)."""
+    data = b""
+    while not any(line[3:4] == b" " for line in data.split(b"\r\n")):
+        chunk = sock.recv(4096)
+        assert chunk, data
+        data += chunk
+    return data
+
+
+def test_data_read_in_blocks_over_a_real_connection(
+    listener: Callable[..., tuple[Daemon, int]],
+) -> None:
+    """Pieces cut inside "CRLF.CRLF" and a stuffed dot, a bare "." message, a line over the
+    limit (500), and a client gone mid-DATA: only the two whole messages are stored."""
+    import time
+
+    daemon, port = listener()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        assert _reply(sock).startswith(b"220")
+        sock.sendall(b"EHLO client.example\r\n")
+        assert _reply(sock).startswith(b"250")
+        for pieces, expected in (
+            ([b"Subject: a\r\n\r\n.", b".dot\r", b"\n.", b"\r\n"], b"250 2.0.0"),
+            ([b".\r\n"], b"250 2.0.0"),
+            ([b"x" * 1200 + b"\r\n.\r\n"], b"500 5.5.2"),
+        ):
+            sock.sendall(b"MAIL FROM:<me@example.org>\r\nRCPT TO:<you@example.org>\r\nDATA\r\n")
+            replies = b""
+            while replies.count(b"\r\n") < 3:
+                replies += _reply(sock)
+            assert replies.split(b"\r\n")[2].startswith(b"354"), replies
+            for piece in pieces:
+                sock.sendall(piece)
+                time.sleep(0.05)  # its own read on the daemon's side
+            assert _reply(sock).startswith(expected)
+        sock.sendall(b"MAIL FROM:<me@example.org>\r\nRCPT TO:<you@example.org>\r\nDATA\r\n")
+        sock.sendall(b"Subject: cut off\r\n\r\nhalf a message\r\n")
+    eventually(lambda: len(stored_messages()) == 2, 10, "two stored messages")
+    stored = stored_messages()
+    assert any(bytes(m.data).endswith(b"Subject: a\r\n\r\n.dot\r\n") for m in stored), stored
+    code, err = daemon.stop()
+    assert code == 0 and "Traceback" not in err, err
+    assert len(stored_messages()) == 2

@@ -204,3 +204,33 @@ def test_allow_from_override_blocks_only_the_command_line(isolated_home: Path) -
         header_from=None,
     )
     assert account.from_ == "a@x"
+
+
+def test_an_unchanged_file_is_parsed_once_and_any_change_is_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon reads the msmtprc for every SMTP message: a settled file (modified over two
+    seconds ago) is kept by its identity and times; a rewrite, even of the same size and with
+    its old modification time put back, or another $HOME (`~` expands to it), is read anew."""
+    from relayd.accounts import files
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = write_rc(tmp_path, "account default\nhost a.example\nfrom me@a.example\nlogfile ~/l\n")
+    old = os.stat(path).st_mtime - 60
+    os.utime(path, (old, old))
+    first = files.load(str(path), check_secure=True)
+    assert files.load(str(path), check_secure=True) is first
+    path.write_text(path.read_text().replace("a.example", "b.example"))  # the same size
+    os.utime(path, (old, old))
+    second = files.load(str(path), check_secure=True)
+    assert not isinstance(second, files.Unopenable) and second is not first
+    assert [a.host for a in second.accounts] == ["b.example"]
+    monkeypatch.setenv("HOME", str(tmp_path / "elsewhere"))
+    third = files.load(str(path), check_secure=True)
+    assert not isinstance(third, files.Unopenable)
+    assert third.accounts[0].logfile == str(tmp_path / "elsewhere" / "l")
+    path.write_text("account default\nhost c.example\n")  # modified now: not kept
+    fresh = files.load(str(path), check_secure=True)
+    assert files.load(str(path), check_secure=True) is not fresh
+    path.unlink()
+    assert isinstance(files.load(str(path), check_secure=True), files.Unopenable)

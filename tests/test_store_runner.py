@@ -204,3 +204,32 @@ def test_extend_lease_keeps_only_the_owners_claims(store: SqlStore) -> None:
     assert store.extend_lease("mine", T0 + 500) == 1
     assert set(return_expired(store, T0 + 100)) == {b}
     assert got(store, a).state is State.SENDING and got(store, a).lease_until == T0 + 500
+
+
+def test_a_group_commit_keeps_each_message_with_its_own_body_and_recipients(
+    store: SqlStore,
+) -> None:
+    """`enqueue_many` inserts the batch with one statement a table: every body (one of them
+    over a chunk) and recipient list stays with its own message, in order."""
+    batch = [
+        message(
+            n,
+            recipients=tuple(f"r{n}-{k}@example.org" for k in range(n % 3 + 1)),
+            data=(b"Subject: %d\r\n\r\n" % n) + bytes([65 + n]) * (70_000 if n == 3 else n * 10),
+            overrides=(("port", str(n)),) if n % 2 else (),
+            user=f"user{n}",
+        )
+        for n in range(7)
+    ]
+    ids = store.enqueue_many(batch, T0)
+    assert len(set(ids)) == len(batch)
+    for queue_id, sent_message in zip(ids, batch, strict=True):
+        found = got(store, queue_id)
+        assert store.read_data(queue_id) == sent_message.data
+        assert [r.address for r in found.recipients] == list(sent_message.recipients)
+        assert found.overrides == sent_message.overrides
+        assert (found.account, found.sender, found.size) == (
+            "default",
+            sent_message.sender,
+            len(sent_message.data),
+        )

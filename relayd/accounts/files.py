@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 
 from relayd.accounts import msmtprc, values
 from relayd.errors import ConfigError
 from relayd.sysexits import ExitCode
+
+# Files parsed already, by path and $HOME (a parse expands `~`): (the file's identity and times
+# when read, its parse). The daemon reads the msmtprc for every message over SMTP and every
+# delivery; an unchanged file is not read again.
+_parsed: dict[tuple[str, str | None], tuple[tuple[int, ...], msmtprc.ConfFile]] = {}
+# Seconds: a file modified this recently is not kept (a second change within the same clock
+# tick of its modification time would go unseen: git's "racily clean" entries).
+_SETTLED = 2.0
 
 SYSTEM_FILE_ENV = "RELAYD_MSMTPRC_SYSTEM"
 _DEFAULT_SYSTEM_FILE = "/etc/msmtprc"
@@ -46,7 +55,18 @@ def strerror(err: OSError) -> str:
 
 
 def load(path: str, *, check_secure: bool) -> msmtprc.ConfFile | Unopenable:
-    """Read and parse one file; ConfigError on syntax, read or permission problems."""
+    """Read and parse one file; ConfigError on syntax, read or permission problems. A file
+    whose identity, size and times are those of its last parse is not read again."""
+    key = (path, os.environ.get("HOME"))
+    kept = _parsed.get(key)
+    if kept is not None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            pass  # gone or unreachable: opening it says why
+        else:
+            if _identity(st) == kept[0]:
+                return _checked(path, kept[1], st, check_secure)
     try:
         with open(path, "rb") as handle:
             st = os.fstat(handle.fileno())
@@ -56,6 +76,20 @@ def load(path: str, *, check_secure: bool) -> msmtprc.ConfFile | Unopenable:
     except OSError as err:
         return Unopenable(path, strerror(err))
     conf = msmtprc.parse(path, data)
+    if stat.S_ISREG(st.st_mode) and time.time() - st.st_mtime > _SETTLED:
+        _parsed[key] = (_identity(st), conf)
+    else:
+        _parsed.pop(key, None)
+    return _checked(path, conf, st, check_secure)
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
+
+
+def _checked(
+    path: str, conf: msmtprc.ConfFile, st: os.stat_result, check_secure: bool
+) -> msmtprc.ConfFile:
     if check_secure and conf.contains_secrets and os.geteuid() != 0:
         check_permissions(path, st)
     return conf

@@ -26,6 +26,7 @@ from relayd.store.migrate import check_readable, ensure_schema
 # Errors of the statements themselves (relayd's bugs, or a colliding queue id the caller
 # retries): raised as they are, never turned into "try again later".
 _BUGS = (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.DataError)
+_DRIVER_BUGS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.DataError)
 
 
 class Database:
@@ -114,6 +115,10 @@ class Database:
             raise
         except sa.exc.DBAPIError as exc:
             raise from_dbapi(exc, self._where, action, self._timeout) from None
+        except _DRIVER_BUGS:
+            raise
+        except sqlite3.Error as exc:  # from the driver's connection itself (a fast path)
+            raise failures.from_sqlite(exc, self._where, action, self._timeout) from None
 
     @contextmanager
     def driver_connection(self, action: str) -> Iterator[sqlite3.Connection]:

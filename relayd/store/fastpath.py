@@ -220,6 +220,12 @@ def insert(
     raise AssertionError("unreachable")
 
 
+def insert_many(conn: sqlite3.Connection, batch: list[NewMessage], now: float) -> list[str]:
+    """Insert `batch` on `conn` in the caller's transaction (the daemon's group commit, on a
+    SQLite queue); their queue ids, in order."""
+    return [insert(conn, message, now) for message in batch]
+
+
 BodyRow = tuple[int | None, int, bytes]  # (message_id, seq, chunk)
 
 

@@ -222,6 +222,15 @@ def insert_message(conn: sa.Connection, queue_id: str, message: NewMessage, now:
     )
 
 
+def insert_messages(
+    conn: sa.Connection, batch: Sequence[tuple[str, NewMessage]], now: float
+) -> None:
+    """Insert each (queue id, message) of `batch` as `insert_message` does, in the caller's
+    transaction (a group commit's)."""
+    for queue_id, message in batch:
+        insert_message(conn, queue_id, message, now)
+
+
 def join_messages(
     rows: Sequence[Sequence[Any]], recipient_rows: Iterable[Sequence[Any]]
 ) -> list[QueuedMessage]:

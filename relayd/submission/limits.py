@@ -1,16 +1,25 @@
 """The submit socket's shared parts: a per-uid rate limit, and the group commit that stores
 submissions arriving together in one transaction (one fsync) and answers each after it."""
 
+# Why the committer composes: the SMTP listener hands it functions that make the message
+# (header rules, account choice): run in the commit's thread, a batch costs one hop to a thread
+# instead of two per message.
+
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from relayd.errors import QueueError, RelaydError
 from relayd.store.records import NewMessage
 from relayd.store.sql import SqlStore
 from relayd.sysexits import ExitCode
+
+log = logging.getLogger("relayd.submit")
+
+Work = NewMessage | Callable[[], NewMessage]  # a message, or what composes it
 
 
 class RateLimit:
@@ -30,14 +39,17 @@ class RateLimit:
 
 class Committer:
     """Group commit: messages handed in while a commit runs are stored together in the next
-    one; each caller gets its queue id (or the error) only after its commit."""
+    one; each caller gets its queue id (or the error) only after its commit. Functions handed
+    in are called in the commit's thread to compose their message (their RelaydError is that
+    caller's answer). `on_commit` runs on the event loop after each commit that stored any."""
 
-    def __init__(self, store: SqlStore) -> None:
+    def __init__(self, store: SqlStore, on_commit: Callable[[], None] | None = None) -> None:
         self.store = store
-        self._pending: list[tuple[NewMessage, asyncio.Future[str]]] = []
+        self.on_commit = on_commit
+        self._pending: list[tuple[Work, asyncio.Future[str]]] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def add(self, message: NewMessage, now: float) -> str:
+    async def add(self, message: Work, now: float) -> str:
         """Store `message`; its queue id once committed. A cancelled caller does not stop it."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[str] = loop.create_future()
@@ -51,21 +63,46 @@ class Committer:
             batch, self._pending = self._pending, []
             await self._commit(batch)
 
-    async def _commit(self, batch: Sequence[tuple[NewMessage, asyncio.Future[str]]]) -> None:
+    async def _commit(self, batch: Sequence[tuple[Work, asyncio.Future[str]]]) -> None:
         try:
-            ids = await asyncio.to_thread(
-                self.store.enqueue_many, [message for message, _ in batch], time.time()
-            )
+            outcomes = await asyncio.to_thread(self._store, [work for work, _ in batch])
+        except Exception as exc:  # the thread itself failed: nothing was stored
+            outcomes = [_unexpected(exc)] * len(batch)
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, RelaydError):
+                _settle(future, error=outcome)
+            else:
+                _settle(future, result=outcome)
+        if self.on_commit is not None and not all(isinstance(o, RelaydError) for o in outcomes):
+            self.on_commit()
+
+    def _store(self, batch: Sequence[Work]) -> list[str | RelaydError]:
+        """(In a thread) compose what needs it, store the rest in one transaction."""
+        made = [_compose(work) for work in batch]
+        stored = iter(self._enqueue([m for m in made if isinstance(m, NewMessage)]))
+        return [next(stored) if isinstance(m, NewMessage) else m for m in made]
+
+    def _enqueue(self, batch: Sequence[NewMessage]) -> list[str | RelaydError]:
+        if not batch:
+            return []
+        try:
+            return list(self.store.enqueue_many(batch, time.time()))
         except Exception as exc:
             if len(batch) > 1:  # one bad message must not sink the others: one at a time
-                for one in batch:
-                    await self._commit([one])
-                return
-            error = exc if isinstance(exc, RelaydError) else _unexpected(exc)
-            _settle(batch[0][1], error=error)
-            return
-        for (_, future), queue_id in zip(batch, ids, strict=True):
-            _settle(future, result=queue_id)
+                return [outcome for message in batch for outcome in self._enqueue([message])]
+            return [exc if isinstance(exc, RelaydError) else _unexpected(exc)]
+
+
+def _compose(work: Work) -> NewMessage | RelaydError:
+    if isinstance(work, NewMessage):
+        return work
+    try:
+        return work()
+    except RelaydError as err:
+        return err
+    except Exception as exc:  # relayd's bug: this message only, logged with its traceback
+        log.exception("cannot compose a message")
+        return _unexpected(exc)
 
 
 def _unexpected(exc: Exception) -> RelaydError:

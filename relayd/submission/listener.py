@@ -9,6 +9,7 @@ import errno
 import logging
 import os
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from relayd import paths
@@ -22,14 +23,19 @@ from relayd.sysexits import ExitCode
 
 log = logging.getLogger("relayd.smtp")
 
+# Seconds between two wake-ups of the runner from the listener: under load every commit would
+# start a scan of the queue; mail committed in between is woken for at the end of the pause.
+WAKE_PACE = 0.1
+
 
 class SmtpListener:
     """Serves `[listen] address` (and systemd's `smtp` sockets) inside the daemon."""
 
     def __init__(self, context: Context) -> None:
         self.context = context
-        self.committer = Committer(context.store)
-        self.handler = Handler(context.settings, self.committer, context.wake)
+        self.paced = Paced(context.wake, WAKE_PACE)
+        self.committer = Committer(context.store, on_commit=self.paced)
+        self.handler = Handler(context.settings, self.committer)
         self.sessions = Sessions(lambda: self.settings.listen.max_sessions)
         self.servers: list[asyncio.Server] = []
         self.tls: ssl.SSLContext | None = None
@@ -75,6 +81,7 @@ class SmtpListener:
             ) from None
 
     async def stop(self) -> None:
+        self.paced.cancel()  # the runner is stopping too: the next start scans anyway
         if self.servers:
             with contextlib.suppress(OSError):
                 os.unlink(paths.listener_file())
@@ -85,6 +92,36 @@ class SmtpListener:
 
     def addresses(self) -> list[str]:
         return [_shown(sock.getsockname()) for server in self.servers for sock in server.sockets]
+
+
+class Paced:
+    """Calls `wake` at once, then at most once every `pause` seconds: calls in between are
+    answered by one call at the end of the pause (on the running event loop)."""
+
+    def __init__(self, wake: Callable[[], None], pause: float) -> None:
+        self.wake, self.pause = wake, pause
+        self._last = float("-inf")
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __call__(self) -> None:
+        if self._timer is not None:  # a call is due at the end of this pause already
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._last + self.pause - loop.time()
+        if wait > 0:
+            self._timer = loop.call_later(wait, self._fire)
+        else:
+            self._fire()
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._last = asyncio.get_running_loop().time()
+        self.wake()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext:

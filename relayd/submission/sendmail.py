@@ -161,15 +161,16 @@ def prepare(
     resolve.check(account, sendmail_mode=sendmail_mode and not inv.pretend)
     if selection.using_line is not None:
         emit(selection.using_line)
-    lines = pretend.account_lines(
-        account,
-        sendmail_mode=sendmail_mode,
-        read_envelope_from=inv.read_envelope_from,
-        read_recipients=inv.read_recipients,
-        rmqs=inv.rmqs,
-    )
-    for line in lines:
-        emit(line)
+    if emit.enabled:  # -d/-P: the account as msmtp prints it (not worth making unprinted)
+        lines = pretend.account_lines(
+            account,
+            sendmail_mode=sendmail_mode,
+            read_envelope_from=inv.read_envelope_from,
+            read_recipients=inv.read_recipients,
+            rmqs=inv.rmqs,
+        )
+        for line in lines:
+            emit(line)
     if account.aliases:
         recipients = message.expand_aliases(recipients, account.aliases)
     return account, recipients, scan

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from relayd.errors import ConfigError, DataError, QueueError, RelaydError
 from relayd.settings import Settings
 from relayd.store.records import NewMessage
-from relayd.submission import smtp_auth
+from relayd.submission import smtp_auth, smtpdata
 from relayd.submission.addresses import check_address
 from relayd.text import sanitize
 
@@ -37,6 +38,16 @@ _REWRITES = {
     "503 Error: need RCPT command": "503 5.5.1 Error: need RCPT command",
     "503 Error: nested MAIL command": "503 5.5.1 Error: nested MAIL command",
 }
+_DATA_REFUSALS = {
+    smtpdata.Outcome.TOO_LONG: "500 Line too long (see RFC5321 4.5.3.1.6)",
+    smtpdata.Outcome.TOO_MUCH: "552 Error: Too much mail data",
+}
+# `<local@domain> PARAMETERS` with a dot-atom local part and a plain domain: the address
+# aiosmtpd's parser (email's header parser, slow) would find, and the parameters after it.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_PATH = re.compile(
+    rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*([^( \t][^(]*)?"
+)
 
 
 def options(settings: Settings) -> dict[str, Any]:
@@ -50,11 +61,15 @@ def options(settings: Settings) -> dict[str, Any]:
     }
 
 
-class Ingest(Protocol):
-    """Where composed messages go: the daemon's group commit (or -bs's own store)."""
+Compose = Callable[[], NewMessage]
 
-    async def add(self, message: NewMessage, now: float) -> str:
-        """Store durably; the queue id."""
+
+class Ingest(Protocol):
+    """Where messages go: the daemon's group commit (or -bs's own store)."""
+
+    async def add(self, message: NewMessage | Compose, now: float) -> str:
+        """Compose (given a function: in the ingest's own thread, with the store) and store
+        durably, then wake the runner; the queue id."""
         ...
 
 
@@ -92,6 +107,48 @@ class RelaydSMTP(SMTP):
     async def push(self, status: Any) -> None:
         text = status.decode() if isinstance(status, bytes) else status
         await super().push(_REWRITES.get(text, text))
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's MAIL/RCPT address parsing, without its parser for plain addresses."""
+        plain = _PLAIN_PATH.fullmatch(arg)
+        if plain is None:
+            return super()._getaddr(arg)
+        address = plain.group(1)
+        if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return address, plain.group(2) or ""
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, reading the message in blocks (`smtpdata`) instead of by lines."""
+        if self._decode_data:  # never ours (decode_data=False): aiosmtpd's own then
+            await super().smtp_DATA(arg)
+            return
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            outcome, content = await smtpdata.read(
+                self._reader, self.data_size_limit, self.line_length_limit
+            )
+        except asyncio.CancelledError:
+            log.info("connection lost during DATA")
+            self._writer.close()
+            raise
+        if outcome is not smtpdata.Outcome.NOMINAL:
+            await self.push(_DATA_REFUSALS[outcome])
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
 
     async def auth_PLAIN(self, _: SMTP, args: list[str]) -> AuthResult:
         return await self._verify(await super().auth_PLAIN(_, args))
@@ -141,10 +198,8 @@ class Sessions:
 class Handler:
     """aiosmtpd's hooks: account and limits at MAIL and RCPT, the durable store at DATA."""
 
-    def __init__(
-        self, settings: Callable[[], Settings], ingest: Ingest, wake: Callable[[], None]
-    ) -> None:
-        self.settings, self.ingest, self.wake = settings, ingest, wake
+    def __init__(self, settings: Callable[[], Settings], ingest: Ingest) -> None:
+        self.settings, self.ingest = settings, ingest
 
     async def handle_EHLO(
         self,
@@ -204,11 +259,11 @@ class Handler:
         self, session: Session, sender: str, recipients: list[str], data: bytes, settings: Settings
     ) -> str:
         """Compose the message and store it through the ingest; the reply to DATA."""
+        require = settings.listen.require_account
         try:
-            new = await asyncio.to_thread(
-                compose, sender, recipients, data, settings.listen.require_account
+            queue_id = await self.ingest.add(
+                lambda: compose(sender, recipients, data, require), time.time()
             )
-            queue_id = await self.ingest.add(new, time.time())
         except QueueError as err:
             log.warning("SMTP from %s: not stored: %s", _peer(session), err.message)
             return "451 4.3.0 Queue not writable, try again later"
@@ -216,7 +271,6 @@ class Handler:
             return f"550 5.7.1 {one_line(err.message)}"
         except RelaydError as err:
             return f"554 5.6.0 {one_line(err.message)}"
-        self.wake()
         log.info("queued %s from %s over SMTP", queue_id, _peer(session))
         return f"250 2.0.0 Ok: queued as {queue_id}"
 

@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from aiosmtpd.smtp import Session
@@ -17,7 +18,15 @@ from relayd.settings import Settings
 from relayd.store import fastpath, location
 from relayd.store.records import NewMessage
 from relayd.submission import client, protocol, route
-from relayd.submission.smtpd import TOO_BIG, Handler, RelaydSMTP, Sessions, one_line, options
+from relayd.submission.smtpd import (
+    TOO_BIG,
+    Compose,
+    Handler,
+    RelaydSMTP,
+    Sessions,
+    one_line,
+    options,
+)
 from relayd.sysexits import ExitCode
 
 _BLOCK = 64 * 1024
@@ -35,8 +44,9 @@ def serve(prog: str) -> int:
         way.sock.close()  # the daemon takes one message a connection: one each, at DATA
         handler = HostHandler(lambda: loaded, paths.submit_socket())
     else:
-        queue = QueueIngest(location.database_url(), fastpath.lock_timeout())
-        handler = Handler(lambda: loaded, queue, _nothing if way.note else _wake)
+        wake = _nothing if way.note else _wake
+        queue = QueueIngest(location.database_url(), fastpath.lock_timeout(), wake)
+        handler = Handler(lambda: loaded, queue)
     aiosmtpd_log = logging.getLogger("mail.log")  # aiosmtpd's own: never on stdout or stderr
     aiosmtpd_log.propagate = False
     aiosmtpd_log.addHandler(logging.NullHandler())
@@ -53,21 +63,24 @@ class QueueIngest:
     """The queue this process writes itself: each message in its own commit, as
     relayd-sendmail stores one (the daemon's group commit is not here to share)."""
 
-    def __init__(self, database: str, timeout: float) -> None:
-        self.database, self.timeout, self.stored = database, timeout, False
+    def __init__(self, database: str, timeout: float, wake: Callable[[], None]) -> None:
+        self.database, self.timeout, self.wake, self.stored = database, timeout, wake, False
 
-    async def add(self, message: NewMessage, now: float) -> str:
-        queue_id = await asyncio.to_thread(
-            fastpath.submit, self.database, message, now, timeout=self.timeout
-        )
+    async def add(self, message: NewMessage | Compose, now: float) -> str:
+        queue_id = await asyncio.to_thread(self._store, message, now)
         self.stored = True
+        self.wake()
         return queue_id
+
+    def _store(self, message: NewMessage | Compose, now: float) -> str:
+        new = message if isinstance(message, NewMessage) else message()
+        return fastpath.submit(self.database, new, now, timeout=self.timeout)
 
 
 class _Unused:
     """HostHandler's ingest: its messages are composed and stored by the host daemon."""
 
-    async def add(self, message: NewMessage, now: float) -> str:
+    async def add(self, message: NewMessage | Compose, now: float) -> str:
         raise AssertionError("the host daemon stores what goes through its submit socket")
 
 
@@ -76,7 +89,7 @@ class HostHandler(Handler):
     as `relayd-sendmail -f SENDER -- RECIPIENT...` would send it."""
 
     def __init__(self, settings: Any, path: str) -> None:
-        super().__init__(settings, _Unused(), _nothing)
+        super().__init__(settings, _Unused())
         self.path = path
 
     async def store(

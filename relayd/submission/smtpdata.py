@@ -1,0 +1,115 @@
+"""Reading SMTP DATA in blocks: find "CRLF . CRLF", undo dot-stuffing, keep aiosmtpd's limits.
+
+aiosmtpd reads DATA one line at a time (an await, a log call and list work per line: most of
+the listener's time at load). This reads what the stream has in large blocks instead, with the
+same results: the message as aiosmtpd's `original_content` would be (dot-stuffing undone, CRLF
+line ends as sent), a message over the size limit or with a line over aiosmtpd's line limit
+refused once its end has been read, and its bytes dropped as they come (memory stays bounded).
+
+The end of data is the first "CRLF . CRLF" of the stream, counting the CRLF that ended the DATA
+command (so a lone "." line right away is an empty message). `StreamReader.readuntil` finds it
+inside the reader's buffer and leaves what follows (pipelined commands) unread; only at the
+start, where the DATA command's CRLF was consumed already, a few bytes at a time are read until
+no prefix of the end marker is pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+
+END = b"\r\n.\r\n"
+_LINE_END = b"\r\n"
+_STUFFED = b"\r\n."
+
+
+class Outcome(enum.Enum):
+    """How DATA ended (aiosmtpd's `_DataState`)."""
+
+    NOMINAL = "nominal"
+    TOO_LONG = "a line is too long"
+    TOO_MUCH = "too much mail data"
+
+
+def _pending(tail: bytes) -> int:
+    """The length of the longest end of `tail` that begins END (0 when none)."""
+    for size in range(min(len(tail), len(END) - 1), 0, -1):
+        if END.startswith(tail[-size:]):
+            return size
+    return 0
+
+
+class _Message:
+    """The message as its raw blocks arrive: unstuffed content, raw size, line lengths."""
+
+    def __init__(self, limit: int | None, line_limit: int) -> None:
+        self.limit, self.line_limit = limit, line_limit
+        self.content = bytearray()
+        self.outcome = Outcome.NOMINAL
+        self.size = 0  # raw bytes read, the end marker's ".\r\n" included once found
+        self.before = _LINE_END  # the last two raw bytes (at first the DATA command's CRLF)
+        self.line = 0  # raw bytes of the line still open (a trailing CR included)
+
+    def add(self, block: bytes) -> None:
+        self.size += len(block)
+        if self.outcome is Outcome.NOMINAL:
+            self._check_lines(block)
+        if self.outcome is Outcome.NOMINAL and self.limit and self.size - 3 > self.limit:
+            self.outcome = Outcome.TOO_MUCH  # more than the limit even if the end is next
+        joined = self.before + block
+        if self.outcome is not Outcome.NOMINAL:
+            self.content = bytearray()  # refused: keep nothing of it
+        elif _STUFFED in joined:
+            # A dot after CRLF (one of them possibly in the last block) is stuffing: drop it.
+            self.content += joined.replace(_STUFFED, _LINE_END)[2:]
+        else:
+            self.content += block
+        self.before = joined[-2:]
+
+    def _check_lines(self, block: bytes) -> None:
+        """aiosmtpd's line limit: a line of more than `line_limit` bytes with its CRLF."""
+        carried = b"\r" if self.before.endswith(b"\r") else b""
+        parts = (carried + block).split(_LINE_END)
+        first = self.line - len(carried) + len(parts[0])
+        if len(parts) == 1:
+            longest, self.line = 0, first
+        else:
+            longest = max(first, max(map(len, parts[1:-1]), default=0))
+            self.line = len(parts[-1])
+        if longest + 2 > self.line_limit or self.line > self.line_limit:
+            self.outcome = Outcome.TOO_LONG
+
+    def finish(self) -> tuple[Outcome, bytes]:
+        """The outcome and the message, once the end marker was added (as "\r\n" after
+        unstuffing: its dot is a stuffed one)."""
+        if self.outcome is not Outcome.NOMINAL:
+            return self.outcome, b""
+        del self.content[-2:]
+        content, self.content = bytes(self.content), bytearray()
+        return self.outcome, content
+
+
+async def read(
+    reader: asyncio.StreamReader, limit: int | None, line_limit: int
+) -> tuple[Outcome, bytes]:
+    """Read DATA's message from `reader` up to and including the end marker; the outcome
+    and (when NOMINAL) the message. `limit`: aiosmtpd's data_size_limit (None or 0: none);
+    `line_limit`: its line_length_limit. IncompleteReadError when the stream ends first."""
+    message = _Message(limit, line_limit)
+    tail = _LINE_END
+    while pending := _pending(tail):  # a prefix of END may be waiting for its rest
+        more = await reader.readexactly(len(END) - pending)
+        message.add(more)
+        if tail[-pending:] + more == END:
+            return message.finish()
+        tail = (tail + more)[-4:]
+    while True:
+        try:
+            block = await reader.readuntil(END)
+        except asyncio.LimitOverrunError as exc:
+            # Not within the reader's limit: take what surely holds no end (the end, when
+            # found further on, is then at the start of the buffer).
+            message.add(await reader.readexactly(exc.consumed))
+            continue
+        message.add(block)
+        return message.finish()

@@ -1,0 +1,122 @@
+"""The group commit (relayd.submission.limits.Committer) on a real SQLite queue: messages handed
+in together share one commit, functions compose in its thread, one caller's failure is its own,
+and the commit's callback (the runner's wake-up) runs once per commit that stored anything."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+
+from relayd.errors import ConfigError, QueueError
+from relayd.store.records import NewMessage
+from relayd.store.sql import SqlStore
+from relayd.submission.limits import Committer
+from tests.store_helpers import list_messages, message
+
+
+def test_a_batch_composes_in_the_commit_thread_and_wakes_once(tmp_path: Path) -> None:
+    store = SqlStore.open(f"sqlite:///{tmp_path / 'queue.db'}")
+    woken: list[int] = []
+    threads: set[str] = set()
+
+    def make(number: int) -> NewMessage:
+        threads.add(threading.current_thread().name)
+        if number == 2:
+            raise ConfigError("no account for sender x@example.org")
+        if number == 3:
+            raise KeyError("relayd's bug")
+        return message(number)
+
+    async def main() -> list[str | BaseException]:
+        committer = Committer(store, on_commit=lambda: woken.append(1))
+        calls = [committer.add(lambda n=n: make(n), 0.0) for n in range(5)]  # type: ignore[misc]
+        calls.append(committer.add(message(5), 0.0))
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    try:
+        results = asyncio.run(main())
+        assert isinstance(results[2], ConfigError)
+        assert isinstance(results[3], QueueError)  # a bug composing: this message only, 451
+        stored = [m.queue_id for m in list_messages(store)]
+        assert sorted(stored) == sorted(str(results[n]) for n in (0, 1, 4, 5))
+        assert threading.main_thread().name not in threads
+        assert len(woken) <= 2  # the first message alone, then the rest together
+    finally:
+        store.close()
+
+
+def test_a_locked_queue_answers_every_caller_and_wakes_nobody(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    store = SqlStore.open(f"sqlite:///{path}", timeout=0.2)
+    woken: list[int] = []
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # another writer holds the queue past the timeout
+
+    async def main() -> list[str | BaseException]:
+        committer = Committer(store, on_commit=lambda: woken.append(1))
+        calls = [committer.add(lambda n=n: message(n), 0.0) for n in range(3)]  # type: ignore[misc]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    try:
+        assert all(isinstance(r, QueueError) for r in results), results
+        assert woken == [] and list_messages(store) == []
+    finally:
+        store.close()
+
+
+def test_the_listener_wakes_the_runner_at_once_then_at_most_once_a_pause() -> None:
+    """A first commit wakes the runner at once; commits during the pause get one wake-up at
+    its end (never none: their mail must not wait for the periodic scan)."""
+    from relayd.submission.listener import Paced
+
+    other: list[float] = []
+
+    async def main() -> list[float]:
+        loop = asyncio.get_running_loop()
+        woken: list[float] = []
+        paced = Paced(lambda: woken.append(loop.time()), 0.2)
+        start = loop.time()
+        for _ in range(50):
+            paced()
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(0.35)
+        paced()  # long after: at once again
+        cancelled = Paced(lambda: other.append(loop.time()), 0.2)
+        cancelled()
+        cancelled()
+        cancelled.cancel()
+        await asyncio.sleep(0.25)
+        return [t - start for t in woken]
+
+    woken = asyncio.run(main())
+    assert len(woken) == 3, woken  # at once, at the end of the pause, later at once again
+    assert woken[0] < 0.05 and 0.19 < woken[1] < 0.35 and woken[2] > 0.45
+    assert len(other) == 1  # its second call was cancelled with it
+
+
+def test_a_driver_error_in_the_middle_of_a_batch_stores_none_of_it(tmp_path: Path) -> None:
+    """On SQLite the batch goes in through the driver's connection: an error there (here the
+    recipients table is gone) is a QueueError naming the queue, and the batch rolls back."""
+    path = tmp_path / "queue.db"
+    store = SqlStore.open(f"sqlite:///{path}")
+    try:
+        with sqlite3.connect(path) as breaker:
+            breaker.execute("ALTER TABLE recipients RENAME TO recipients_gone")
+        try:
+            store.enqueue_many([message(n) for n in range(3)], 0.0)
+        except QueueError as err:
+            assert str(path) in err.message and "store the message" in err.message, err.message
+        else:
+            raise AssertionError("stored without a recipients table")
+        with sqlite3.connect(path) as reader:
+            assert reader.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+            assert reader.execute("SELECT count(*) FROM bodies").fetchone() == (0,)
+    finally:
+        store.close()

@@ -13,10 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.sendmail_helpers import (
-    SENDMAIL,
     queue_db,
     run_sendmail,
-    sendmail_env,
     stored_messages,
     write_msmtprc,
 )
@@ -30,25 +28,8 @@ needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="needs 
 
 def traced(args: list[str], log: Path) -> subprocess.CompletedProcess[bytes]:
     """relayd-sendmail under `strace -f` (fsyncs, the WAL's opens and closes, the exit)."""
-    env = sendmail_env()
-    return subprocess.run(
-        [
-            "strace",
-            "-f",
-            "-o",
-            str(log),
-            "-e",
-            "trace=fsync,fdatasync,openat,close,unlink,exit_group",
-            SENDMAIL,
-            *args,
-        ],
-        input=MESSAGE,
-        capture_output=True,
-        env=env,
-        cwd=env["HOME"],
-        timeout=60,
-        check=False,
-    )
+    trace = "trace=fsync,fdatasync,openat,close,unlink,exit_group"
+    return run_sendmail(args, MESSAGE, prefix=["strace", "-f", "-o", str(log), "-e", trace])
 
 
 def syncs(log: Path) -> list[str]:

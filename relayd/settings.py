@@ -1,24 +1,23 @@
 """relayd.toml: find it, parse it, check every key, and return frozen Settings (SPEC §2).
 
-Stdlib only: the sendmail path imports this module when a relayd.toml exists (see
-`store.location.database_url`), and tomllib only then.
+Stdlib only. The daemon, the CLI and `relayd config check` use it; the sendmail hot path reads
+only the keys it needs through `relayd.settings_hot` and never imports this module.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from relayd import paths
+from relayd import paths, settings_values
 from relayd.errors import ConfigError
 from relayd.paths import SYSTEM_SETTINGS_FILE, settings_file
+from relayd.settings_hot import database_override, read, toml_error
 from relayd.settings_values import (
     Invalid,
     addresses,
     count,
-    database_url,
     duration,
     duration_or_off,
     flag,
@@ -28,7 +27,6 @@ from relayd.settings_values import (
     text,
     users,
 )
-from relayd.sysexits import ExitCode
 
 TYPE_CHECKING = False  # typing costs milliseconds on the sendmail path; mypy still sees this
 if TYPE_CHECKING:
@@ -204,24 +202,6 @@ def load(environ: Mapping[str, str] | None = None, *, uid: int | None = None) ->
     return settings
 
 
-def read(path: str) -> str:
-    """The text of the relayd.toml at `path`; ConfigError (EX_IOERR) saying why if unreadable."""
-    try:
-        with open(path, "rb") as handle:
-            return handle.read().decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ConfigError(f"{path}: cannot read: {reason}", ExitCode.IOERR) from None
-
-
-def database_override(url: str) -> str:
-    """The value of $RELAYD_DATABASE_URL if it can name a queue, else ConfigError naming it."""
-    try:
-        return database_url(url)
-    except Invalid as exc:
-        raise ConfigError(f"RELAYD_DATABASE_URL: {exc}") from None
-
-
 def parse(text: str | None, filename: str | None, *, default_database: str) -> Settings:
     """Settings from relayd.toml `text` (None: defaults only); errors name `filename` and key."""
     name = filename or "relayd.toml"
@@ -258,7 +238,7 @@ def _parse(text: str | None, name: str, default_database: str, report: Report) -
     for key, value in document.items():
         if key == "database":
             try:
-                values["database"] = database_url(value)
+                values["database"] = settings_values.database_url(value)
                 explicit.add(key)
             except Invalid as exc:
                 report(Mistake(key, f"{key}: {exc}"))
@@ -336,8 +316,5 @@ def _check_listen(listen: Listen, report: Report) -> None:
 
 def _toml_mistake(message: str) -> Mistake:
     """tomllib's "… (at line 3, column 5)" as msmtp-style "line 3: …"."""
-    found = re.fullmatch(r"(.*) \(at line (\d+), column \d+\)", message)
-    if found is None:
-        return Mistake(None, message)
-    text = found.group(1)
-    return Mistake(None, f"{text[:1].lower()}{text[1:]}", int(found.group(2)))
+    text, line = toml_error(message)
+    return Mistake(None, text, line)

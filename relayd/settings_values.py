@@ -1,7 +1,8 @@
 """relayd.toml's value checks: durations, sizes, counts, flags, addresses, AUTH users.
 
-Stdlib only (the sendmail path may load relayd.toml): each validator returns the value or
-raises Invalid with the text the loader puts after the file and key.
+Stdlib only, and no regular expression compiled at import (the sendmail path checks `database`
+and `[submit] max_size` with these): each validator returns the value or raises Invalid with the
+text the loader puts after the file and key.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from relayd import paths
 from relayd.errors import ConfigError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION = re.compile(r"(?:\d+[smhdw])+")
+_DURATION = r"(?:\d+[smhdw])+"  # compiled on first use (re caches it), not at import
 
 
 class Invalid(Exception):
@@ -31,7 +32,7 @@ def duration(value: object) -> int:
         raise Invalid(f'expected a duration such as "90s", "5m", "1h", "5d", not {value!r}')
     if isinstance(value, int):
         seconds = value
-    elif _DURATION.fullmatch(value.strip()):
+    elif re.fullmatch(_DURATION, value.strip()):
         seconds = sum(int(n) * _UNITS[u] for n, u in re.findall(r"(\d+)([smhdw])", value))
     else:
         raise Invalid(f'invalid duration {value!r} (use e.g. "90s", "5m", "1h", "5d")')
@@ -69,11 +70,13 @@ def size(value: object) -> int:
     if isinstance(value, int):
         number = value
     else:
-        found = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", value)
-        unit = found.group(2).upper() if found else None
-        if found is None or unit not in _SIZE_UNITS:
+        # NUMBER [UNIT], spaces around either (no regular expression: the sendmail path)
+        given = value.strip()
+        digits = next((i for i, c in enumerate(given) if not c.isdecimal()), len(given))
+        unit = given[digits:].lstrip()
+        if not digits or not unit.isascii() or unit.upper() not in _SIZE_UNITS:
             raise Invalid(f'invalid size {value!r} (use e.g. "100KiB", "128MiB")')
-        number = int(found.group(1)) * _SIZE_UNITS[unit]
+        number = int(given[:digits]) * _SIZE_UNITS[unit.upper()]
     if number <= 0:
         raise Invalid(f"size {value!r} must be positive")
     return number
@@ -128,7 +131,7 @@ def address(value: object) -> str:
 
 
 KEYRING = "keyring"  # a `[listen] users` value: the password is in python keyring
-SCRYPT = re.compile(r"scrypt\$n=(\d+),r=(\d+),p=(\d+)\$([A-Za-z0-9+/]+=*)\$([A-Za-z0-9+/]+=*)")
+SCRYPT = r"scrypt\$n=(\d+),r=(\d+),p=(\d+)\$([A-Za-z0-9+/]+=*)\$([A-Za-z0-9+/]+=*)"
 _HOW = 'use the output of `relayd config hash-password`, or "keyring"'
 
 
@@ -154,7 +157,7 @@ def scrypt_parts(stored: str) -> tuple[int, int, int, bytes, bytes] | None:
     import base64
     import binascii
 
-    found = SCRYPT.fullmatch(stored)
+    found = re.fullmatch(SCRYPT, stored)
     if found is None:
         return None
     n, r, p = (int(found.group(i)) for i in (1, 2, 3))

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import pytest
+
+from relayd.submission import protocol
+from tests.host_helpers import NOBODY, Host, as_uid, host, needs_root
+from tests.sendmail_helpers import run_sendmail, sendmail_env, stored_messages, write_msmtprc
+
+__all__ = ["host"]  # a fixture
 
 HEAVY = (
     "sqlalchemy",
@@ -35,6 +46,7 @@ HOT_PATH = (
     "relayd.store.fastpath",
     "relayd.store.location",
     "relayd.settings",
+    "relayd.settings_hot",
     "relayd.paths",
 )
 
@@ -54,3 +66,100 @@ def test_hot_path_imports_nothing_heavy(module: str) -> None:
 def test_sendmail_avoids_slow_standard_modules() -> None:
     modules = loaded_after("import relayd.submission.sendmail, relayd.submission.submit")
     assert sorted(m for m in modules if m in SLOW_STDLIB) == []
+
+
+# What a whole submission may load, whichever way it goes: no full settings loader (dataclasses,
+# tomllib), nothing heavy, none of the slow standard modules.
+NEVER_ON_SUBMISSION = frozenset({"relayd.settings", "tomllib", "dataclasses", "inspect"})
+SUBMIT_AND_LIST = (
+    "import json, sys\n"
+    "from relayd.submission.sendmail import main\n"
+    "code = main(['relayd-sendmail', 'you@example.org'])\n"
+    "sys.stdout.write('\\n' + json.dumps([code, sorted(sys.modules)]) + '\\n')\n"
+)
+MESSAGE = b"From: me@example.org\nTo: you@example.org\nSubject: hi\n\nhello\n"
+
+
+def submission_modules(env: Mapping[str, str], prefix: Sequence[str] = ()) -> set[str]:
+    """The modules loaded by a whole `relayd-sendmail you@example.org` run (exit 0 checked)."""
+    done = subprocess.run(
+        [*prefix, sys.executable, "-c", SUBMIT_AND_LIST],
+        input=MESSAGE,
+        capture_output=True,
+        env=dict(env),
+        cwd=env["HOME"],
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    code, modules = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert code == 0, done.stderr
+    return set(modules)
+
+
+def over_budget(modules: set[str], allowed: frozenset[str] = frozenset()) -> list[str]:
+    return sorted(
+        m
+        for m in modules - allowed
+        if m.split(".")[0] in HEAVY or m in SLOW_STDLIB or m in NEVER_ON_SUBMISSION
+    )
+
+
+@pytest.mark.parametrize("toml", [None, "plain", "tomllib"])
+def test_a_submission_stays_in_budget_with_or_without_relayd_toml(
+    toml: str | None, tmp_path: Path
+) -> None:
+    write_msmtprc()
+    env = sendmail_env()
+    if toml is not None:
+        config = tmp_path / "relayd.toml"
+        # "tomllib": an array the light reader hands to tomllib (which may load then, no more).
+        extra = '[listen]\naddress = ["127.0.0.1:2525"]\n' if toml == "tomllib" else ""
+        config.write_text(
+            f'database = "{env["RELAYD_DATABASE_URL"]}"\n[retry]\nfirst = "1m"\n'
+            f'[submit]\nmax_size = "1MiB"\n{extra}'
+        )
+        env["RELAYD_CONFIG"] = str(config)
+        del env["RELAYD_DATABASE_URL"]
+    assert run_sendmail(["you@example.org"], MESSAGE, env=env).returncode == 0  # makes the queue
+    modules = submission_modules(env)
+    # tomllib (and the typing it imports) only for a file the light reader cannot read itself
+    assert over_budget(modules, frozenset({"tomllib", "typing"} if toml == "tomllib" else ())) == []
+    assert ("tomllib" in modules) is (toml == "tomllib")
+    assert len(stored_messages()) == 2
+
+
+@needs_root
+def test_a_submission_through_the_host_socket_stays_in_budget(host: Host) -> None:
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(host.socket))
+    os.chmod(host.socket, 0o666)
+    server.listen(1)
+    server.settimeout(30)
+    got: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(30)
+            while True:
+                header = conn.recv(protocol.HEADER_SIZE, socket.MSG_WAITALL)
+                kind, length = protocol.parse_header(header)
+                got.append(kind)
+                if length:
+                    conn.recv(length, socket.MSG_WAITALL)
+                if kind == protocol.END:
+                    break
+            reply = {"code": 0, "line": "queued as X", "warnings": []}
+            conn.sendall(protocol.json_frame(protocol.REPLY, reply))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        modules = submission_modules(host.user_env(NOBODY), as_uid(NOBODY))
+    finally:
+        thread.join(30)
+        server.close()
+    assert got[0] == protocol.HELLO and got[-1] == protocol.END  # it went through the socket
+    assert over_budget(modules) == []
+    assert "sqlite3" not in modules and "_sqlite3" not in modules

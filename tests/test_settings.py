@@ -150,9 +150,14 @@ def test_database_url_for_the_sendmail_path(tmp_path: Path) -> None:
     assert location.database_url(env, USER) == "sqlite:////srv/q.sqlite3"  # the variable wins
     del env["RELAYD_DATABASE_URL"]
     assert location.database_url(env, USER) == "sqlite:////etc-chosen/q.sqlite3"
-    write_config("[retry]\nfrist = 1\n")
-    with pytest.raises(ConfigError):  # a broken file is reported even here
-        location.database_url(env, USER)
+    # The hot path checks only the keys it reads (the daemon and `config check` the rest) ...
+    write_config('database = "sqlite:////etc-chosen/q.sqlite3"\n[retry]\nfrist = 1\n')
+    assert location.database_url(env, USER) == "sqlite:////etc-chosen/q.sqlite3"
+    # ... but a broken `database`, or a file that is not TOML, is reported even here.
+    for text in ('database = "q.sqlite3"\n', "[retry]\nfirst = \n"):
+        write_config(text)
+        with pytest.raises(ConfigError):
+            location.database_url(env, USER)
     with pytest.raises(ConfigError) as caught:
         location.database_url(
             {

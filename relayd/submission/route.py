@@ -6,7 +6,7 @@ from __future__ import annotations
 import _socket
 import os
 
-from relayd import paths
+from relayd import paths, settings_hot
 from relayd.daemon.instance import daemon_listening
 
 TYPE_CHECKING = False  # the sendmail hot path
@@ -48,11 +48,7 @@ def _named_queue(env: Mapping[str, str]) -> bool:
     """Whether `RELAYD_DATABASE_URL` or relayd.toml's `database` names the queue."""
     if env.get("RELAYD_DATABASE_URL"):
         return True
-    if paths.settings_file(env)[0] is None:
-        return False
-    from relayd import settings
-
-    return "database" in settings.load(env).explicit
+    return settings_hot.load(env).database is not None
 
 
 def _answers(path: str, owner: int | None = None) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _socket
+import gc
 import os
 import sys
 import time
@@ -32,25 +33,52 @@ class Output:
             sys.stdout.buffer.write(line.encode("utf-8", "surrogateescape") + b"\n")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `relayd-sendmail` console script; returns the sysexits code."""
+def main(argv: Sequence[str] | None = None, *, fast_exit: bool = False) -> int:
+    """Entry point of `relayd-sendmail` (see `entry.run`); returns the sysexits code.
+
+    `fast_exit`: the process is relayd-sendmail's own, so a plain submission (or a refusal
+    before anything ran) ends it here with os._exit once stdout and stderr are flushed: no
+    interpreter teardown, and the queue's connection is left to the kernel (`fastpath.keep_open`).
+    """
     args = list(sys.argv if argv is None else argv)
     prog = os.path.basename(args[0]) if args else "relayd-sendmail"
+    inv = None
     try:
         inv = parse(args[1:])
         if prog == "mailq":
             inv.mode = Mode.LIST_QUEUE
-        code = run(inv, prog)
+        code = run(inv, prog, fast_exit=fast_exit)
     except RelaydError as err:
         sys.stdout.flush()
         sys.stderr.buffer.write(f"{prog}: {err.message}\n".encode("utf-8", "surrogateescape"))
         code = int(err.exit_code)
     sys.stdout.flush()
+    if fast_exit and (inv is None or _submits_only(inv)):
+        _exit_now(code)
     return code
 
 
-def run(inv: Invocation, prog: str) -> int:
-    """Carry out a parsed invocation."""
+def _submits_only(inv: Invocation) -> bool:
+    """Whether the invocation stores (or hands over) a message and does nothing after it: no
+    delivery in this process, no SMTP session, no threads or files left to finish."""
+    return inv.mode is Mode.SEND and inv.delivery is not Delivery.INTERACTIVE
+
+
+def _exit_now(code: int) -> None:
+    """End the process with `code` at once if stdout and stderr flush; else return (the normal
+    exit then reports the failure as Python does)."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return
+    os._exit(code)
+
+
+def run(inv: Invocation, prog: str, *, fast_exit: bool = False) -> int:
+    """Carry out a parsed invocation (`fast_exit`: see `main`)."""
+    if not _submits_only(inv):
+        gc.enable()  # entry.run turned it off for a short submission; this may run long
     out = Output()
     if inv.mode is Mode.VERSION:
         for line in version_lines(prog):
@@ -107,6 +135,10 @@ def run(inv: Invocation, prog: str) -> int:
         return interactive.rmqs(account, inv.rmqs or "", prog=prog, debug=debug)
     from relayd.submission import submit
 
+    if fast_exit and _submits_only(inv):
+        from relayd.store import fastpath
+
+        fastpath.keep_open()
     now = time.time()
     new = submit.build(inv, account, data, scan, recipients, now, rest)
     del data

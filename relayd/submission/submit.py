@@ -6,7 +6,7 @@ import os
 import pwd  # a builtin C module: nothing to load on the hot path
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from relayd import paths
+from relayd import paths, settings_hot
 from relayd.accounts.account import Account
 from relayd.errors import ConfigError, DataError, RelaydError, UsageError
 from relayd.store import BODY_CHUNK, fastpath, location
@@ -99,12 +99,9 @@ def user_name(uid: int) -> str | None:
 
 
 def max_size() -> int:
-    """`[submit] max_size` (relayd.toml is read only when there is one: the hot path)."""
-    if paths.settings_file()[0] is None:
-        return paths.DEFAULT_MAX_SIZE
-    from relayd import settings
-
-    return settings.load().submit.max_size
+    """`[submit] max_size` (through `settings_hot`: the hot path reads relayd.toml once)."""
+    limit = settings_hot.load().max_size
+    return paths.DEFAULT_MAX_SIZE if limit is None else limit
 
 
 def too_big(limit: int) -> DataError:

@@ -4,6 +4,11 @@ One implementation for SQLite and PostgreSQL; the contract of each method is on 
 Claims are atomic through SQLite's BEGIN IMMEDIATE and PostgreSQL's FOR UPDATE SKIP LOCKED; the
 runner's hot statements (`hot.py`) run on the driver's cursor. Leases go back with
 `release_leases` (`leases.py`).
+
+Why this module is long: it is the one class that implements every method of the store
+interface (claims, results, listing, reports, retention, body streaming); its helpers already
+live in hot.py, leases.py, listing.py, reports.py and retain.py, and what is left is each
+method's transaction and error mapping, which belong beside each other.
 """
 
 from __future__ import annotations

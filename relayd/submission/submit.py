@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from relayd import paths, settings_hot
 from relayd.accounts.account import Account
 from relayd.errors import ConfigError, DataError, RelaydError, UsageError
-from relayd.store import BODY_CHUNK, fastpath, location
+from relayd.store import BODY_CHUNK, location
 from relayd.store.records import NewMessage
 from relayd.submission import message
 from relayd.submission.addresses import has_undecodable, shown
@@ -181,6 +181,10 @@ def _check_storable(inv: Invocation, account: Account) -> None:
 
 def store(inv: Invocation, new: NewMessage, now: float) -> str:
     """Store the message durably and wake the daemon (-odb, the default); return the queue id."""
+    # Here, not at the top: the host socket's client reads stdin with this module's read_stdin
+    # and must not load sqlite3.
+    from relayd.store import fastpath
+
     queue_id = fastpath.submit(location.database_url(), new, now, timeout=fastpath.lock_timeout())
     if inv.delivery is Delivery.BACKGROUND:  # -odi delivers it itself, -odq leaves it
         fastpath.wake(paths.wake_socket())

@@ -363,6 +363,15 @@ def make_home(work: Path, port: int | None) -> dict[str, str]:
 # --- timing ----------------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of `pid` so far (/proc/PID/stat), None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_for_exit(proc: subprocess.Popen[bytes], timeout: float) -> bool:
     """Reap `proc` as soon as it exits; False if it is still running after `timeout` seconds."""
     try:

@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import pyspy
 from common import (
     CACHE,
     POSTFIX_DIR,
@@ -57,6 +58,7 @@ from common import (
     accepting,
     clean_environment,
     conditions,
+    cpu_seconds,
     ensure_smtp_sink,
     ensure_venv,
     free_port,
@@ -156,6 +158,8 @@ class Drain:
     attempts: int | None = None
     sink_messages: int | None = None
     ready_rss_kb: int | None = None
+    ready_cpu_s: float | None = None  # the daemon's user + system CPU seconds at READY=1
+    done_cpu_s: float | None = None  # and once every message was sent
     milestone_rss_kb: dict[int, int] = field(default_factory=dict)
     sampled_peak_rss_kb: int | None = None
     hwm_kb: int | None = None
@@ -180,10 +184,20 @@ class Drain:
             return None
         return (self.messages - (self.attempts_at_ready or 0)) / (self.done_s - self.ready_s)
 
+    @property
+    def cpu_per_10k(self) -> float | None:
+        """The daemon's CPU seconds (user + system, every thread) per 10,000 messages sent
+        after READY=1: robust where wall-clock rates are not (a machine shared with others)."""
+        if self.rate_after_ready is None or self.ready_cpu_s is None or self.done_cpu_s is None:
+            return None
+        drained = self.messages - (self.attempts_at_ready or 0)
+        return (self.done_cpu_s - self.ready_cpu_s) / drained * 10_000
+
     def summary(self) -> dict[str, Any]:
         result = asdict(self)
         result["rate"] = rounded(self.rate)
         result["rate_after_ready"] = rounded(self.rate_after_ready)
+        result["cpu_per_10k"] = rounded(self.cpu_per_10k, 3)
         result["milestone_rss_kb"] = {str(k): v for k, v in self.milestone_rss_kb.items()}
         return result
 
@@ -344,8 +358,11 @@ def spawn_daemon(
     )
 
 
-def run_daemon(relayd: Path, env: dict[str, str], work: Path, result: Drain) -> None:
-    """Start `relayd daemon` on the queue of `env`, watch it send everything, SIGTERM it."""
+def run_daemon(
+    relayd: Path, env: dict[str, str], work: Path, result: Drain, profile: Path | None = None
+) -> None:
+    """Start `relayd daemon` on the queue of `env`, watch it send everything, SIGTERM it
+    (with `profile`, py-spy's samples of the daemon go there)."""
     notify_path = work / "notify"
     reader = QueueReader(queue_file(env))
     with (
@@ -355,7 +372,8 @@ def run_daemon(relayd: Path, env: dict[str, str], work: Path, result: Drain) -> 
         start = time.perf_counter()
         proc = spawn_daemon(relayd, env, notify_path, daemon_log)
         try:
-            watch(proc, sock, reader, start, result)
+            with pyspy.recording(proc.pid, profile) if profile else contextlib.nullcontext():
+                watch(proc, sock, reader, start, result)
             result.hwm_kb = proc_status_kb(proc.pid, "VmHWM")
         finally:
             result.exit_code = stop_daemon(proc)
@@ -399,6 +417,7 @@ def watch(
         now = time.perf_counter()
         if result.ready_s is None and "READY=1" in notified(sock):
             result.ready_s, result.attempts_at_ready, result.ready_rss_kb = now - start, done, rss
+            result.ready_cpu_s = cpu_seconds(proc.pid)
         if rss is not None:
             record_sample(result, now - start, done, rss, marks)
         if now >= next_count or done >= count:
@@ -412,7 +431,7 @@ def watch(
         if settled > settled_before:
             settled_before, progress_at = settled, now
         if sent >= count:
-            result.done_s = now - start
+            result.done_s, result.done_cpu_s = now - start, cpu_seconds(proc.pid)
             return
         stuck = why_stuck(result, count, settled, now, start, progress_at, deadline)
         if stuck is not None:
@@ -470,7 +489,9 @@ def stop_daemon(proc: subprocess.Popen[bytes]) -> int | None:
 # --- the phases ------------------------------------------------------------------------------
 
 
-def drain_phase(python: Path, sink: Path, work: Path, count: int, what: str) -> Drain:
+def drain_phase(
+    python: Path, sink: Path, work: Path, count: int, what: str, profile: Path | None = None
+) -> Drain:
     """Fill a fresh queue with `count` messages and time the daemon draining it to a sink."""
     work.mkdir()
     result = Drain(messages=count)
@@ -484,7 +505,7 @@ def drain_phase(python: Path, sink: Path, work: Path, count: int, what: str) -> 
             result.failure = str(exc)
             return result
         log(f"{what}: relayd daemon draining {count} messages ...")
-        run_daemon(VENV / "bin" / "relayd", env, work, result)
+        run_daemon(VENV / "bin" / "relayd", env, work, result, profile)
     result.sink_messages = sink_messages(counts)
     return result
 
@@ -851,6 +872,8 @@ def print_drain(title: str, drain: Drain) -> None:
         f"  attempts recorded: {drain.attempts} for {drain.messages} messages;"
         f" smtp-sink received {drain.sink_messages}; states {drain.states}"
     )
+    if drain.cpu_per_10k is not None:
+        print(f"  daemon CPU (user + system) after READY=1: {drain.cpu_per_10k:.2f} s per 10,000")
     marks = ", ".join(
         f"after {mark:,} attempts {mb(kb)}" for mark, kb in drain.milestone_rss_kb.items()
     )
@@ -958,7 +981,9 @@ def print_targets(found: Sequence[dict[str, Any]], notes: Sequence[str]) -> None
         print(f"  note: {note}")
 
 
-def report(results: dict[str, Any], facts: dict[str, str], command: str) -> dict[str, Any]:
+def report(
+    results: dict[str, Any], facts: dict[str, str], command: str, profile: Path | None = None
+) -> dict[str, Any]:
     """Print every figure and the targets; return everything as a JSON-ready dict."""
     print(f"command: {command}")
     print_facts(facts)
@@ -984,6 +1009,9 @@ def report(results: dict[str, Any], facts: dict[str, str], command: str) -> dict
     big = results.get("big")
     if big is not None:
         print_big(big)
+    if profile is not None and profile.exists():
+        print("\npy-spy profile of the daemon in the throughput run:")
+        print("\n".join(pyspy.summary(profile)))
     print()
     found = targets(results)
     print_targets(found, notes)
@@ -1098,6 +1126,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--json", metavar="FILE", type=Path, help="also write the results here")
     parser.add_argument(
+        "--profile", metavar="FILE", type=Path, help="py-spy the throughput daemon into FILE"
+    )
+    parser.add_argument(
         "--rebuild", action="store_true", help="rebuild the non-editable venv even if current"
     )
     return parser.parse_args(argv)
@@ -1107,7 +1138,7 @@ def run_phases(args: argparse.Namespace, python: Path, sink: Path, work: Path) -
     """Every phase in turn; their results by name (the daemon's as Drain)."""
     results: dict[str, Any] = {}
     results["throughput_drain"] = drain_phase(
-        python, sink, work / "throughput", args.messages, "throughput"
+        python, sink, work / "throughput", args.messages, "throughput", args.profile
     )
     msmtp = shutil.which("msmtp")
     if msmtp is None:
@@ -1147,7 +1178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         before = conditions(work)
         results = run_phases(args, python, sink, work)
         facts["conditions"] = f"before: {before}; after: {conditions(work)}"
-        out = report(results, facts, command)
+        out = report(results, facts, command, args.profile)
         if args.json is not None:
             args.json.write_text(json.dumps(out, indent=2) + "\n")
             log(f"results written to {args.json}")

@@ -50,6 +50,7 @@ from common import (
     Skip,
     accepting,
     conditions,
+    cpu_seconds,
     ensure_smtp_sink,
     ensure_venv,
     free_port,
@@ -151,15 +152,6 @@ def queue_rows(path: Path) -> tuple[int, dict[str, int], int]:
     finally:
         conn.close()
     return sum(states.values()), {str(k): int(v) for k, v in states.items()}, int(attempts)
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of `pid` so far (/proc/PID/stat), None once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class RssSampler(threading.Thread):

@@ -121,3 +121,32 @@ def test_sending_another_message_than_the_announced_one_is_refused() -> None:
 
         run(scenario())
         assert asyncio.iscoroutinefunction(Session.send)
+
+
+def test_an_announced_envelope_is_made_once_and_keeps_its_own_recipients() -> None:
+    """The envelope written ahead (DSN parameters, several recipients) is the one the message
+    goes out with: each MAIL and RCPT line on the wire once, each message with its own."""
+    debug: list[str] = []
+    features = Features(pipelining=True, dsn=True)
+    with UpstreamServer(features=features) as server:
+        acc = account(server, dsn_notify="FAILURE", dsn_return="HDRS")
+        batch = [
+            message(*(f"r{n}-{k}@example.net" for k in range(n + 1)), sender=f"s{n}@example.org")
+            for n in range(4)
+        ]
+
+        async def scenario() -> list[Disposition]:
+            async with Session(acc, timeout=5, debug=debug.append) as session:
+                return await chain(session, batch)
+
+        assert run(scenario()) == [SENT] * 4
+        assert [(t.mail_from, t.rcpt_tos) for t in server.transactions] == [
+            (m.sender, tuple(m.recipients)) for m in batch
+        ]
+        assert all(
+            t.rcpt_params == ("NOTIFY=FAILURE",) * len(t.rcpt_tos) for t in server.transactions
+        )
+    mails = [line for line in debug if line.startswith("--> MAIL FROM:")]
+    assert mails == [f"--> MAIL FROM:<{m.sender}> RET=HDRS" for m in batch]
+    rcpts = [line for line in debug if line.startswith("--> RCPT TO:")]
+    assert rcpts == [f"--> RCPT TO:<{r}> NOTIFY=FAILURE" for m in batch for r in m.recipients]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from relayd.store import BODY_CHUNK
 from relayd.store.queued import (
     Attempt,
     AttemptRecord,
@@ -233,3 +234,25 @@ def test_a_group_commit_keeps_each_message_with_its_own_body_and_recipients(
             sent_message.sender,
             len(sent_message.data),
         )
+
+
+def test_bodies_read_in_one_go_come_whole_each_with_its_own_message(store: SqlStore) -> None:
+    """The runner reads a claim's small bodies with one statement: each body comes back whole
+    (chunks joined in order, however many), under its own queue id, whatever order the ids
+    are asked in; an id that is not in the queue (deleted since the claim) is left out."""
+    sizes = [10, 3 * BODY_CHUNK + 17, 0, BODY_CHUNK, 2 * BODY_CHUNK - 1]
+    batch = [
+        message(n, data=(b"Subject: %d\r\n\r\n" % n) + bytes([65 + n]) * size)
+        for n, size in enumerate(sizes)
+    ]
+    ids = store.enqueue_many(batch, T0)
+    store.delete([ids[2]])
+    asked = [ids[4], ids[0], "NOSUCHID0000", ids[2], ids[1], ids[3]]
+    found = store.read_data_many(asked)
+    expected = {
+        queue_id: new.data
+        for n, (queue_id, new) in enumerate(zip(ids, batch, strict=True))
+        if n != 2
+    }
+    assert found == expected
+    assert all(type(data) is bytes for data in found.values())

@@ -143,6 +143,8 @@ async def deliver_claimed(
     sent: list[tuple[Delivered | None, asyncio.Future[bool]]] = []
     unsent: list[QueuedMessage] = []
     committed = False
+    # Stored as text: a --host with bytes that are not UTF-8 is shown, not refused.
+    host = readable(account.host or account.socket or "")
     try:
         async with Session(
             account, password=password, timeout=settings.delivery.timeout, debug=debug
@@ -181,8 +183,7 @@ async def deliver_claimed(
                 attempt = Attempt(
                     started_at=started,
                     duration=now - started,
-                    # Stored as text: a --host with bytes that are not UTF-8 is shown, not refused.
-                    host=readable(account.host or account.socket or ""),
+                    host=host,
                     tls=account.tls,
                     auth=account.auth is not None,
                     exit_code=int(result.exit_code),
@@ -220,7 +221,7 @@ async def deliver_claimed(
             wire.close(keep=not committed)
     for (entry, _), ok in zip(sent, changed, strict=True):
         if entry is not None:
-            drained.delivered.append(replace(entry, changed=ok))
+            drained.delivered.append(entry if ok else replace(entry, changed=False))
     return drained
 
 

@@ -76,6 +76,7 @@ class Session:
         # The next message whose MAIL, RCPT and DATA went out with the previous message's data
         # (RFC 2920 §3.1): its replies follow that message's final reply.
         self._ahead: OutgoingMessage | None = None
+        self._ahead_envelope: list[str] = []  # its MAIL and RCPT lines as they went out
 
     @property
     def alive(self) -> bool:
@@ -125,11 +126,15 @@ class Session:
             return for_all(self.failure, message.recipients)
         assert self._wire is not None  # open without a failure
         sent_ahead, self._ahead = self._ahead is message, None
-        transaction = Transaction(self._wire, self.account, self.facts.capabilities, message)
+        envelope = self._ahead_envelope if sent_ahead else []
+        transaction = Transaction(
+            self._wire, self.account, self.facts.capabilities, message, envelope
+        )
         progress = transaction.progress
         self._busy = True  # stays set if cancelled in the middle
         try:
             self._ahead = await transaction.run(sent_ahead=sent_ahead, following=following)
+            self._ahead_envelope = transaction.announced
         except Abort as abort:
             progress.fail_rest(abort.failure)
             await self._end(abort.failure, quit=False)

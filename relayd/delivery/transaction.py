@@ -96,13 +96,22 @@ class Transaction:
     """
 
     def __init__(
-        self, wire: Wire, account: Account, capabilities: Capabilities, message: OutgoingMessage
+        self,
+        wire: Wire,
+        account: Account,
+        capabilities: Capabilities,
+        message: OutgoingMessage,
+        envelope: Sequence[str] = (),
     ) -> None:
         self.wire = wire
         self.account = account
         self.capabilities = capabilities
         self.message = message
         self.progress = Progress(tuple(message.recipients))
+        # MAIL and RCPT lines already made and checked for `message` (when it was announced
+        # with the previous message's data); `announced`: those of the message announced now.
+        self._envelope_lines = envelope
+        self.announced: list[str] = []
 
     async def run(
         self, *, sent_ahead: bool, following: OutgoingMessage | None
@@ -111,7 +120,10 @@ class Transaction:
         message's data. Returns `following` if its envelope went out with this message's data
         (its replies then follow this message's final reply)."""
         wire, message, progress = self.wire, self.message, self.progress
-        lines, early = self._envelope(message)
+        if self._envelope_lines:
+            lines, early = list(self._envelope_lines), None
+        else:
+            lines, early = self._envelope(message)
         rcpts = lines[1:]
         if early is not None:
             progress.fail_rest(early)
@@ -155,6 +167,7 @@ class Transaction:
             return None
         ahead = self._announce(following) if pipelined else []
         await wire.send_data(message.body.chunks() if message.body else message.data, then=ahead)
+        self.announced = ahead[:-1]  # without its DATA
         progress.dot_sent = True
         await self._finish(accepted)
         return following if ahead else None

@@ -126,6 +126,15 @@ class Wire:
         return bool(self._buffer) or bool(getattr(self.reader, "_buffer", b""))
 
     async def read_reply(self) -> Reply:
+        buffer = self._buffer
+        end = buffer.find(b"\n")
+        if end > 3 and buffer[3] == 0x20 and not self.debug:
+            # The usual case, read already: one whole one-line reply ("250 2.0.0 Ok").
+            code = bytes(buffer[:3])
+            if code.isdigit():
+                only = bytes(buffer[4:end]).removesuffix(b"\r")
+                del buffer[: end + 1]
+                return Reply(int(code), (only.decode("utf-8", "surrogateescape"),))
         lines: list[bytes] = []
         while len(lines) <= MAX_REPLY_LINES:
             raw = await self._line()

@@ -162,7 +162,15 @@ def check_accounts(conffile: str | None, report: Report) -> None:
     unread = any(p.line is None and p.file not in report.msmtprc for p in report.problems)
     if not used and not unread and not os.environ.get("SMTPSERVER"):
         where = " and ".join(report.msmtprc)
-        text = f" in {where}" if where else ": no configuration file available"
+        if where:
+            text = f" in {where}"
+        else:
+            # (a -C file that is missing is a problem of its own: `unread`)
+            dot, xdg = files.user_candidates()
+            text = (
+                ": no configuration file available (looked for"
+                f" {dot} or {xdg}, and {files.system_file()})"
+            )
         report.problems.append(Problem(None, None, f"no account defined{text}"))
 
 

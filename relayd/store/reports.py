@@ -162,6 +162,27 @@ def account_metrics(store: ReportStore) -> AccountMetrics:
     return AccountMetrics(counted, oldest, last)
 
 
+def queue_ids_from(
+    store: ReportStore, prefix: str, states: Sequence[State] = (), limit: int = 100
+) -> list[str]:
+    """Up to `limit` queue ids that start with `prefix` (in `states`, when given), in order:
+    what a shell completes at a TAB."""
+    query = sa.select(messages.c.queue_id).order_by(messages.c.queue_id).limit(limit)
+    if prefix:
+        query = query.where(messages.c.queue_id.startswith(prefix, autoescape=True))
+    if states:
+        query = query.where(messages.c.state.in_([state.value for state in states]))
+    with store.reading() as conn:
+        return [queue_id for (queue_id,) in conn.execute(query)]
+
+
+def account_names(store: ReportStore) -> list[str]:
+    """The accounts that have mail in the queue, by name."""
+    query = sa.select(messages.c.account).distinct().order_by(messages.c.account)
+    with store.reading() as conn:
+        return [account for (account,) in conn.execute(query)]
+
+
 def log_entries(
     store: ReportStore,
     *,

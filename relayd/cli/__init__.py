@@ -16,6 +16,9 @@ app = typer.Typer(
     help="relayd: a local mail relay with a durable queue.",
     no_args_is_help=True,
     add_completion=True,
+    # click's plain help: paragraphs refilled to the terminal's width, and no `<bool>` type
+    # column for flags (rich's panels kept the docstrings' line breaks and showed one)
+    rich_markup_mode=None,
 )
 
 

@@ -74,13 +74,18 @@ def flush_command(
         typer.Option(
             "--wait",
             "-w",
-            help="Block until the pass ends; exit 0 if all went, 75 if some wait for a retry, "
-            "else the failed or held attempt's code.",
+            help="Block until the pass ends and print its outcome; exit 0 if all went, 75 if "
+            "some wait for a retry, else the failed or held attempt's code.",
         ),
     ] = False,
     timeout: Annotated[
         float | None,
-        typer.Option("--timeout", min=0.0, help="With --wait: give up after this many seconds."),
+        typer.Option(
+            "--timeout",
+            min=0.0,
+            metavar="SECONDS",
+            help="With --wait: give up after this many seconds.",
+        ),
     ] = None,
 ) -> None:
     """Make queued messages due now; wake the daemon, or deliver in-process when none runs."""

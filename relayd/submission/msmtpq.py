@@ -58,10 +58,16 @@ class Outcome:
     code: int = ExitCode.OK
 
 
+def _order(queue_id: str) -> tuple[str, int, str]:
+    """Arrival order: by the time in the id, then msmtpq's `-N` (`-2` before `-10`)."""
+    time_part, rest = queue_id[:19], queue_id[19:]
+    return time_part, len(rest), rest
+
+
 def _entries(directory: str) -> tuple[list[str], list[str]]:
     """(ids with both files, in msmtpq's order; file names that have no partner)."""
     names = set(os.listdir(directory))
-    mails = sorted(name[: -len(".mail")] for name in names if name.endswith(".mail"))
+    mails = sorted((name[: -len(".mail")] for name in names if name.endswith(".mail")), key=_order)
     pairs = [queue_id for queue_id in mails if f"{queue_id}.msmtp" in names]
     alone = [f"{queue_id}.mail" for queue_id in mails if f"{queue_id}.msmtp" not in names]
     alone += sorted(

@@ -10,10 +10,12 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from relayd.cli import app
+from relayd.store.sql import SqlStore
 from relayd.submission import msmtpq
 from relayd.sysexits import ExitCode
 from tests.msmtpq_helpers import entries, msmtpq_script, queue_with_msmtpq
 from tests.sendmail_helpers import queue_db, stored_messages
+from tests.store_helpers import PG_URL, list_messages, postgres_schema
 
 MAIL = b"Subject: hello\nTo: you@example.com\n\nbody\n"
 
@@ -205,3 +207,17 @@ def test_message_over_max_size_is_left(queue: Path) -> None:
     assert "skipped: message too big" in result.stderr
     assert len(entries(queue)) == 2
     assert stored_messages() == []
+
+
+@pytest.mark.skipif(not PG_URL, reason="RELAYD_TEST_DATABASE_URL is not set")
+def test_import_into_a_postgresql_queue(queue: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    queue_with_msmtpq(queue, ["-F", "Alice Smith", "you@example.com"], MAIL)
+    backdate(queue, only_id(queue), "2024-01-02-03.04.05")
+    with postgres_schema() as url:
+        monkeypatch.setenv("RELAYD_DATABASE_URL", url)
+        result = run_import(str(queue))
+        assert result.exit_code == 0, result.output
+        with SqlStore.open(url) as store:
+            (stored,) = list_messages(store)
+    assert stored.created_at == time.mktime((2024, 1, 2, 3, 4, 5, 0, 0, -1))
+    assert entries(queue) == []

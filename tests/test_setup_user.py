@@ -154,7 +154,7 @@ def test_a_file_relayd_did_not_make_is_refused(bin_dir: Path, fake: Path, kind: 
 
     assert result.exit_code == ExitCode.CANTCREAT
     assert len(result.stderr.splitlines()) == 1
-    assert f"{sendmail} is a" in result.stderr and "relayd did not make" in result.stderr
+    assert f"{sendmail} is a" in result.stderr and "not relayd's: not replaced" in result.stderr
     assert home_files() == before
     assert calls(fake) == []
 

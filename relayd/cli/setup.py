@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -223,17 +224,21 @@ def _run_tools(steps: Steps, root: Path) -> bool:
     return ok
 
 
-def _refuse_foreign(links: list[Link]) -> None:
+def refuse_foreign(links: list[Link], advice: Callable[[Link], str]) -> bool:
+    """Say in one line each link path that holds a file relayd did not make, with `advice`;
+    True when there is none."""
     foreign = [link for link in links if link.state == "foreign"]
     for link in foreign:
         what = f"a link to {os.readlink(link.path)}" if link.path.is_symlink() else "a file"
         typer.echo(
-            f"relayd: {link.path} is {what}, not relayd's: not replaced; --force replaces it"
-            f" and keeps it as {link.path}{BACKUP_SUFFIX}",
+            f"relayd: {link.path} is {what}, not relayd's: not replaced; {advice(link)}",
             err=True,
         )
-    if foreign:
-        raise typer.Exit(ExitCode.CANTCREAT)
+    return not foreign
+
+
+def _force_advice(link: Link) -> str:
+    return f"--force replaces it and keeps it as {link.path}{BACKUP_SUFFIX}"
 
 
 def setup_command(
@@ -290,8 +295,8 @@ def setup_command(
             ExitCode.NOPERM,
         )
     links = plan_links(root, sendmail)
-    if not force:
-        _refuse_foreign(links)
+    if not force and not refuse_foreign(links, _force_advice):
+        raise typer.Exit(ExitCode.CANTCREAT)
     files = plan_files(root, bin_dir)
     steps = Steps(dry_run)
     _do_links(steps, links)

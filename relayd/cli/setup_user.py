@@ -28,6 +28,7 @@ from relayd.cli.setup import (
     Link,
     Steps,
     free_name,
+    refuse_foreign,
     replace_with_link,
     unit_text,
     write_file,
@@ -110,16 +111,8 @@ def _check_config() -> bool:
     return True
 
 
-def _refuse_foreign(links: list[Link]) -> bool:
-    foreign = [link for link in links if link.state == "foreign"]
-    for link in foreign:
-        what = f"a link to {os.readlink(link.path)}" if link.path.is_symlink() else "a file"
-        typer.echo(
-            f"relayd: {link.path} is {what} that relayd did not make: not replaced (move it"
-            " away and run `relayd setup` again); nothing was changed",
-            err=True,
-        )
-    return not foreign
+def _move_away(_link: Link) -> str:
+    return "move it away and run `relayd setup` again; nothing was changed"
 
 
 def _do_links(steps: Steps, links: list[Link]) -> None:
@@ -297,7 +290,7 @@ def setup(*, dry_run: bool, notify: bool) -> int:
     if not _check_config():
         return ExitCode.CONFIG
     links = plan_links(bin_dir)
-    if not _refuse_foreign(links):
+    if not refuse_foreign(links, _move_away):
         return ExitCode.CANTCREAT
     unit = plan_unit(bin_dir)
     steps = Steps(dry_run)

@@ -221,3 +221,24 @@ def test_import_into_a_postgresql_queue(queue: Path, monkeypatch: pytest.MonkeyP
             (stored,) = list_messages(store)
     assert stored.created_at == time.mktime((2024, 1, 2, 3, 4, 5, 0, 0, -1))
     assert entries(queue) == []
+
+
+def test_an_entry_queued_but_not_removed_is_said_and_74(
+    queue: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue_with_msmtpq(queue, ["you@example.com"], MAIL)
+    unlink = os.unlink
+
+    def refuse_msmtp_files(path: str | os.PathLike[str], *args: object, **kwargs: object) -> None:
+        if str(path).endswith(".msmtp"):  # as on a file system that turned read-only
+            raise PermissionError(13, "Permission denied", str(path))
+        unlink(path)
+
+    monkeypatch.setattr(os, "unlink", refuse_msmtp_files)
+    result = run_import(str(queue))
+
+    assert result.exit_code == ExitCode.IOERR
+    (line,) = [line for line in result.stderr.splitlines() if "queued as" in line]
+    assert "Permission denied; remove the entry by hand" in line
+    assert len(stored_messages()) == 1
+    assert [name for name in entries(queue) if name.endswith(".msmtp")] == entries(queue)

@@ -231,7 +231,11 @@ def import_queue(given: str | None, *, dry_run: bool, say: Say, complain: Say) -
     timeout = fastpath.lock_timeout()
     outcome = Outcome()
     with nullcontext() if dry_run else _Lock(directory, timeout):  # a dry run changes nothing
-        pairs, alone = _entries(directory)
+        try:
+            pairs, alone = _entries(directory)
+        except OSError as exc:
+            complain(f"cannot read msmtpq's queue {directory}: {exc.strerror}")
+            return ExitCode.NOINPUT
         for name in alone:
             complain(f"{os.path.join(directory, name)}: skipped: its partner file is missing")
             outcome.skipped += 1

@@ -14,10 +14,13 @@ from relayd.store.sql import SqlStore
 from relayd.submission import msmtpq
 from relayd.sysexits import ExitCode
 from tests.msmtpq_helpers import entries, msmtpq_script, queue_with_msmtpq
-from tests.sendmail_helpers import queue_db, stored_messages
+from tests.sendmail_helpers import queue_db, stored_messages, write_msmtprc
 from tests.store_helpers import PG_URL, list_messages, postgres_schema
+from tests.upstream import UpstreamServer
 
 MAIL = b"Subject: hello\nTo: you@example.com\n\nbody\n"
+OLD_ID = "2024-01-02-03.04.05"  # an entry msmtpq made then (local time)
+OLD_ARRIVAL = time.mktime((2024, 1, 2, 3, 4, 5, 0, 0, -1))
 
 
 @pytest.fixture
@@ -46,12 +49,10 @@ def test_msmtpq_queue_is_imported_with_arrival_times_and_split_names_joined(
     queue: Path,
 ) -> None:
     queue_with_msmtpq(queue, ["-oi", "-F", "Alice Smith", "you@example.com"], b"Subject: a\n\nx\n")
-    backdate(queue, only_id(queue), "2024-01-02-03.04.05")
+    backdate(queue, only_id(queue), OLD_ID)
     queue_with_msmtpq(queue, ["-t", "-oi"], b"To: Bob <bob@example.com>\nBcc: hid@example.com\n\n")
-    backdate(queue, Path(entries(queue)[-1]).stem, "2024-01-02-03.04.05-1")
-    assert (
-        queue / "2024-01-02-03.04.05.msmtp"
-    ).read_text() == "-oi -F Alice Smith you@example.com\n"
+    backdate(queue, Path(entries(queue)[-1]).stem, f"{OLD_ID}-1")
+    assert (queue / f"{OLD_ID}.msmtp").read_text() == "-oi -F Alice Smith you@example.com\n"
 
     result = run_import(str(queue))
 
@@ -62,8 +63,7 @@ def test_msmtpq_queue_is_imported_with_arrival_times_and_split_names_joined(
     assert entries(queue) == []
     assert not (queue / ".lock").exists()
     first, second = stored_messages()
-    arrival = time.mktime((2024, 1, 2, 3, 4, 5, 0, 0, -1))
-    assert first.created_at == second.created_at == arrival
+    assert first.created_at == second.created_at == OLD_ARRIVAL
     assert first.recipients == [("you@example.com", "pending")]
     assert b"From: Alice Smith <me@example.org>\r\n" in first.data
     assert first.sender == "me@example.org"
@@ -212,14 +212,14 @@ def test_message_over_max_size_is_left(queue: Path) -> None:
 @pytest.mark.skipif(not PG_URL, reason="RELAYD_TEST_DATABASE_URL is not set")
 def test_import_into_a_postgresql_queue(queue: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     queue_with_msmtpq(queue, ["-F", "Alice Smith", "you@example.com"], MAIL)
-    backdate(queue, only_id(queue), "2024-01-02-03.04.05")
+    backdate(queue, only_id(queue), OLD_ID)
     with postgres_schema() as url:
         monkeypatch.setenv("RELAYD_DATABASE_URL", url)
         result = run_import(str(queue))
         assert result.exit_code == 0, result.output
         with SqlStore.open(url) as store:
             (stored,) = list_messages(store)
-    assert stored.created_at == time.mktime((2024, 1, 2, 3, 4, 5, 0, 0, -1))
+    assert stored.created_at == OLD_ARRIVAL
     assert entries(queue) == []
 
 
@@ -242,3 +242,20 @@ def test_an_entry_queued_but_not_removed_is_said_and_74(
     assert "Permission denied; remove the entry by hand" in line
     assert len(stored_messages()) == 1
     assert [name for name in entries(queue) if name.endswith(".msmtp")] == entries(queue)
+
+
+def test_imported_mail_is_delivered_with_its_name_and_date(queue: Path) -> None:
+    """Offline: msmtpq keeps the mail. Back online: import, flush, and the server gets it."""
+    queue_with_msmtpq(queue, ["-oi", "-F", "Alice Smith", "you@example.com"], MAIL)
+    backdate(queue, only_id(queue), OLD_ID)
+    assert run_import(str(queue)).exit_code == 0
+    with UpstreamServer(timeout=20) as server:
+        write_msmtprc(f"account default\nhost 127.0.0.1\nport {server.port}\nfrom me@example.org\n")
+        flushed = CliRunner().invoke(app, ["queue", "flush", "--wait", "--timeout", "20"])
+        assert flushed.exit_code == 0, flushed.output
+        (sent,) = server.transactions
+    assert (sent.mail_from, sent.rcpt_tos) == ("me@example.org", ("you@example.com",))
+    assert b"From: Alice Smith <me@example.org>\r\n" in sent.data
+    date = time.strftime("%a, %d %b %Y %H:%M:%S", time.localtime(OLD_ARRIVAL))
+    assert f"Date: {date}".encode() in sent.data
+    assert [message.state for message in stored_messages()] == ["sent"]

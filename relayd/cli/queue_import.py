@@ -21,7 +21,7 @@ def import_msmtpq_command(
     directory: Annotated[
         str | None,
         typer.Argument(
-            metavar="[DIR]",
+            metavar="DIR",
             help="msmtpq's queue (default: $MSMTPQ_Q, else $Q, else ~/.msmtp.queue).",
         ),
     ] = None,

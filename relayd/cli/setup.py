@@ -267,7 +267,7 @@ def setup_command(
         bool,
         typer.Option(
             "--notify/--no-notify",
-            help="User setup: set [notify] command to a desktop notification (notify-send).",
+            help="User setup: a desktop notification (notify-send) for held and failed mail.",
         ),
     ] = True,
 ) -> None:

@@ -292,3 +292,19 @@ def test_mailq_console_script_lists_the_queue() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "Mail queue is empty"
+
+
+def test_a_running_daemon_reloads_new_notify_settings(bin_dir: Path, fake: Path) -> None:
+    assert run("--no-notify").exit_code == 0
+    made_calls = len(calls(fake))
+    result = run()
+    assert result.exit_code == 0, result.output
+    assert calls(fake)[made_calls:] == [*QUERIES, "--user reload relayd.service"]
+
+
+def test_notify_header_on_the_last_line(bin_dir: Path, fake: Path) -> None:
+    toml = Path(os.environ["XDG_CONFIG_HOME"]) / "relayd" / "relayd.toml"
+    toml.parent.mkdir(parents=True)
+    toml.write_text("[notify]")
+    assert run().exit_code == 0
+    assert tomllib.loads(toml.read_text()) == {"notify": {"command": setup_user.NOTIFY_COMMAND}}

@@ -175,8 +175,9 @@ def _by_hand(why: str) -> None:
     )
 
 
-def _do_service(steps: Steps, unit_changed: bool) -> bool:
-    """Enable and start the user service; False if systemctl failed."""
+def _do_service(steps: Steps, unit_changed: bool, settings_changed: bool) -> bool:
+    """Enable and start the user service (a running one reloads changed settings); False if
+    systemctl failed."""
     program = shutil.which("systemctl")
     if program is None:
         _by_hand("no systemctl")
@@ -195,6 +196,8 @@ def _do_service(steps: Steps, unit_changed: bool) -> bool:
         return systemctl.change(steps, "enable", "--now", UNIT)
     if unit_changed:
         return systemctl.change(steps, "try-restart", UNIT)
+    if settings_changed:  # SIGHUP: the daemon rereads relayd.toml
+        return systemctl.change(steps, "reload", UNIT)
     typer.echo(f"unchanged {UNIT}: enabled and running")
     return True
 
@@ -240,20 +243,21 @@ def _with_notify(text: str) -> str | None:
     header = _NOTIFY_HEADER.search(text)
     if header is None:
         return None
-    at = header.end() + 1
-    return f"{text[:at]}{line}{text[at:]}"
+    at = header.end()
+    return f"{text[:at]}\n{line}{text[at + 1 :]}"
 
 
-def _do_notify(steps: Steps) -> None:
+def _do_notify(steps: Steps) -> bool:
+    """Set `[notify] command` in relayd.toml unless one is set; whether it changed."""
     if shutil.which("notify-send") is None:
         typer.echo("desktop notifications skipped: no notify-send (Debian: libnotify-bin)")
-        return
+        return False
     target = _notify_target()
     if target is None:
         typer.echo(
             f"desktop notifications: add to [notify] in relayd.toml: command = '{NOTIFY_COMMAND}'"
         )
-        return
+        return False
     try:
         text = target.read_text(encoding="utf-8") if target.exists() else ""
         changed = _with_notify(text)
@@ -261,15 +265,16 @@ def _do_notify(steps: Steps) -> None:
         typer.echo(
             f"relayd: {target}: not changed ({exc}); `relayd config check` says more", err=True
         )
-        return
+        return False
     if changed is None:
         typer.echo(f"unchanged [notify] command in {target}")
-        return
+        return False
     if steps.say(
         f"set [notify] command in {target} (a desktop notification for held and failed mail)"
     ):
         mode = target.stat().st_mode & 0o777 if target.exists() else 0o600
         write_file(File(target, changed, "update"), None, mode)
+    return True
 
 
 def setup(*, dry_run: bool, notify: bool) -> int:
@@ -295,9 +300,8 @@ def setup(*, dry_run: bool, notify: bool) -> int:
     unit = plan_unit(bin_dir)
     steps = Steps(dry_run)
     _do_links(steps, links)
+    settings_changed = notify and _do_notify(steps)  # before the daemon starts: it reads it
     unit_changed = _do_unit(steps, unit)
-    service_ok = _do_service(steps, unit_changed)
-    if notify:
-        _do_notify(steps)
+    service_ok = _do_service(steps, unit_changed, settings_changed)
     _offer_hook()
     return ExitCode.OK if service_ok else ExitCode.OSERR

@@ -96,12 +96,7 @@ def run(inv: Invocation, prog: str, *, fast_exit: bool = False) -> int:
     if inv.mode is Mode.SMTP:
         from relayd.submission import smtpstdio  # aiosmtpd: only for -bs
 
-        if ignored := bs_ignored(inv):
-            sys.stderr.write(
-                f"{prog}: warning: -bs takes the envelope and the account from the SMTP"
-                f" session (MAIL FROM, RCPT TO); ignoring {', '.join(ignored)}\n"
-            )
-        return smtpstdio.serve(prog)
+        return smtpstdio.serve(prog, inv)
     if inv.mode is Mode.CONFIGURE:
         raise RelaydError(
             f"{inv.mode.value} mode is not available in this version", ExitCode.UNAVAILABLE
@@ -248,25 +243,6 @@ def _flush(prog: str) -> int:
         sys.stderr.write(f"{prog}: {line}\n")
 
     return flush.flush(settings.load(), [], None, say=say, complain=complain)
-
-
-def bs_ignored(inv: Invocation) -> list[str]:
-    """What of the command line `-bs` does not use: the SMTP client gives the envelope, and
-    MAIL FROM chooses the account among the configured ones, as for the listener."""
-    ignored = [f"--{name}" for name, _ in inv.overrides]
-    for given, option in (
-        (inv.conffile, "-C"),
-        (inv.account_id, "-a"),
-        (inv.envelope_from, "-f"),
-        (inv.full_name, "-F"),
-        (inv.read_recipients, "-t"),
-        (inv.read_envelope_from, "--read-envelope-from"),
-    ):
-        if given:
-            ignored.append(option)
-    if inv.recipients:
-        ignored.append("the recipients")
-    return ignored
 
 
 def choose_account(

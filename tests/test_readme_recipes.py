@@ -68,20 +68,25 @@ def assert_queued(subject: str, recipient: str = "you@example.org") -> None:
     assert f"Subject: {subject}\r\n".encode() in stored.data
 
 
+def mail(program: str, subject: str, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    """`PROGRAM -s SUBJECT you@example.org` with a one-line body, as a user types it."""
+    return subprocess.run(
+        [program, "-s", subject, "you@example.org"],
+        input=b"hello\n",
+        capture_output=True,
+        env=env,
+        cwd=env["HOME"],
+        timeout=60,
+    )
+
+
 def test_bsd_mailx_recipe(isolated_home: Path) -> None:
     mailx = needs("bsd-mailx")
     write_msmtprc(RC)
     env = environment(isolated_home)
     run_line(recipe('"set sendmail=$(command -v relayd-sendmail)"'), env)
     assert (isolated_home / ".mailrc").read_text() == f"set sendmail={BIN}/relayd-sendmail\n"
-    done = subprocess.run(
-        [mailx, "-s", "from bsd-mailx", "you@example.org"],
-        input=b"hello\n",
-        capture_output=True,
-        env=env,
-        cwd=isolated_home,
-        timeout=60,
-    )
+    done = mail(mailx, "from bsd-mailx", env)
     assert done.returncode == 0, done.stderr
     assert_queued("from bsd-mailx")
 
@@ -91,14 +96,7 @@ def test_bsd_mailx_needs_the_absolute_path(isolated_home: Path) -> None:
     mailx = needs("bsd-mailx")
     write_msmtprc(RC)
     (isolated_home / ".mailrc").write_text("set sendmail=relayd-sendmail\n")
-    done = subprocess.run(
-        [mailx, "-s", "bare", "you@example.org"],
-        input=b"hello\n",
-        capture_output=True,
-        env=environment(isolated_home),
-        cwd=isolated_home,
-        timeout=60,
-    )
+    done = mail(mailx, "bare", environment(isolated_home))
     assert b"relayd-sendmail: No such file or directory" in done.stderr
     assert stored_messages() == []
 
@@ -115,14 +113,7 @@ def test_s_nail_recipe(isolated_home: Path) -> None:
     env = environment(isolated_home, **extra)
     run_line(recipe('"set mta=$(command -v relayd-sendmail)"'), env)
     assert (isolated_home / ".mailrc").read_text() == f"set mta={BIN}/relayd-sendmail\n"
-    done = subprocess.run(
-        [snail, "-s", "from s-nail", "you@example.org"],
-        input=b"hello\n",
-        capture_output=True,
-        env=env,
-        cwd=isolated_home,
-        timeout=60,
-    )
+    done = mail(snail, "from s-nail", env)
     assert done.returncode == 0, done.stderr
     assert_queued("from s-nail")
     assert not (isolated_home / "dead.letter").exists()

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+import typer
+
 from relayd.errors import RelaydError
 from relayd.store.records import State
 
@@ -88,3 +90,9 @@ def account_name(incomplete: str) -> list[str]:
     names = msmtprc_accounts()
     names += [a for a in _from_queue(reports.account_names) if a not in names]
     return [name for name in names if name.startswith(incomplete)]
+
+
+# `--account ACCOUNT` of the queue commands that take one, completed with `account_name`
+ACCOUNT_OPTION = typer.Option(
+    "--account", "-a", metavar="ACCOUNT", help="Only this account's.", autocompletion=account_name
+)

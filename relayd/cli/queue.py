@@ -60,16 +60,7 @@ def flush_command(
             metavar="[ID…]", help="Only these messages.", autocompletion=complete.queued_id
         ),
     ] = None,
-    account: Annotated[
-        str | None,
-        typer.Option(
-            "--account",
-            "-a",
-            metavar="ACCOUNT",
-            help="Only this account's.",
-            autocompletion=complete.account_name,
-        ),
-    ] = None,
+    account: Annotated[str | None, complete.ACCOUNT_OPTION] = None,
     wait: Annotated[
         bool,
         typer.Option(

@@ -111,16 +111,7 @@ def list_command(
     state: Annotated[
         list[str] | None, typer.Option("--state", "-s", metavar="STATE", help=_STATE_HELP)
     ] = None,
-    account: Annotated[
-        str | None,
-        typer.Option(
-            "--account",
-            "-a",
-            metavar="ACCOUNT",
-            help="Only this account's.",
-            autocompletion=complete.account_name,
-        ),
-    ] = None,
+    account: Annotated[str | None, complete.ACCOUNT_OPTION] = None,
     as_json: Annotated[
         bool, typer.Option("--json", "-j", help="One JSON object a line (postqueue -j).")
     ] = False,

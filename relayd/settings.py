@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from relayd import paths, settings_values
+from relayd import paths, settings_oauth2, settings_values
 from relayd.errors import ConfigError
 from relayd.paths import SYSTEM_SETTINGS_FILE, settings_file
 from relayd.settings_hot import database_override, read, toml_error
@@ -123,6 +123,7 @@ class Settings:
     submit: Submit = field(default_factory=Submit)
     file: str | None = None  # the file read, None when only defaults apply
     explicit: frozenset[str] = frozenset()
+    oauth2: Mapping[str, settings_oauth2.OAuth2] = field(default_factory=dict)  # by account
 
 
 @dataclass(frozen=True)
@@ -242,7 +243,10 @@ def _parse(text: str | None, name: str, default_database: str, report: Report) -
                 explicit.add(key)
             except Invalid as exc:
                 report(Mistake(key, f"{key}: {exc}"))
-        elif key not in _KEYS:
+        elif key == "oauth2" and isinstance(value, dict):
+            values["oauth2"] = _oauth2(value, report)
+            explicit.update(f"oauth2.{account}" for account in value)
+        elif key not in _KEYS and key != "oauth2":
             report(Mistake(key, f"unknown key {key}"))
         elif not isinstance(value, dict):
             report(Mistake(key, f"{key}: expected a table ([{key}])"))
@@ -269,6 +273,23 @@ def _section(
     return {f"{section}.{key}" for key in table}
 
 
+def _oauth2(tables: dict[str, Any], report: Report) -> dict[str, settings_oauth2.OAuth2]:
+    """[oauth2.ACCOUNT] tables: each account's client, checked by `settings_oauth2`."""
+    found: dict[str, settings_oauth2.OAuth2] = {}
+    for account, table in tables.items():
+        if not isinstance(table, dict):
+            report(Mistake(f"oauth2.{account}", f"oauth2.{account}: expected [oauth2.{account}]"))
+            continue
+        client, mistakes = settings_oauth2.parse_table(table)
+        for key, message in mistakes:
+            dotted = f"oauth2.{account}.{key}"
+            unknown = message == "unknown key"
+            report(Mistake(dotted, f"unknown key {dotted}" if unknown else f"{dotted}: {message}"))
+        if client is not None:
+            found[account] = client
+    return found
+
+
 def _build(
     name: str, values: dict[str, Any], explicit: set[str], database: str, report: Report
 ) -> Settings:
@@ -292,6 +313,7 @@ def _build(
         submit=part("submit", Submit),
         file=name,
         explicit=frozenset(explicit),
+        oauth2=values.get("oauth2", {}),
     )
 
 

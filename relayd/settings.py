@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from relayd import paths, settings_oauth2, settings_values
+from relayd import paths, settings_values
 from relayd.errors import ConfigError
 from relayd.paths import SYSTEM_SETTINGS_FILE, settings_file
 from relayd.settings_hot import database_override, read, toml_error
@@ -110,6 +110,25 @@ class Submit:
 
 
 @dataclass(frozen=True)
+class OAuth2:
+    """One account's OAuth2 client: endpoints (a preset's or the file's), client, scopes.
+
+    The client secret is never in the file: `client_secret_eval` runs a command (its first
+    line), `client_secret_keyring` reads python keyring's `relayd-oauth2` / `ACCOUNT:client`.
+    """
+
+    client_id: str
+    token_url: str
+    authorize_url: str | None = None
+    device_url: str | None = None
+    scopes: tuple[str, ...] = ()
+    provider: str | None = None
+    tenant: str = "common"
+    client_secret_eval: str | None = None
+    client_secret_keyring: bool = False
+
+
+@dataclass(frozen=True)
 class Settings:
     """relayd's own settings; durations in seconds. `explicit` names the keys the file set."""
 
@@ -123,7 +142,7 @@ class Settings:
     submit: Submit = field(default_factory=Submit)
     file: str | None = None  # the file read, None when only defaults apply
     explicit: frozenset[str] = frozenset()
-    oauth2: Mapping[str, settings_oauth2.OAuth2] = field(default_factory=dict)  # by account
+    oauth2: Mapping[str, OAuth2] = field(default_factory=dict)  # by account
 
 
 @dataclass(frozen=True)
@@ -273,20 +292,20 @@ def _section(
     return {f"{section}.{key}" for key in table}
 
 
-def _oauth2(tables: dict[str, Any], report: Report) -> dict[str, settings_oauth2.OAuth2]:
-    """[oauth2.ACCOUNT] tables: each account's client, checked by `settings_oauth2`."""
-    found: dict[str, settings_oauth2.OAuth2] = {}
+def _oauth2(tables: dict[str, Any], report: Report) -> dict[str, OAuth2]:
+    """[oauth2.ACCOUNT] tables: each account's client (`settings_values.oauth2_table`)."""
+    found: dict[str, OAuth2] = {}
     for account, table in tables.items():
         if not isinstance(table, dict):
             report(Mistake(f"oauth2.{account}", f"oauth2.{account}: expected [oauth2.{account}]"))
             continue
-        client, mistakes = settings_oauth2.parse_table(table)
+        fields, mistakes = settings_values.oauth2_table(table)
         for key, message in mistakes:
             dotted = f"oauth2.{account}.{key}"
             unknown = message == "unknown key"
             report(Mistake(dotted, f"unknown key {dotted}" if unknown else f"{dotted}: {message}"))
-        if client is not None:
-            found[account] = client
+        if not mistakes:
+            found[account] = OAuth2(**fields)  # type: ignore[arg-type]
     return found
 
 

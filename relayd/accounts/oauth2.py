@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from relayd.accounts.account import Account
-    from relayd.settings_oauth2 import OAuth2
+    from relayd.settings import OAuth2
 
 SERVICE = "relayd-oauth2"  # python keyring service of the refresh tokens and client secrets
 BEARER_METHODS = frozenset({"XOAUTH2", "OAUTHBEARER"})

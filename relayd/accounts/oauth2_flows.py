@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-    from relayd.settings_oauth2 import OAuth2
+    from relayd.settings import OAuth2
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 PAGE = b"<!doctype html><title>relayd</title><p>relayd: %s You can close this tab.</p>\n"

@@ -51,7 +51,7 @@ def _check_account(account: str) -> None:
 
 def _authorize(account: str, device: bool, browser: bool, port: int, timeout: float) -> int:
     from relayd.accounts import oauth2, oauth2_flows
-    from relayd.settings_oauth2 import OAuth2
+    from relayd.settings import OAuth2
 
     client = _client(account)
     assert isinstance(client, OAuth2)

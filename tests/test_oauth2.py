@@ -7,6 +7,7 @@ tests/file_keyring.py; the token endpoint, the upstream and the keyring are real
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,9 +20,10 @@ import pytest
 
 from relayd import settings
 from tests.oauth2_server import CLIENT_SECRET, AuthServer, relayd_toml
-from tests.sendmail_helpers import queue_db, sendmail_env, write_msmtprc
+from tests.sendmail_helpers import queue_db, run_sendmail, sendmail_env, write_msmtprc
 from tests.source_tree import PACKAGE
 from tests.test_daemon import (
+    MESSAGE,
     RELAYD,
     Daemon,
     eventually,
@@ -160,20 +162,32 @@ def test_a_plain_secret_and_incomplete_tables_are_refused_with_the_key() -> None
 # -- relayd oauth2 authorize ---------------------------------------------------------------------
 
 
-def test_authorize_by_loopback_redirect_with_pkce_stores_the_refresh_token(
-    auth_server: AuthServer, keyring_file: Path, tmp_path: Path
-) -> None:
-    with bearer_upstream(auth_server) as smtp:
-        configure(auth_server, smtp, tmp_path)
+@contextlib.contextmanager
+def authorizing(
+    server: AuthServer, tmp_path: Path, *args: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`relayd oauth2 authorize mail ARGS` running against `server`; killed at the end."""
+    with bearer_upstream(server) as smtp:
+        configure(server, smtp, tmp_path)
     env = sendmail_env()
     proc = subprocess.Popen(
-        [RELAYD, "oauth2", "authorize", ACCOUNT, "--no-browser", "--timeout", "20"],
+        [RELAYD, "oauth2", "authorize", ACCOUNT, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
         cwd=env["HOME"],
     )
     try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_authorize_by_loopback_redirect_with_pkce_stores_the_refresh_token(
+    auth_server: AuthServer, keyring_file: Path, tmp_path: Path
+) -> None:
+    with authorizing(auth_server, tmp_path, "--no-browser", "--timeout", "20") as proc:
         assert proc.stdout is not None
         url = proc.stdout.readline().decode().strip()
         assert url.startswith(auth_server.url("/authorize?"))
@@ -182,9 +196,6 @@ def test_authorize_by_loopback_redirect_with_pkce_stores_the_refresh_token(
         with urllib.request.urlopen(url, timeout=10) as page:
             assert b"authorized" in page.read()
         out, err = proc.communicate(timeout=20)
-    finally:
-        proc.kill()
-        proc.wait()
     assert proc.returncode == 0, err
     token = stored(keyring_file)[f"{SERVICE} {ACCOUNT}"]
     assert token in auth_server.state.refresh_tokens
@@ -196,26 +207,13 @@ def test_authorize_by_loopback_redirect_with_pkce_stores_the_refresh_token(
 def test_authorize_by_device_code(
     auth_server: AuthServer, keyring_file: Path, tmp_path: Path
 ) -> None:
-    with bearer_upstream(auth_server) as smtp:
-        configure(auth_server, smtp, tmp_path)
-    env = sendmail_env()
-    proc = subprocess.Popen(
-        [RELAYD, "oauth2", "authorize", ACCOUNT, "--device", "--timeout", "30"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        cwd=env["HOME"],
-    )
-    try:
+    with authorizing(auth_server, tmp_path, "--device", "--timeout", "30") as proc:
         assert proc.stderr is not None
         line = proc.stderr.readline().decode()
         found = re.fullmatch(r"Open (\S+) and enter the code (\w+)\n", line)
         assert found and found.group(1) == auth_server.url("/activate"), line
         auth_server.approve(found.group(2))
         _, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-        proc.wait()
     assert proc.returncode == 0, err
     assert stored(keyring_file)[f"{SERVICE} {ACCOUNT}"] in auth_server.state.refresh_tokens
 
@@ -335,3 +333,16 @@ def test_a_token_refused_twice_holds_after_one_retry(
         assert len(smtp.auth_attempts) == 2 and auth_server.refreshes == 2
     assert message(queue_id).state == "held"
     assert "authentication failed (method XOAUTH2)" in reason(queue_id)
+
+
+def test_sendmail_odi_delivers_with_a_token_at_once(
+    auth_server: AuthServer, keyring_file: Path, tmp_path: Path
+) -> None:
+    with bearer_upstream(auth_server) as smtp:
+        configure(auth_server, smtp, tmp_path)
+        authorized(auth_server, keyring_file)
+        result = run_sendmail(["-odi", "-a", ACCOUNT, "you@example.org"], MESSAGE)
+        assert result.returncode == 0, result.stderr
+        assert len(smtp.transactions) == 1 and smtp.auth_attempts[0].success
+    assert auth_server.refreshes == 1
+    assert_no_secret_anywhere(auth_server, tmp_path, result.stdout, result.stderr)

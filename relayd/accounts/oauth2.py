@@ -100,10 +100,15 @@ def client_secret(account: str, client: OAuth2, *, timeout: float = 5.0) -> str 
     return None
 
 
-def load_refresh_token(account: str, *, timeout: float = 5.0) -> str | None:
-    """The refresh token `relayd oauth2 authorize` stored, or None."""
+def load_refresh_token(account: str, *, timeout: float = 5.0) -> str:
+    """The refresh token `relayd oauth2 authorize` stored; TokenRevoked when there is none
+    (the keyring's own trouble, such as a locked or absent backend, is in its text)."""
     notes: list[str] = []
-    return keyrings.keyring_lookup(SERVICE, account, timeout=timeout, notes=notes)
+    found = keyrings.keyring_lookup(SERVICE, account, timeout=timeout, notes=notes)
+    if found is None:
+        why = f" ({'; '.join(notes)})" if notes else ""
+        raise TokenRevoked(account, f"no refresh token in the keyring for account {account}{why}")
+    return found
 
 
 def store_secret(user: str, secret: str) -> str:
@@ -324,8 +329,6 @@ class Tokens:
 
     def _refresh(self, name: str, client: OAuth2) -> AccessToken:
         stored = load_refresh_token(name)
-        if stored is None:
-            raise TokenRevoked(name, f"no refresh token in the keyring for account {name}")
         if self._revoked.get(name) == stored:  # refused before: do not ask the provider again
             raise TokenRevoked(name, "the refresh token was refused (invalid_grant)")
         self.refreshes += 1

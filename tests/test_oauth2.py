@@ -12,6 +12,8 @@ import json
 import os
 import re
 import subprocess
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -202,6 +204,29 @@ def test_authorize_by_loopback_redirect_with_pkce_stores_the_refresh_token(
     (exchange,) = [r for r in auth_server.state.requests if r.get("grant_type")]
     assert exchange["grant_type"] == "authorization_code" and exchange["code_verifier"]
     assert b"authorized" in err and token.encode() not in out + err
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [("error=access_denied", "access_denied"), ("code=abc&state=forged", "mismatching_state")],
+)
+def test_a_refused_or_forged_redirect_stores_nothing(
+    auth_server: AuthServer, keyring_file: Path, tmp_path: Path, answer: str, error: str
+) -> None:
+    with authorizing(auth_server, tmp_path, "--no-browser", "--timeout", "20") as proc:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().decode().strip()
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+        back = f"{query['redirect_uri'][0]}?{answer}"
+        with contextlib.suppress(urllib.error.HTTPError):  # the page says it was refused
+            urllib.request.urlopen(back, timeout=10).close()
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 77
+    shown, failed = err.decode().splitlines()
+    assert shown == "Open this address in a browser and allow relayd to send mail:"
+    assert failed.startswith(f"relayd: authorization failed: {error}")
+    assert stored(keyring_file) == {}
+    assert not [r for r in auth_server.state.requests if r.get("grant_type")]
 
 
 def test_authorize_by_device_code(

@@ -13,6 +13,7 @@ import pytest
 
 from relayd.accounts import oauth2
 from relayd.accounts.account import Account
+from relayd.errors import RelaydError
 from relayd.settings import OAuth2
 from relayd.sysexits import ExitCode
 from tests.file_keyring import FileKeyring
@@ -161,3 +162,13 @@ def test_other_accounts_keep_msmtps_password_order(tmp_path: Path, keyring_file:
     assert (
         repr(oauth2.access_token({"access_token": "tok", "expires_in": 5}, 0.0)).count("tok") == 0
     )
+
+
+def test_storing_without_a_usable_keyring_is_one_clear_error(
+    keyring_file: Path,
+) -> None:
+    keyring.set_keyring(keyring.core.load_keyring("keyring.backends.fail.Keyring"))
+    with pytest.raises(RelaydError) as caught:
+        oauth2.store_secret(NAME, "rt-secret")
+    assert caught.value.exit_code == ExitCode.UNAVAILABLE
+    assert "no usable keyring" in caught.value.message and "rt-secret" not in caught.value.message

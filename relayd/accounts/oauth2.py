@@ -226,9 +226,12 @@ def access_token(response: Mapping[str, Any], received_at: float) -> AccessToken
     value = response.get("access_token")
     if not isinstance(value, str) or not value:
         raise TokenUnavailable("OAuth2 token endpoint sent no access_token")
-    lifetime = response.get("expires_in")
-    if isinstance(lifetime, int | float | str) and str(lifetime).strip().isdigit():
-        expires_at = received_at + float(lifetime)
+    try:
+        lifetime: float | None = float(response["expires_in"])
+    except (KeyError, TypeError, ValueError):
+        lifetime = None
+    if lifetime is not None and lifetime >= 0:
+        expires_at = received_at + lifetime
     elif isinstance(response.get("expires_at"), int | float):
         expires_at = float(response["expires_at"])
     else:

@@ -131,6 +131,7 @@ class XOAuth2(Mechanism):
 
 class OAuthBearer(Mechanism):
     name = "OAUTHBEARER"
+    error_challenge = False  # as XOAuth2's
 
     def __init__(self, user: str, password: str, host: str, port: int) -> None:
         super().__init__(user, password)
@@ -141,8 +142,6 @@ class OAuthBearer(Mechanism):
         return (
             f"{gs2}\1host={self.host}\1port={self.port}\1auth=Bearer {self.password}\1\1".encode()
         )
-
-    error_challenge = False
 
     def answer(self, challenge: bytes, step: int) -> bytes:
         self.error_challenge = True

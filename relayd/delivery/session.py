@@ -13,7 +13,7 @@ from relayd.accounts.account import Account
 from relayd.delivery import auth, ehlo, tls
 from relayd.delivery.classify import Failure, classify, for_all
 from relayd.delivery.ehlo import Capabilities
-from relayd.delivery.result import DeliveryResult, Disposition, Event, Reply
+from relayd.delivery.result import DeliveryResult, Event, Reply
 from relayd.delivery.transaction import OutgoingMessage as OutgoingMessage
 from relayd.delivery.transaction import Transaction
 from relayd.delivery.wire import Abort, Wire, connect
@@ -301,9 +301,9 @@ class Session:
             if inspect.isawaitable(value):
                 value = await value
         except RelaydError as exc:
-            failure = classify(Event.PASSWORD_LOOKUP, reason=exc.message)
-            if exc.exit_code == ExitCode.TEMPFAIL:
-                failure = replace(failure, disposition=Disposition.RETRY)
+            for_now = exc.exit_code == ExitCode.TEMPFAIL
+            event = Event.PASSWORD_UNAVAILABLE if for_now else Event.PASSWORD_LOOKUP
+            failure = classify(event, reason=exc.message)
             raise Abort(replace(failure, exit_code=exc.exit_code)) from None
         return value if isinstance(value, str) else None
 

@@ -161,6 +161,19 @@ def test_a_plain_secret_and_incomplete_tables_are_refused_with_the_key() -> None
     assert b"oauth2.a.client_secret" in checked.stdout and b"hunter2" not in checked.stdout
 
 
+def test_config_check_names_a_table_without_its_account(tmp_path: Path) -> None:
+    with AuthServer() as server, bearer_upstream(server) as smtp:
+        configure(server, smtp, tmp_path)
+    config = Path(os.environ["XDG_CONFIG_HOME"], "relayd", "relayd.toml")
+    assert run_relayd("config", "check").returncode == 0
+    config.write_text(config.read_text().replace(f"[oauth2.{ACCOUNT}]", "[oauth2.mial]"))
+    checked = run_relayd("config", "check")
+    assert checked.returncode == 78
+    assert checked.stdout.decode().splitlines() == [
+        f"{config}: line 1: oauth2.mial: no msmtprc account mial"
+    ]
+
+
 # -- relayd oauth2 authorize ---------------------------------------------------------------------
 
 

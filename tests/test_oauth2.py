@@ -384,3 +384,32 @@ def test_sendmail_odi_delivers_with_a_token_at_once(
         assert len(smtp.transactions) == 1 and smtp.auth_attempts[0].success
     assert auth_server.refreshes == 1
     assert_no_secret_anywhere(auth_server, tmp_path, result.stdout, result.stderr)
+
+
+def test_set_secret_then_the_keyring_gives_the_client_secret(
+    auth_server: AuthServer, keyring_file: Path, tmp_path: Path
+) -> None:
+    with bearer_upstream(auth_server) as smtp:
+        configure(auth_server, smtp, tmp_path)
+        config = Path(os.environ["XDG_CONFIG_HOME"], "relayd", "relayd.toml")
+        text = re.sub(
+            r"client_secret_eval = .*", "client_secret_keyring = true", config.read_text()
+        )
+        config.write_text(text)
+        env = sendmail_env()
+        stored_secret = subprocess.run(
+            [RELAYD, "oauth2", "set-secret", ACCOUNT],
+            input=CLIENT_SECRET.encode() + b"\n",
+            capture_output=True,
+            env=env,
+            cwd=env["HOME"],
+            timeout=30,
+        )
+        assert stored_secret.returncode == 0, stored_secret.stderr
+        assert CLIENT_SECRET.encode() not in stored_secret.stdout + stored_secret.stderr
+        assert stored(keyring_file) == {f"{SERVICE} {ACCOUNT}:client": CLIENT_SECRET}
+        token = auth_server.issue_refresh_token()
+        keyring_file.write_text(json.dumps({**stored(keyring_file), f"{SERVICE} {ACCOUNT}": token}))
+        submit("-odq", "-a", ACCOUNT)
+        assert run_relayd("queue", "flush", "--wait").returncode == 0
+        assert len(smtp.transactions) == 1

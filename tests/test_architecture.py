@@ -28,17 +28,7 @@ from tests import source_tree
 from tests.source_tree import PACKAGE, module_files
 
 CORE = frozenset(
-    {
-        "relayd",
-        "errors",
-        "sysexits",
-        "paths",
-        "settings",
-        "settings_hot",
-        "settings_oauth2",
-        "settings_values",
-        "text",
-    }
+    {"relayd", "errors", "sysexits", "paths", "settings", "settings_hot", "settings_values", "text"}
 )
 LAYERS = {
     "core": 0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from relayd import __version__
-from relayd.cli import config, queue
+from relayd.cli import config, oauth2, queue
 from relayd.cli.daemon import daemon_command
 from relayd.cli.debug import debug_server_command
 from relayd.cli.setup import setup_command
@@ -47,6 +47,7 @@ app.command("daemon")(daemon_command)
 app.add_typer(queue.app, name="queue")
 app.command("status")(status_command)
 app.add_typer(config.app, name="config")
+app.add_typer(oauth2.app, name="oauth2")
 app.command("debug-server")(debug_server_command)
 app.command("setup")(setup_command)
 

@@ -271,6 +271,11 @@ def check_settings(environ: Mapping[str, str], report: Report) -> None:
                     line = key_line(text, mistake.key)
                 report.problems.append(Problem(path, line, mistake.message))
             _listen_tls(found.listen, path, text, report)
+            for name in found.oauth2 if report.accounts else ():  # none: already reported
+                if name not in report.accounts:
+                    line = key_line(text, f"oauth2.{name}")
+                    message = f"oauth2.{name}: no msmtprc account {name}"
+                    report.problems.append(Problem(path, line, message))
             why = _database_problem(found.database)
             if why is not None:
                 line = key_line(text, "database")

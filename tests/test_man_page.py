@@ -43,7 +43,7 @@ def test_every_key_and_variable_is_in_the_page(page: Path) -> None:
     missing = [key for key in keys if key.rpartition(".")[2] not in roff]
     missing += [name for name in source_variables() if name not in roff]
     assert not missing, missing
-    for table in {key.partition(".")[0] for key in keys if "." in key}:
+    for table in {key.rpartition(".")[0] for key in keys if "." in key}:  # [oauth2.ACCOUNT]
         assert f"[{table}]" in roff
 
 

@@ -112,7 +112,11 @@ def test_bash_completes_ids_and_accounts(store: SqlStore) -> None:
     flush = bash_complete("queue", "flush", ids["queued"][0][:-1])
     assert ids["queued"][0] in flush.stdout.split()
     assert not set(flush.stdout.split()) & set(ids["held"] + ids["sent"])
-    for words in (("queue", "flush", "--account", "h"), ("queue", "list", "-a", "h")):
+    for words in (
+        ("queue", "flush", "--account", "h"),
+        ("queue", "list", "-a", "h"),
+        ("oauth2", "authorize", "h"),
+    ):
         accounts = bash_complete(*words)
         assert accounts.returncode == 0, accounts.stderr
         assert accounts.stdout.split() == ["home"]

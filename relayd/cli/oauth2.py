@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from relayd.cli import complete
 from relayd.cli.output import run
 from relayd.errors import RelaydError
 from relayd.sysexits import ExitCode
@@ -85,7 +86,9 @@ def _authorize(account: str, device: bool, browser: bool, port: int, timeout: fl
 @app.command("authorize")
 def authorize_command(
     account: str = typer.Argument(
-        ..., help="The msmtprc account (relayd.toml has its oauth2.ACCOUNT table)."
+        ...,
+        help="The msmtprc account (relayd.toml has its oauth2.ACCOUNT table).",
+        autocompletion=complete.account_name,
     ),
     device: bool = typer.Option(
         False, "--device", help="Use the device-code flow (enter a code on any device)."
@@ -93,8 +96,12 @@ def authorize_command(
     browser: bool = typer.Option(
         True, "--browser/--no-browser", help="Open the address in a browser (redirect flow)."
     ),
-    port: int = typer.Option(0, "--port", help="Loopback port for the redirect (0: any free)."),
-    timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for the answer."),
+    port: int = typer.Option(
+        0, "--port", metavar="PORT", help="Loopback port for the redirect (0: any free)."
+    ),
+    timeout: float = typer.Option(
+        300.0, "--timeout", metavar="SECONDS", help="Seconds to wait for the answer."
+    ),
 ) -> None:
     """Authorize ACCOUNT and store its refresh token in the keyring (service relayd-oauth2).
 
@@ -125,7 +132,9 @@ def _set_secret(account: str) -> int:
 
 @app.command("set-secret")
 def set_secret_command(
-    account: str = typer.Argument(..., help="The account whose client secret to store."),
+    account: str = typer.Argument(
+        ..., help="The account whose client secret to store.", autocompletion=complete.account_name
+    ),
 ) -> None:
     """Store ACCOUNT's client secret in the keyring (for client_secret_keyring = true).
 

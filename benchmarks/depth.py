@@ -174,16 +174,20 @@ def one_depth(python: Path, sink: Path, work: Path, depth: int, runs: int) -> di
 
 
 def report(results: Sequence[dict[str, Any]]) -> None:
-    print("queue depth: drain rate (from READY=1), daemon peak RSS, status, queue list")
     print(
-        f"  {'depth':>9} {'rate/s':>8} {'VmHWM':>9} {'status s':>9}"
+        "queue depth: drain rate and daemon CPU s per 10,000 (from READY=1), daemon peak RSS,"
+        " status, queue list"
+    )
+    print(
+        f"  {'depth':>9} {'rate/s':>8} {'CPU/10k':>8} {'VmHWM':>9} {'status s':>9}"
         f" {'list 1st s':>10} {'list all s':>10} {'fill s':>7}"
     )
     for r in results:
         drain = r["drain"]
-        rate = drain.get("rate_after_ready")
+        rate, cpu = drain.get("rate_after_ready"), drain.get("cpu_per_10k")
         print(
             f"  {r['depth']:>9,} {'FAILED' if rate is None else f'{rate:,.0f}':>8}"
+            f" {'?' if cpu is None else f'{cpu:.2f}':>8}"
             f" {mb(drain.get('hwm_kb')):>9} {r['status_s']:>9.3f}"
             f" {r['list_first_line_s']:>10.3f} {r['list_whole_s']:>10.2f} {r['fill_s']:>7.1f}"
         )

@@ -1,0 +1,171 @@
+"""`[listen] workers`: SMTP sessions served by worker processes the daemon supervises, with real
+clients on 127.0.0.1: a worker killed with SIGKILL loses nothing it acknowledged and is reported
+once and replaced; SIGTERM drains; the workers go with the daemon; max_sessions counts all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.sendmail_helpers import stored_messages
+from tests.test_daemon import Daemon, eventually
+from tests.test_listener import MESSAGE, listener, start_daemon, upstream
+from tests.upstream import UpstreamServer
+
+__all__ = ["listener", "start_daemon", "upstream"]  # fixtures
+
+Start = Callable[..., tuple[Daemon, int]]
+SENDERS = 4  # client threads sending at once
+RUN_LIMIT = 30.0  # seconds a client thread may run
+
+
+def workers_of(daemon: Daemon) -> list[int]:
+    """The daemon's child processes (its listener workers), from /proc."""
+    found: list[int] = []
+    for task in Path(f"/proc/{daemon.proc.pid}/task").iterdir():
+        found += [int(pid) for pid in (task / "children").read_text().split()]
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie has not been reaped yet: it counts as gone.
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+
+
+class Sender(threading.Thread):
+    """Sends messages on one connection until stopped (a new connection after a cut one); the
+    queue ids of every 250 it got."""
+
+    def __init__(self, port: int, stop: threading.Event) -> None:
+        super().__init__(daemon=True)
+        self.port, self.stop = port, stop
+        self.acknowledged: list[str] = []
+        self.cut = 0
+
+    def run(self) -> None:
+        deadline = time.monotonic() + RUN_LIMIT
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                with smtplib.SMTP("127.0.0.1", self.port, timeout=10) as client:
+                    client.ehlo()
+                    while not self.stop.is_set() and time.monotonic() < deadline:
+                        client.mail("me@example.org")
+                        client.rcpt("you@example.org")
+                        code, reply = client.data(MESSAGE)
+                        assert code == 250, reply
+                        self.acknowledged.append(reply.split()[-1].decode())
+            except (OSError, smtplib.SMTPException):
+                self.cut += 1  # the worker serving it died: this message was never acknowledged
+                time.sleep(0.05)
+
+
+def test_a_worker_killed_with_sigkill_loses_no_acknowledged_mail_and_is_reported_once(
+    listener: Start, upstream: UpstreamServer
+) -> None:
+    daemon, port = listener("workers = 2")
+    eventually(lambda: len(workers_of(daemon)) == 2, 10, "two workers")
+    first = workers_of(daemon)
+    stop = threading.Event()
+    senders = [Sender(port, stop) for _ in range(SENDERS)]
+    for sender in senders:
+        sender.start()
+    try:
+        eventually(lambda: sum(len(s.acknowledged) for s in senders) >= 20, 20, "some 250s")
+        victim = first[0]
+        os.kill(victim, signal.SIGKILL)
+        eventually(lambda: not alive(victim), 10, "the killed worker gone")
+        eventually(
+            lambda: len([p for p in workers_of(daemon) if p not in first]) == 1,
+            20,
+            "a new worker in its place",
+        )
+        count = sum(len(s.acknowledged) for s in senders)
+        eventually(lambda: sum(len(s.acknowledged) for s in senders) >= count + 20, 20, "250s")
+    finally:
+        stop.set()
+        for sender in senders:
+            sender.join(RUN_LIMIT)
+    acknowledged = {queue_id for s in senders for queue_id in s.acknowledged}
+    stored = {m.queue_id for m in stored_messages()}
+    assert acknowledged <= stored, acknowledged - stored
+    # Nothing stuck: every stored message is delivered by the daemon's runner.
+    upstream.wait_for(len(stored), timeout=60)
+    eventually(lambda: all(m.state == "sent" for m in stored_messages()), 30, "every message sent")
+    assert workers_of(daemon) and victim not in workers_of(daemon)
+    code, err = daemon.stop(30)
+    assert code == 0, err
+    assert err.count(f"(pid {victim}) was killed by SIGKILL") == 1, err
+    assert err.count("was killed by") == 1 and "Traceback" not in err, err
+
+
+def test_sigterm_drains_the_workers_and_they_go_with_the_daemon(listener: Start) -> None:
+    daemon, port = listener("workers = 2")
+    eventually(lambda: len(workers_of(daemon)) == 2, 10, "two workers")
+    pids = workers_of(daemon)
+    client = smtplib.SMTP("127.0.0.1", port, timeout=10)
+    try:
+        client.ehlo()
+        client.mail("me@example.org")
+        client.rcpt("you@example.org")
+        code, reply = client.data(MESSAGE)
+        assert code == 250, reply
+        client.mail("me@example.org")  # a transaction open at the stop: cut, not stored
+        code, err = daemon.stop(30)
+    finally:
+        client.close()
+    assert code == 0 and "Traceback" not in err and "was killed" not in err, err
+    assert not any(alive(pid) for pid in pids)
+    assert [m.queue_id for m in stored_messages()] == [reply.split()[-1].decode()]
+
+
+def test_workers_exit_when_the_daemon_is_killed(listener: Start) -> None:
+    daemon, port = listener("workers = 2")
+    eventually(lambda: len(workers_of(daemon)) == 2, 10, "two workers")
+    pids = workers_of(daemon)
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.sendmail("me@example.org", ["you@example.org"], MESSAGE)
+    daemon.proc.send_signal(signal.SIGKILL)
+    daemon.proc.wait(10)
+    eventually(lambda: not any(alive(pid) for pid in pids), 20, "the workers gone")
+    assert len(stored_messages()) == 1
+
+
+@pytest.mark.parametrize("workers", [0, 3])
+def test_max_sessions_counts_every_worker_and_the_daemon_alone_serves_too(
+    listener: Start, workers: int
+) -> None:
+    daemon, port = listener(f"workers = {workers}", "max_sessions = 2")
+    with (
+        smtplib.SMTP("127.0.0.1", port, timeout=10) as one,
+        smtplib.SMTP("127.0.0.1", port, timeout=10) as two,
+    ):
+        assert one.noop()[0] == two.noop()[0] == 250
+        with pytest.raises(smtplib.SMTPConnectError) as third:
+            smtplib.SMTP("127.0.0.1", port, timeout=10)
+        assert third.value.smtp_code == 421
+        one.sendmail("me@example.org", ["you@example.org"], MESSAGE)
+    assert len(workers_of(daemon)) == workers
+    # The two sessions ended: there is room again.
+    eventually(lambda: _accepted(port), 10, "a session accepted again")
+    code, err = daemon.stop()
+    assert code == 0 and "Traceback" not in err, err
+    assert len(stored_messages()) == 1
+
+
+def _accepted(port: int) -> bool:
+    try:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            return client.noop()[0] == 250
+    except smtplib.SMTPConnectError:
+        return False

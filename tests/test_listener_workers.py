@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.sendmail_helpers import stored_messages
+from tests.sendmail_helpers import stored_messages, write_msmtprc
+from tests.store_helpers import PG_URL, list_messages, postgres_schema
 from tests.test_daemon import Daemon, eventually
-from tests.test_listener import MESSAGE, listener, start_daemon, upstream
+from tests.test_listener import MESSAGE, free_port, listener, start_daemon, upstream
 from tests.upstream import UpstreamServer
 
 __all__ = ["listener", "start_daemon", "upstream"]  # fixtures
@@ -169,3 +170,47 @@ def _accepted(port: int) -> bool:
             return client.noop()[0] == 250
     except smtplib.SMTPConnectError:
         return False
+
+
+def test_the_workers_key_is_auto_or_a_small_number() -> None:
+    from relayd.errors import ConfigError
+    from relayd.settings import parse
+
+    def workers(value: str) -> int | None:
+        text = f"[listen]\nworkers = {value}\n"
+        return parse(text, "relayd.toml", default_database="sqlite:///q").listen.workers
+
+    assert workers('"auto"') is None and workers("0") == 0 and workers("16") == 16
+    for bad in ("17", "-1", "true", '"two"'):
+        with pytest.raises(ConfigError, match="listen.workers"):
+            workers(bad)
+
+
+@pytest.mark.skipif(not PG_URL, reason="RELAYD_TEST_DATABASE_URL is not set")
+def test_workers_commit_into_a_postgresql_queue(
+    start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    from relayd.store.sql import SqlStore
+
+    write_msmtprc("account default\nhost 127.0.0.1\nport 1\nfrom me@example.org\n")
+    port = free_port()
+    config = tmp_path / "relayd.toml"
+    config.write_text(f'[listen]\naddress = "127.0.0.1:{port}"\nworkers = 2\n')
+    with postgres_schema() as url:
+        daemon = start_daemon(RELAYD_CONFIG=str(config), RELAYD_DATABASE_URL=url)
+        stop = threading.Event()
+        senders = [Sender(port, stop) for _ in range(SENDERS)]
+        for sender in senders:
+            sender.start()
+        try:
+            eventually(lambda: sum(len(s.acknowledged) for s in senders) >= 40, 20, "250s")
+        finally:
+            stop.set()
+            for sender in senders:
+                sender.join(RUN_LIMIT)
+        code, err = daemon.stop(30)
+        assert code == 0 and "Traceback" not in err, err
+        assert not any(s.cut for s in senders)
+        with SqlStore.open(url) as store:
+            stored = {m.queue_id for m in list_messages(store)}
+    assert stored == {queue_id for s in senders for queue_id in s.acknowledged}

@@ -8,7 +8,7 @@ ready, "D" when a session ends (the daemon counts `max_sessions` over all worker
 commits (paced) to wake the runner. SIGTERM (or the daemon's end of the pair closing: the daemon
 is gone) drains: no new sessions, the commits in flight finish and their 250s are sent, then
 every connection is closed and the worker exits 0. Run as `python -m
-relayd.submission.listen_worker FD`.
+relayd.submission.listen_worker FD LOGLEVEL`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import pickle
 import signal
 import socket
@@ -207,7 +206,7 @@ def _stopped(signum: int, frame: object) -> None:
 def main(argv: list[str]) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _stopped)
-    level = int(os.environ.pop("RELAYD_LOG_LEVEL", logging.INFO))
+    level = int(argv[2]) if len(argv) > 2 else logging.INFO
     logging.basicConfig(stream=sys.stderr, level=level, format="relayd: %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: every SMTP command
     pair = socket.socket(fileno=int(argv[1]))

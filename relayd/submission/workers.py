@@ -95,13 +95,12 @@ class Pool:
 
     def _spawn(self, worker: _Worker) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = dict(os.environ, RELAYD_LOG_LEVEL=str(logging.getLogger().getEffectiveLevel()))
+        level = str(logging.getLogger().getEffectiveLevel())
         try:
             worker.proc = subprocess.Popen(
-                [sys.executable, "-P", "-m", WORKER_MODULE, str(theirs.fileno())],
+                [sys.executable, "-P", "-m", WORKER_MODULE, str(theirs.fileno()), level],
                 pass_fds=[theirs.fileno()],
                 stdin=subprocess.DEVNULL,
-                env=env,
             )
         except OSError as exc:
             ours.close()

@@ -182,7 +182,7 @@ def test_the_workers_key_is_auto_or_a_small_number() -> None:
 
     assert workers('"auto"') is None and workers("0") == 0 and workers("16") == 16
     for bad in ("17", "-1", "true", '"two"'):
-        with pytest.raises(ConfigError, match="listen.workers"):
+        with pytest.raises(ConfigError, match=r"listen\.workers"):
             workers(bad)
 
 

@@ -8,14 +8,16 @@ ready, "D" when a session ends (the daemon counts `max_sessions` over all worker
 commits (paced) to wake the runner. SIGTERM (or the daemon's end of the pair closing: the daemon
 is gone) drains: no new sessions, the commits in flight finish and their 250s are sent, then
 every connection is closed and the worker exits 0. Run as `python -m
-relayd.submission.listen_worker FD LOGLEVEL`.
+relayd.submission.listen_worker FD LOGLEVEL LOCKFD`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import pickle
 import signal
 import socket
@@ -71,13 +73,41 @@ class _Tracked:
                 self.idle.set()
 
 
+class _CommitLock:
+    """One commit at a time over all workers (an flock on the file the daemon passed): SQLite
+    lets one writer in and makes the others poll with growing sleeps; a blocked flock is
+    woken as soon as the commit before it ends."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __enter__(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *_: object) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+
+def commit_lock(fd: int | None, database: str) -> _CommitLock | None:
+    """The lock on the daemon's file `fd` for a SQLite queue, through a file description of
+    this worker's own (flock excludes descriptions, not processes); None without one."""
+    if fd is None or not database.startswith("sqlite"):
+        return None
+    try:
+        return _CommitLock(os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC))
+    except OSError:
+        return None
+
+
 class Worker:
     """The worker's event loop side: the socket pair, the sessions, the drain."""
 
-    def __init__(self, pair: socket.socket, settings: Settings, store: SqlStore) -> None:
+    def __init__(
+        self, pair: socket.socket, settings: Settings, store: SqlStore, lock: _CommitLock | None
+    ) -> None:
         self.pair, self.current, self.store = pair, settings, store
         self.paced = Paced(lambda: self.send(WAKE), WAKE_PACE)
-        self.ingest = _Tracked(Committer(store, on_commit=self.paced))
+        self.ingest = _Tracked(Committer(store, on_commit=self.paced, lock=lock))
         self.handler = Handler(lambda: self.current, self.ingest)
         self.sessions = _Reported(self)
         self.protocols: weakref.WeakSet[RelaydSMTP] = weakref.WeakSet()
@@ -166,7 +196,7 @@ class Worker:
         await asyncio.sleep(0)  # the transports flush what they hold and close
 
 
-async def serve(pair: socket.socket) -> int:
+async def serve(pair: socket.socket, lock_fd: int | None = None) -> int:
     """Run one worker on the socket pair `pair` until SIGTERM or the daemon goes away."""
     loop = asyncio.get_running_loop()
     pair.setblocking(True)
@@ -181,7 +211,7 @@ async def serve(pair: socket.socket) -> int:
         print(f"relayd: SMTP listener worker: {err.message}", file=sys.stderr)
         return int(err.exit_code)
     try:
-        worker = Worker(pair, settings, store)
+        worker = Worker(pair, settings, store, commit_lock(lock_fd, settings.database))
         worker.use(settings)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, worker.stop.set)
@@ -207,11 +237,12 @@ def main(argv: list[str]) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _stopped)
     level = int(argv[2]) if len(argv) > 2 else logging.INFO
+    lock_fd = int(argv[3]) if len(argv) > 3 and argv[3] != "-" else None
     logging.basicConfig(stream=sys.stderr, level=level, format="relayd: %(message)s")
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: every SMTP command
     pair = socket.socket(fileno=int(argv[1]))
     try:
-        return asyncio.run(serve(pair))
+        return asyncio.run(serve(pair, lock_fd))
     except _Stopped:
         return ExitCode.OK
     finally:  # drained: a second SIGTERM (systemd's beside the daemon's) changes nothing now

@@ -69,6 +69,7 @@ class Pool:
         self.workers = [_Worker(slot) for slot in range(count)]
         self.stopping = False
         self._accepting: list[asyncio.Task[None]] = []
+        self._lock = _lock_file()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self, sockets: list[socket.socket]) -> None:
@@ -96,10 +97,12 @@ class Pool:
     def _spawn(self, worker: _Worker) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         level = str(logging.getLogger().getEffectiveLevel())
+        lock = "-" if self._lock is None else str(self._lock)
+        passed = [theirs.fileno()] + ([] if self._lock is None else [self._lock])
         try:
             worker.proc = subprocess.Popen(
-                [sys.executable, "-P", "-m", WORKER_MODULE, str(theirs.fileno()), level],
-                pass_fds=[theirs.fileno()],
+                [sys.executable, "-P", "-m", WORKER_MODULE, str(theirs.fileno()), level, lock],
+                pass_fds=passed,
                 stdin=subprocess.DEVNULL,
             )
         except OSError as exc:
@@ -245,6 +248,17 @@ class Pool:
                     asyncio.get_running_loop().remove_reader(worker.pair.fileno())
                 worker.pair.close()
                 worker.pair = None
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+
+def _lock_file() -> int | None:
+    """A file only for the workers' commit lock (memory only, gone with its last holder)."""
+    try:
+        return os.memfd_create("relayd-commit-lock", os.MFD_CLOEXEC)
+    except (OSError, AttributeError):
+        return None
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int:

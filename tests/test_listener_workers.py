@@ -214,3 +214,26 @@ def test_workers_commit_into_a_postgresql_queue(
         with SqlStore.open(url) as store:
             stored = {m.queue_id for m in list_messages(store)}
     assert stored == {queue_id for s in senders for queue_id in s.acknowledged}
+
+
+def test_the_commit_lock_lets_one_worker_in_at_a_time() -> None:
+    """Each worker reopens the daemon's lock file: their flocks exclude each other (SQLite
+    only: a PostgreSQL queue takes concurrent commits)."""
+    import fcntl
+
+    from relayd.submission.listen_worker import commit_lock
+
+    shared = os.memfd_create("test-commit-lock")
+    try:
+        first, second = (commit_lock(shared, "sqlite:////q.sqlite3") for _ in range(2))
+        assert first is not None and second is not None
+        assert commit_lock(shared, "postgresql+psycopg://h/db") is None
+        with first:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(second.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with second:
+            pass
+        os.close(first.fd)
+        os.close(second.fd)
+    finally:
+        os.close(shared)

@@ -228,9 +228,8 @@ def test_the_commit_lock_lets_one_worker_in_at_a_time() -> None:
         first, second = (commit_lock(shared, "sqlite:////q.sqlite3") for _ in range(2))
         assert first is not None and second is not None
         assert commit_lock(shared, "postgresql+psycopg://h/db") is None
-        with first:
-            with pytest.raises(BlockingIOError):
-                fcntl.flock(second.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with first, pytest.raises(BlockingIOError):
+            fcntl.flock(second.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with second:
             pass
         os.close(first.fd)

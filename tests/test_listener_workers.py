@@ -236,3 +236,24 @@ def test_the_commit_lock_lets_one_worker_in_at_a_time() -> None:
         os.close(second.fd)
     finally:
         os.close(shared)
+
+
+def test_sighup_settings_reach_the_workers(listener: Start, tmp_path: Path) -> None:
+    daemon, port = listener("workers = 2", "max_recipients = 1")
+    config = tmp_path / "relayd.toml"
+    config.write_text(config.read_text().replace("max_recipients = 1", "max_recipients = 2"))
+    daemon.proc.send_signal(signal.SIGHUP)
+
+    def reloaded() -> bool:
+        states = daemon.poll_notify()
+        return "RELOADING=1" in states and "READY=1" in states[states.index("RELOADING=1") :]
+
+    eventually(reloaded, 10, "READY=1 after RELOADING=1")
+    for _ in range(3):  # whichever worker gets the session has the new limit
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.ehlo()
+            client.mail("me@example.org")
+            assert client.rcpt("a@example.org")[0] == 250
+            assert client.rcpt("b@example.org")[0] == 250
+    code, err = daemon.stop()
+    assert code == 0 and "SIGHUP: settings reloaded" in err, err

@@ -38,7 +38,7 @@ from relayd.sysexits import ExitCode
 log = logging.getLogger("relayd.smtp")
 
 MAX_MESSAGE = 1 << 20  # a pickled Settings is a few KiB
-DRAIN_LIMIT = 30.0  # seconds a drain waits for commits in flight before closing anyway
+DRAIN_LIMIT = 8.0  # seconds a drain waits for commits in flight (the daemon kills at 10)
 
 
 class _Reported(Sessions):

@@ -156,7 +156,7 @@ class Pool:
         assert worker.pair is not None
         asyncio.get_running_loop().remove_reader(worker.pair.fileno())
         worker.pair.close()
-        worker.pair = None
+        worker.pair, worker.sessions = None, 0  # its sessions went with it
         if not self.stopping:
             task = asyncio.get_running_loop().create_task(self._restart(worker))
             self._tasks.add(task)

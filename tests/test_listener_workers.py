@@ -168,7 +168,7 @@ def _accepted(port: int) -> bool:
     try:
         with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
             return client.noop()[0] == 250
-    except smtplib.SMTPConnectError:
+    except (smtplib.SMTPConnectError, ConnectionRefusedError):
         return False
 
 
@@ -257,3 +257,35 @@ def test_sighup_settings_reach_the_workers(listener: Start, tmp_path: Path) -> N
             assert client.rcpt("b@example.org")[0] == 250
     code, err = daemon.stop()
     assert code == 0 and "SIGHUP: settings reloaded" in err, err
+
+
+def test_a_sigterm_to_the_whole_group_is_one_orderly_stop(tmp_path: Path) -> None:
+    """systemd (KillMode=control-group) and a terminal's ^C signal every process at once: the
+    workers drain, the daemon does not take their exit for a death."""
+    import subprocess
+
+    from tests.sendmail_helpers import sendmail_env
+    from tests.test_daemon import RELAYD
+
+    write_msmtprc("account default\nhost 127.0.0.1\nport 1\nfrom me@example.org\n")
+    port = free_port()
+    config = tmp_path / "relayd.toml"
+    config.write_text(f'[listen]\naddress = "127.0.0.1:{port}"\nworkers = 2\n')
+    env = sendmail_env(RELAYD_CONFIG=str(config))
+    daemon = subprocess.Popen(
+        [RELAYD, "daemon"], env=env, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        eventually(lambda: _accepted(port), 20, "the listener")
+        with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
+            client.sendmail("me@example.org", ["you@example.org"], MESSAGE)
+        os.killpg(daemon.pid, signal.SIGTERM)
+        _, err = daemon.communicate(timeout=30)
+    finally:
+        if daemon.poll() is None:
+            os.killpg(daemon.pid, signal.SIGKILL)
+            daemon.wait(10)
+    text = err.decode()
+    assert daemon.returncode == 0, text
+    assert "listener worker" not in text and "Traceback" not in text, text
+    assert len(stored_messages()) == 1

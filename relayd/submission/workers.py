@@ -33,6 +33,7 @@ START_TIMEOUT = 30.0  # seconds a worker may take to open the queue and say it i
 STOP_TIMEOUT = 10.0  # seconds a worker may take to drain at the stop before it is killed
 RESTARTS = 5  # deaths of one worker within RESTART_WINDOW seconds before it is given up
 RESTART_WINDOW = 60.0
+SIGNALLED_GRACE = 2.0  # seconds a worker stopped by a signal waits for the daemon's own stop
 # Messages on a worker's socket pair: daemon -> worker, worker -> daemon.
 SETTINGS, CONNECTION = b"S", b"C"
 READY, DONE, WAKE = b"R", b"D", b"W"
@@ -166,6 +167,16 @@ class Pool:
         proc = worker.proc
         assert proc is not None
         code = await asyncio.to_thread(_wait, proc, STOP_TIMEOUT)
+        if code == 0 and worker.ready.is_set():
+            # It drained on a SIGTERM or SIGINT of its own: systemd's or a terminal's to the
+            # whole group, the daemon's own stop is then on its way.
+            await asyncio.sleep(SIGNALLED_GRACE)
+            if not self.stopping:
+                log.warning(
+                    "SMTP listener worker %d stopped on a signal: starting a new one", worker.slot
+                )
+                self._spawn(worker)
+            return
         if self.stopping:
             return
         now = time.monotonic()

@@ -4,12 +4,13 @@ once and replaced; SIGTERM drains; the workers go with the daemon; max_sessions 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import smtplib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -71,17 +72,28 @@ class Sender(threading.Thread):
                 time.sleep(0.05)
 
 
+@contextlib.contextmanager
+def sending(port: int) -> Iterator[list[Sender]]:
+    """SENDERS client threads sending to `port` until the block ends."""
+    stop = threading.Event()
+    senders = [Sender(port, stop) for _ in range(SENDERS)]
+    for sender in senders:
+        sender.start()
+    try:
+        yield senders
+    finally:
+        stop.set()
+        for sender in senders:
+            sender.join(RUN_LIMIT)
+
+
 def test_a_worker_killed_with_sigkill_loses_no_acknowledged_mail_and_is_reported_once(
     listener: Start, upstream: UpstreamServer
 ) -> None:
     daemon, port = listener("workers = 2")
     eventually(lambda: len(workers_of(daemon)) == 2, 10, "two workers")
     first = workers_of(daemon)
-    stop = threading.Event()
-    senders = [Sender(port, stop) for _ in range(SENDERS)]
-    for sender in senders:
-        sender.start()
-    try:
+    with sending(port) as senders:
         eventually(lambda: sum(len(s.acknowledged) for s in senders) >= 20, 20, "some 250s")
         victim = first[0]
         os.kill(victim, signal.SIGKILL)
@@ -93,10 +105,6 @@ def test_a_worker_killed_with_sigkill_loses_no_acknowledged_mail_and_is_reported
         )
         count = sum(len(s.acknowledged) for s in senders)
         eventually(lambda: sum(len(s.acknowledged) for s in senders) >= count + 20, 20, "250s")
-    finally:
-        stop.set()
-        for sender in senders:
-            sender.join(RUN_LIMIT)
     acknowledged = {queue_id for s in senders for queue_id in s.acknowledged}
     stored = {m.queue_id for m in stored_messages()}
     assert acknowledged <= stored, acknowledged - stored
@@ -198,16 +206,8 @@ def test_workers_commit_into_a_postgresql_queue(
     config.write_text(f'[listen]\naddress = "127.0.0.1:{port}"\nworkers = 2\n')
     with postgres_schema() as url:
         daemon = start_daemon(RELAYD_CONFIG=str(config), RELAYD_DATABASE_URL=url)
-        stop = threading.Event()
-        senders = [Sender(port, stop) for _ in range(SENDERS)]
-        for sender in senders:
-            sender.start()
-        try:
+        with sending(port) as senders:
             eventually(lambda: sum(len(s.acknowledged) for s in senders) >= 40, 20, "250s")
-        finally:
-            stop.set()
-            for sender in senders:
-                sender.join(RUN_LIMIT)
         code, err = daemon.stop(30)
         assert code == 0 and "Traceback" not in err, err
         assert not any(s.cut for s in senders)

@@ -289,3 +289,28 @@ def test_a_sigterm_to_the_whole_group_is_one_orderly_stop(tmp_path: Path) -> Non
     assert daemon.returncode == 0, text
     assert "listener worker" not in text and "Traceback" not in text, text
     assert len(stored_messages()) == 1
+
+
+def test_a_worker_that_keeps_dying_is_given_up_loudly_and_sessions_get_421(
+    listener: Start,
+) -> None:
+    from relayd.submission.workers import RESTARTS
+
+    daemon, port = listener("workers = 1")
+    killed: list[int] = []
+    for _ in range(RESTARTS + 1):
+        (pid,) = eventually(
+            lambda: [p for p in workers_of(daemon) if p not in killed and alive(p)] or None,
+            20,
+            "a (new) worker",
+        )
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+    eventually(lambda: not any(alive(p) for p in workers_of(daemon)), 20, "no worker left")
+    with pytest.raises(smtplib.SMTPConnectError) as refused:
+        smtplib.SMTP("127.0.0.1", port, timeout=10)
+    assert refused.value.smtp_code == 421 and b"4.3.0" in refused.value.smtp_error
+    code, err = daemon.stop()
+    assert code == 0 and "Traceback" not in err, err
+    assert err.count("was killed by SIGKILL") == RESTARTS + 1, err
+    assert err.count("not restarted: 0 of 1 workers left") == 1, err

@@ -69,6 +69,7 @@ class Pool:
         self.settings, self.wake = settings, wake
         self.workers = [_Worker(slot) for slot in range(count)]
         self.stopping = False
+        self.started = False  # every worker was ready once: deaths are restarted from then on
         self._accepting: list[asyncio.Task[None]] = []
         self._lock = _lock_file()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -90,6 +91,7 @@ class Pool:
         if not all(worker.proc is not None for worker in self.workers):
             await self.stop()
             raise RelaydError("an SMTP listener worker could not start", ExitCode.SOFTWARE)
+        self.started = True
         loop = asyncio.get_running_loop()
         for sock in sockets:
             sock.setblocking(False)
@@ -181,7 +183,7 @@ class Pool:
             return
         now = time.monotonic()
         worker.deaths = [t for t in worker.deaths if now - t < RESTART_WINDOW] + [now]
-        starting = not worker.ready.is_set()
+        starting = not self.started  # the daemon's start fails instead
         worker.ready.set()  # nobody waits on a dead worker
         if len(worker.deaths) > RESTARTS or starting:
             worker.proc = None
@@ -190,7 +192,7 @@ class Pool:
                 worker.slot,
                 proc.pid,
                 _how(code),
-                " before it was ready" if starting else f" {len(worker.deaths)} times in a minute",
+                " at the start" if starting else f" {len(worker.deaths)} times in a minute",
                 sum(w.proc is not None for w in self.workers),
                 len(self.workers),
             )

@@ -314,3 +314,36 @@ def test_a_worker_that_keeps_dying_is_given_up_loudly_and_sessions_get_421(
     assert code == 0 and "Traceback" not in err, err
     assert err.count("was killed by SIGKILL") == RESTARTS + 1, err
     assert err.count("not restarted: 0 of 1 workers left") == 1, err
+
+
+def test_sigterm_during_a_commit_still_answers_it_after_the_commit(listener: Start) -> None:
+    """The queue is locked (another writer) while a worker stores a message; SIGTERM comes;
+    the lock goes: the message is stored and its 250 sent before the worker exits."""
+    import sqlite3
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.sendmail_helpers import queue_db
+
+    daemon, port = listener("workers = 2")
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo()
+        client.mail("me@example.org")
+        client.rcpt("you@example.org")
+        other = sqlite3.connect(queue_db(), isolation_level=None, timeout=10)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            with ThreadPoolExecutor(1) as pool:
+                reply = pool.submit(client.data, MESSAGE)
+                time.sleep(1.0)  # the worker has the message and waits for the lock
+                assert not reply.done()
+                daemon.proc.send_signal(signal.SIGTERM)
+                time.sleep(1.0)
+                assert not reply.done()
+                other.execute("ROLLBACK")
+                code, text = reply.result(timeout=20)
+        finally:
+            other.close()
+    assert code == 250, text
+    exit_code, err = daemon.wait(30)
+    assert exit_code == 0 and "Traceback" not in err, err
+    assert [m.queue_id for m in stored_messages()] == [text.split()[-1].decode()]

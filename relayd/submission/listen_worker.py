@@ -189,7 +189,7 @@ class Worker:
                         await asyncio.sleep(0)
                     if self.ingest.idle.is_set():
                         break
-        self.paced.cancel()
+        self.paced.flush()  # the runner hears of the last commits now
         for protocol in list(self.protocols):
             if protocol.transport is not None:
                 protocol.transport.close()

@@ -139,6 +139,12 @@ class Paced:
             self._timer.cancel()
             self._timer = None
 
+    def flush(self) -> None:
+        """A call due at the end of the pause, made now."""
+        if self._timer is not None:
+            self.cancel()
+            self._fire()
+
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext:
     """STARTTLS's server context (TLS 1.2 or later) from `[listen] tls_cert` and `tls_key`; a

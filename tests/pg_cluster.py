@@ -20,7 +20,8 @@ import trustme
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PASSWORD = "s3cret-pw"
-# (role, password_encryption, pg_hba method); `tls_user` may only log in over TLS.
+# (role, password_encryption, pg_hba method); `tls_user` may only log in over TLS,
+# `nopriv_user` (trust) has no privilege on the queue's tables.
 ROLES = (
     ("pw_user", "scram-sha-256", "password"),
     ("md5_user", "md5", "md5"),
@@ -31,6 +32,7 @@ local all all trust
 hostnossl all tls_user 127.0.0.1/32 reject
 host all tls_user 127.0.0.1/32 trust
 host all postgres 127.0.0.1/32 trust
+host all nopriv_user 127.0.0.1/32 trust
 host all pw_user 127.0.0.1/32 password
 host all md5_user 127.0.0.1/32 md5
 host all scram_user 127.0.0.1/32 scram-sha-256
@@ -116,6 +118,7 @@ def private_cluster() -> Iterator[Cluster]:
         with admin.connect() as conn:
             conn.exec_driver_sql("CREATE DATABASE relayd")
             conn.exec_driver_sql("CREATE ROLE tls_user LOGIN SUPERUSER")
+            conn.exec_driver_sql("CREATE ROLE nopriv_user LOGIN")  # may not touch the queue
             for role, encryption, _method in ROLES:
                 conn.exec_driver_sql(f"SET password_encryption = '{encryption}'")
                 conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN SUPERUSER PASSWORD '{PASSWORD}'")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from relayd.errors import QueueError
+from relayd.errors import DataError, QueueError
 from relayd.store import MIGRATION_LOCK_KEY, fastpath, pgfast, pgtarget
 from relayd.store.records import NewMessage
 from relayd.store.sql import SqlStore
@@ -172,6 +172,28 @@ def test_a_constraint_error_mid_insert_rolls_everything_back(queue_url: str) -> 
     assert row_total(queue_url) == 0
 
 
+def test_a_body_refused_mid_stream_leaves_nothing(queue_url: str) -> None:
+    def body() -> Iterator[bytes]:
+        for _ in range(40):  # past one batch of rows sent before a Sync
+            yield BIG
+        raise DataError("message too big")
+
+    message = new_message(streamed=True)
+    message.body = body()
+    with pytest.raises(DataError):
+        pgfast.enqueue(queue_url, message, T0, timeout=10)
+    assert row_total(queue_url) == 0
+
+
+def test_a_read_only_server_is_73(queue_url: str) -> None:
+    url = queue_url.replace("options=-c", "options=-cdefault_transaction_read_only%3Don+-c")
+    assert "read_only" in pgtarget.target(url).options  # type: ignore[operator]
+    with pytest.raises(QueueError) as caught:
+        pgfast.enqueue(url, new_message(), T0, timeout=10)
+    assert caught.value.exit_code == 73 and "read-only" in caught.value.message
+    assert row_total(queue_url) == 0
+
+
 def test_connection_refused_is_75_in_one_line_without_the_password() -> None:
     write_msmtprc()
     url = "postgresql+psycopg://postgres:hunter2@127.0.0.1:1/test"
@@ -273,6 +295,12 @@ def test_each_password_login(cluster: Cluster, role: str) -> None:
 
 def test_scram_over_tls(cluster: Cluster) -> None:
     assert _submit(cluster.url("scram_user", PASSWORD, "sslmode=require")) is not None
+
+
+def test_a_role_without_privileges_is_73(cluster: Cluster) -> None:
+    with pytest.raises(QueueError) as caught:
+        _submit(cluster.url("nopriv_user", query="sslmode=disable"))
+    assert caught.value.exit_code == 73 and "permission denied" in caught.value.message
 
 
 def test_a_missing_password_is_75(cluster: Cluster) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -295,6 +296,20 @@ def test_each_password_login(cluster: Cluster, role: str) -> None:
 
 def test_scram_over_tls(cluster: Cluster) -> None:
     assert _submit(cluster.url("scram_user", PASSWORD, "sslmode=require")) is not None
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o644])
+def test_a_password_from_the_password_file(cluster: Cluster, mode: int) -> None:
+    pgpass = Path(os.environ["HOME"]) / ".pgpass"
+    pgpass.write_text(
+        f"# comment\nother:*:*:*:nope\n127.0.0.1:{cluster.port}:relayd:md5_user:{PASSWORD}\n"
+    )
+    pgpass.chmod(mode)  # libpq ignores a file others may read
+    if mode == 0o600:
+        assert _submit(cluster.url("md5_user", query="sslmode=disable")) is not None
+    else:
+        with pytest.raises(QueueError, match="no password supplied"):
+            _submit(cluster.url("md5_user", query="sslmode=disable"))
 
 
 def test_a_role_without_privileges_is_73(cluster: Cluster) -> None:

@@ -3,10 +3,11 @@
 Read as SQLAlchemy and libpq (under psycopg) read them, for the settings `pgwire` handles: user,
 password, host or Unix socket directory (the URL's host or a `host=` query parameter), port,
 database, `sslmode`, `sslrootcert`, `options`, `application_name`, and the PGHOST, PGPORT,
-PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE, PGSSLROOTCERT, PGOPTIONS, PGAPPNAME variables.
-Anything else (several hosts, `hostaddr`, client certificates, a service file, GSSAPI, other
-PG* variables…) raises Unsupported and the submission goes through SQLAlchemy and psycopg,
-which handle all of libpq. No `urllib.parse`, no `re`: both cost milliseconds on this path.
+PGUSER, PGPASSWORD, PGDATABASE, PGSSLMODE, PGSSLROOTCERT, PGOPTIONS, PGAPPNAME variables, and
+the password file (PGPASSFILE or ~/.pgpass). Anything else (several hosts, `hostaddr`, client
+certificates, a service file, GSSAPI, other PG* variables…) raises Unsupported and the
+submission goes through SQLAlchemy and psycopg, which handle all of libpq. No `urllib.parse`,
+no `re`: both cost milliseconds on this path.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ _ENV_KEYS = {
     "PGOPTIONS": "options",
     "PGAPPNAME": "application_name",
     "PGCONNECT_TIMEOUT": "",
-    "PGPASSFILE": "",  # read by psycopg only: a password it would find makes `pgwire` give up
+    "PGPASSFILE": "",  # read by `password_from_file`
 }
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
@@ -188,3 +189,43 @@ def target(url: str, environ: dict[str, str] | os._Environ[str] | None = None) -
         if key and value and key not in settings:
             settings[key] = value
     return Target(settings, shown)
+
+
+def _pgpass_fields(line: str) -> list[str]:
+    """A password file line's fields: `:` separates them, a backslash escapes `:` or itself."""
+    fields, current, escaped = [], [], False
+    for char in line:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == ":" and len(fields) < 4:
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    fields.append("".join(current))
+    return fields
+
+
+def password_from_file(target: Target) -> str | None:
+    """The password libpq would read for `target` from PGPASSFILE or ~/.pgpass (ignored, as
+    libpq ignores it, when others may read it); None when there is none."""
+    path = os.environ.get("PGPASSFILE") or os.path.expanduser("~/.pgpass")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            if os.fstat(handle.fileno()).st_mode & 0o077:
+                return None
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    host = "localhost" if target.host == DEFAULT_SOCKET_DIR else target.host
+    wanted = (host, str(target.port), target.dbname, target.user)
+    for line in lines:
+        if not line or line.startswith("#"):
+            continue
+        fields = _pgpass_fields(line)
+        if len(fields) == 5 and all(f in ("*", w) for f, w in zip(fields, wanted, strict=False)):
+            return fields[4]
+    return None

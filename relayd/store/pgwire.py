@@ -8,7 +8,7 @@ submission needs: connect over TCP or a Unix socket, TLS as libpq's `sslmode` sa
 cleartext, MD5 and SCRAM-SHA-256 logins (SCRAM by hand: importing scramp costs ~250 M
 instructions), the extended query protocol with text parameters and binary `bytea`, and a
 DB-API-like cursor so `fastpath.insert` runs on it unchanged. What it does not do (another
-login method, a client certificate, a password only ~/.pgpass holds) raises
+login method, a client certificate) raises
 `pgtarget.Unsupported` before anything is written: the caller then goes through psycopg.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import _socket
 
-from relayd.store.pgtarget import Error, Target, Unsupported
+from relayd.store.pgtarget import Error, Target, Unsupported, password_from_file
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -168,11 +168,8 @@ class Connection:
     def _password(self) -> str:
         password = self._target.password
         if password is None:
-            import os
-
-            passfile = os.environ.get("PGPASSFILE") or os.path.expanduser("~/.pgpass")
-            if os.path.exists(passfile):
-                raise Unsupported("a password in a password file")
+            password = password_from_file(self._target)
+        if password is None:
             raise Error("fe_sendauth: no password supplied")
         return password
 

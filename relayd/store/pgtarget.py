@@ -193,7 +193,9 @@ def target(url: str, environ: dict[str, str] | os._Environ[str] | None = None) -
 
 def _pgpass_fields(line: str) -> list[str]:
     """A password file line's fields: `:` separates them, a backslash escapes `:` or itself."""
-    fields, current, escaped = [], [], False
+    fields: list[str] = []
+    current: list[str] = []
+    escaped = False
     for char in line:
         if escaped:
             current.append(char)

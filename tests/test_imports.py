@@ -49,6 +49,7 @@ HOT_PATH = (
     "relayd.submission.submit",
     "relayd.submission.message",
     "relayd.store.fastpath",
+    "relayd.store.pgfast",
     "relayd.store.location",
     "relayd.settings",
     "relayd.settings_hot",

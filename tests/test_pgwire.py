@@ -17,8 +17,8 @@ import sqlalchemy as sa
 
 from relayd.errors import DataError, QueueError
 from relayd.store import MIGRATION_LOCK_KEY, fastpath, pgfast, pgtarget
-from relayd.store.records import NewMessage
 from relayd.store.sql import SqlStore
+from relayd.store.submitted import NewMessage
 from tests.pg_cluster import PASSWORD, ROLES, Cluster, private_cluster
 from tests.sendmail_helpers import (
     SENDMAIL,

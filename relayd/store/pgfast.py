@@ -13,7 +13,7 @@ from __future__ import annotations
 from relayd.errors import QueueError
 from relayd.store import MIGRATION_LOCK_KEY, SCHEMA_REVISION, pgtarget, pgwire
 from relayd.store.fastpath import insert
-from relayd.store.records import NewMessage
+from relayd.store.submitted import NewMessage
 from relayd.sysexits import ExitCode
 
 _ACTION = "store the message"

@@ -343,9 +343,9 @@ def _open_socket(target: Target, timeout: float) -> Any:
         return sock
     place = f'connection to server at "{target.host}", port {target.port} failed'
     try:
-        addresses = _socket.getaddrinfo(
-            target.host, target.port, _socket.AF_UNSPEC, _socket.SOCK_STREAM
-        )
+        # An ASCII name as bytes: a str goes through the idna codec, which loads re.
+        host = target.host.encode() if target.host.isascii() else target.host
+        addresses = _socket.getaddrinfo(host, target.port, _socket.AF_UNSPEC, _socket.SOCK_STREAM)
     except OSError as exc:
         raise Error(f'could not translate host name "{target.host}": {_reason(exc)}') from None
     failure = ""

@@ -58,9 +58,7 @@ def enqueue(url: str, message: NewMessage, now: float, *, timeout: float) -> str
             duplicate=pgwire.IntegrityError,
             savepoint=True,
         )
-        conn.run("COMMIT")
-        if conn.tag != "COMMIT" or conn.status != b"I":
-            raise pgwire.Error(f"the server answered {conn.tag or 'nothing'} to COMMIT")
+        conn.commit()
         return queue_id
     except pgwire.Error as exc:
         raise _failure(exc, target.where) from None

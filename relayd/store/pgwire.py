@@ -66,6 +66,8 @@ class Connection:
         self._target = target
         self._buffer = bytearray()
         self._types: list[int] = []
+        self._pending = bytearray()  # deferred statements, sent with the next Sync
+        self._queued = 0
         self.tag = ""  # the last CommandComplete's tag, e.g. "COMMIT"
         self.status = b""  # the last ReadyForQuery's: b"I" idle, b"T" in a transaction, b"E" failed
         self._sock: Any = _open_socket(target, timeout)
@@ -178,6 +180,7 @@ class Connection:
     def run(self, sql: str) -> list[tuple[Any, ...]]:
         """Run `sql` (one statement or several, no parameters) as a simple query; the rows of
         the last one that returned any."""
+        self._flush()
         self._send(_message(b"Q", _cstr(sql)))
         return self._results()
 
@@ -202,31 +205,50 @@ class Connection:
                     raise failure
                 return rows
 
-    def execute(self, sql: str, rows: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
-        """Run `sql` (placeholders $1, $2…) once per row of `rows`, in the open transaction;
-        the rows it returned. Rows go out in batches, each followed by one Sync."""
+    def _queue(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Add `sql` (placeholders $1, $2…) once per row of `rows` to what goes out next;
+        every _SYNC_EVERY rows go out at once (their answers read, no rows kept)."""
         parse = None
-        pending = bytearray()
-        result: list[tuple[Any, ...]] = []
-        for sent, values in enumerate(rows, 1):
+        for values in rows:
             if parse is None:
                 types = b"".join(
                     (BYTEA_OID if isinstance(v, (bytes, bytearray)) else 0).to_bytes(4, "big")
                     for v in values
                 )
                 parse = _cstr("") + _cstr(sql) + len(values).to_bytes(2, "big") + types
-                pending += _message(b"P", parse)
-                pending += _message(b"D", b"S\0")  # the statement's row description
-            pending += _bind(values)
-            pending += _message(b"E", b"\0\0\0\0\0")
-            if sent % _SYNC_EVERY == 0:
-                self._send(pending + _message(b"S", b""))
-                pending = bytearray()
-                result += self._results()
-        if pending:
-            self._send(pending + _message(b"S", b""))
-            result += self._results()
-        return result
+                self._pending += _message(b"P", parse)
+                self._pending += _message(b"D", b"S\0")  # the statement's row description
+            self._pending += _bind(values)
+            self._pending += _message(b"E", b"\0\0\0\0\0")
+            self._queued += 1
+            if self._queued >= _SYNC_EVERY:
+                self._flush()
+
+    def _flush(self) -> list[tuple[Any, ...]]:
+        """Send what is queued and a Sync; the rows returned (the first error raised)."""
+        if not self._pending:
+            return []
+        data = self._pending + _message(b"S", b"")
+        self._pending, self._queued = bytearray(), 0
+        self._send(data)
+        return self._results()
+
+    def execute(self, sql: str, rows: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
+        """Run `sql` once per row of `rows` now, after what was deferred; the rows returned."""
+        self._queue(sql, rows)
+        return self._flush()
+
+    def defer(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        """Run `sql` once per row of `rows` with the next `execute` or `commit`, in the same
+        round trip; a failure surfaces there (it aborts the transaction either way)."""
+        self._queue(sql, rows)
+
+    def commit(self) -> None:
+        """COMMIT after what was deferred; Error unless the server acknowledged it."""
+        self._queue("COMMIT", [()])
+        self._flush()
+        if self.tag != "COMMIT" or self.status != b"I":
+            raise Error(f"the server answered {self.tag or 'nothing'} to COMMIT")
 
     def cursor(self) -> Cursor:
         return Cursor(self)
@@ -242,20 +264,24 @@ class Connection:
 
 
 class Cursor:
-    """The DB-API subset `fastpath.insert` uses: execute, executemany, fetchone."""
+    """The DB-API subset `fastpath.insert` uses: execute, executemany, fetchone. A statement
+    that returns no rows (no RETURNING, not a SELECT) is deferred to the next one that does, or
+    to the commit: a submission makes three round trips after its login, not one a statement."""
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self._rows: list[tuple[Any, ...]] = []
 
     def execute(self, sql: str, values: Sequence[Any] = ()) -> None:
-        if values:
+        if " RETURNING " in sql or sql.startswith("SELECT"):
             self._rows = self._conn.execute(sql, [values])
         else:
-            self._rows = self._conn.run(sql)
+            self._conn.defer(sql, [values])
+            self._rows = []
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        self._rows = self._conn.execute(sql, rows)
+        self._conn.defer(sql, rows)
+        self._rows = []
 
     def fetchone(self) -> tuple[Any, ...] | None:
         return self._rows.pop(0) if self._rows else None

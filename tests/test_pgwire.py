@@ -195,6 +195,15 @@ def test_a_read_only_server_is_73(queue_url: str) -> None:
     assert row_total(queue_url) == 0
 
 
+def test_sslmode_require_without_tls_on_the_server_is_75(queue_url: str) -> None:
+    with SqlStore.open(queue_url, migrate=False) as store, store.engine.connect() as conn:
+        if conn.exec_driver_sql("SHOW ssl").scalar() == "on":
+            pytest.skip("the shared server offers TLS")
+    with pytest.raises(QueueError) as caught:
+        pgfast.enqueue(queue_url + "&sslmode=require", new_message(), T0, timeout=10)
+    assert caught.value.exit_code == 75 and "SSL was required" in caught.value.message
+
+
 def test_connection_refused_is_75_in_one_line_without_the_password() -> None:
     write_msmtprc()
     url = "postgresql+psycopg://postgres:hunter2@127.0.0.1:1/test"

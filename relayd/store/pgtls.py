@@ -1,10 +1,11 @@
 """TLS for `pgwire`, as libpq's sslmode says (imported only when a connection is encrypted).
 
-`prefer`/`allow`/`require`: encrypted, the certificate unchecked unless a root certificate is
-given (`sslrootcert`, or ~/.postgresql/root.crt exists: then as verify-ca, as libpq does).
-`verify-ca`: signed by that root. `verify-full`: and names the host. `sslrootcert=system`: the
-system's roots and verify-full. A client certificate or a revocation list in ~/.postgresql (which
-libpq would use) is Unsupported here: psycopg handles such a connection.
+`prefer`/`allow`/`require`: encrypted when the server can (`require`: or refused; `allow`
+tries TLS first as `prefer` does, where libpq tries it second), the certificate unchecked
+unless a root certificate is given (`sslrootcert`, or ~/.postgresql/root.crt exists: then as
+verify-ca, as libpq does). `verify-ca`: signed by that root. `verify-full`: and names the host.
+`sslrootcert=system`: the system's roots and verify-full. A client certificate or a revocation
+list in ~/.postgresql (which libpq would use) is Unsupported here: psycopg handles those.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ every login method, TLS, failures that store nothing, the fallback to SqlStore."
 
 from __future__ import annotations
 
+import binascii
 import os
 import socket
 import subprocess
@@ -428,3 +429,34 @@ def test_urls_are_read_as_sqlalchemy_reads_them(url: str) -> None:
 def test_what_pgwire_does_not_read_is_left_to_psycopg(url: str) -> None:
     with pytest.raises(pgtarget.Unsupported):
         pgtarget.target(url, {})
+
+
+# --- SCRAM against an independent implementation (scramp's server side) ----------------------
+
+
+def _scramp_server(password: str) -> Any:
+    from scramp import ScramMechanism
+
+    mechanism = ScramMechanism("SCRAM-SHA-256")
+    auth_info = mechanism.make_auth_info(password, iteration_count=4096)
+    return mechanism.make_server(lambda _user: auth_info)
+
+
+def test_scram_agrees_with_scramp_and_checks_the_server() -> None:
+    from relayd.store.pgscram import Scram, ScramError
+
+    client, server = Scram("pa:ss,word", "re=lay,d"), _scramp_server("pa:ss,word")
+    server.set_client_first(client.first().decode())
+    final = client.final(server.get_server_first().encode())
+    server.set_client_final(final.decode())  # scramp checks the client's proof
+    client.verify(server.get_server_final().encode())
+    assert client.verified
+
+    # A server that does not know the password cannot prove it: its signature is refused.
+    client, impostor = Scram("pa:ss,word", "re=lay,d"), _scramp_server("something else")
+    impostor.set_client_first(client.first().decode())
+    client.final(impostor.get_server_first().encode())
+    forged = b"v=" + binascii.b2a_base64(b"\0" * 32, newline=False)
+    with pytest.raises(ScramError):
+        client.verify(forged)
+    assert not client.verified

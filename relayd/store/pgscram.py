@@ -39,15 +39,18 @@ class Scram:
     """One client exchange: send `first()`, then `final(server-first)`; then `verify` the
     server-final message."""
 
-    def __init__(self, password: str) -> None:
+    def __init__(self, password: str, user: str = "") -> None:
         if not password.isascii():
             # SASLprep (RFC 4013) would need stringprep tables; psycopg's libpq applies it.
             raise Unsupported("a password with non-ASCII characters")
         self._password = password.encode()
         self._nonce = _b64(os.urandom(18))
-        # PostgreSQL takes the user from the startup message: the SCRAM user name stays empty.
-        self._bare = b"n=,r=" + self._nonce
+        # PostgreSQL takes the user from the startup message: libpq leaves the SCRAM name
+        # empty, and so does `pgwire` (other servers want one: RFC 5802's escapes).
+        name = user.replace("=", "=3D").replace(",", "=2C").encode()
+        self._bare = b"n=" + name + b",r=" + self._nonce
         self._server_signature = b""
+        self.verified = False  # the server's signature checked
 
     def first(self) -> bytes:
         return b"n,," + self._bare
@@ -81,3 +84,4 @@ class Scram:
             raise ScramError(
                 "SCRAM: the server's signature is wrong (it does not know the password)"
             )
+        self.verified = True

@@ -120,6 +120,8 @@ class Connection:
             if target.sslmode in ("disable", "allow", "prefer"):
                 return
             raise Error("server does not support SSL, but SSL was required")
+        if self._buffer:  # bytes sent in the clear before the handshake: not the server's
+            raise Error("received unencrypted data after the SSL response")
         from relayd.store import pgtls  # `ssl` costs ~40 M instructions: only when encrypting
 
         self._sock = pgtls.wrap(self._sock, target, timeout)
@@ -144,6 +146,8 @@ class Connection:
                 continue  # ParameterStatus, BackendKeyData
             code = int.from_bytes(body[:4], "big")
             if code == 0:
+                if scram is not None and not scram.verified:
+                    raise Error("the server ended SCRAM without proving it knows the password")
                 continue
             if code == 3:
                 self._send(_message(b"p", self._password().encode() + b"\0"))

@@ -31,7 +31,7 @@ BARE_INSERT = """\
 import sys
 from relayd.store import pgtarget, pgwire
 data = sys.stdin.buffer.read()
-conn = pgwire.connect(pgtarget.target(sys.argv[1]), 10.0)
+conn = pgwire.Connection(pgtarget.target(sys.argv[1]), 10.0)
 conn.run("BEGIN")
 conn.execute("INSERT INTO bench (data) VALUES ($1)", [(data,)])
 conn.run("COMMIT")

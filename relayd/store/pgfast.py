@@ -36,7 +36,7 @@ def enqueue(url: str, message: NewMessage, now: float, *, timeout: float) -> str
     except pgtarget.Unsupported:
         return None
     try:
-        conn = pgwire.connect(target, max(1.0, timeout))
+        conn = pgwire.Connection(target, max(1.0, timeout))
     except pgtarget.Unsupported:
         return None
     except pgwire.Error as exc:

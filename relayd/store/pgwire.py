@@ -59,8 +59,9 @@ def _message(kind: bytes, body: bytes) -> bytes:
 
 
 class Connection:
-    """One session with the server, logged in; every statement runs in the caller's
-    transaction (this class never commits on its own)."""
+    """One session with the server, logged in when built (Error when the server cannot be
+    reached or refuses us, Unsupported when only psycopg could log in); every statement runs
+    in the caller's transaction."""
 
     def __init__(self, target: Target, timeout: float) -> None:
         self._target = target
@@ -393,10 +394,4 @@ def _open_socket(target: Target, timeout: float) -> Any:
     raise Error(f"{place}: {failure}")
 
 
-def connect(target: Target, timeout: float) -> Connection:
-    """A logged-in connection to `target`; Error when it cannot be reached or refuses us,
-    Unsupported when only psycopg could log in."""
-    return Connection(target, timeout)
-
-
-__all__ = ["Connection", "DatabaseError", "Error", "IntegrityError", "Unsupported", "connect"]
+__all__ = ["Connection", "DatabaseError", "Error", "IntegrityError", "Unsupported"]

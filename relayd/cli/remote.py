@@ -3,12 +3,14 @@ submit socket (SPEC §7), when this user has no queue of its own in use."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from relayd.store.listing import Listed
 from relayd.submission import client, route
+
+if TYPE_CHECKING:  # the listing's reader needs SQLAlchemy; `queue show` does without it
+    from relayd.store.listing import Listed
 
 
 def _connection() -> Any:

@@ -15,7 +15,7 @@ import typer
 from relayd import settings
 from relayd.cli.output import json_line, local_time, on_terminal, run
 from relayd.errors import RelaydError
-from relayd.store import fastpath
+from relayd.store import LOG_PAGE, fastpath
 from relayd.sysexits import ExitCode
 from relayd.text import sanitize
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 POLL_INTERVAL = 0.5  # seconds between looks for new attempts with --follow
 DUPLICATE = "(possible duplicate)"
+PAGE = LOG_PAGE  # attempts a read transaction when the whole log is printed
 
 
 def entry_line(entry: LogEntry) -> str:
@@ -123,7 +124,7 @@ def _print_after(
     stop: threading.Event,
 ) -> int:
     """Print every attempt after row `after`, a page at a time; the last row id printed."""
-    from relayd.store.reports import PAGE, log_entries
+    from relayd.store.reports import log_entries
 
     while not stop.is_set():
         page = log_entries(store, after=after, queue_id=queue_id, limit=PAGE)

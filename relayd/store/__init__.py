@@ -11,3 +11,6 @@ SCHEMA_REVISION = "0006"
 # The most bytes of a body one `bodies` row holds when written (revision 0005): bodies stream
 # to and from the store a chunk at a time.
 BODY_CHUNK = 64 * 1024
+
+# Attempts per read transaction when a whole attempt log is printed (`relayd queue log`).
+LOG_PAGE = 1000

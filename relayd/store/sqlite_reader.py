@@ -32,6 +32,7 @@ from relayd.store.queued import Attempt, QueuedMessage
 _NO_SHM = {8, 14}  # SQLITE_READONLY(_DIRECTORY), SQLITE_CANTOPEN (a read-only file system)
 _BODY_ROWS = 2  # body rows per read: 128 KiB (rows ≤ BODY_CHUNK when written), as SqlStore
 _READ = "read the queue"
+_CACHE_KIB = 256  # SQLite's page cache for a reader: a few body rows' pages
 
 _AttemptRow = namedtuple("_AttemptRow", ATTEMPT_COLUMNS)  # type: ignore[misc]
 _MESSAGE = f"SELECT {', '.join(SUMMARY_COLUMNS)} FROM messages WHERE queue_id = ?"
@@ -128,6 +129,9 @@ class SqliteReader:
             raise failures.from_sqlite(exc, path, _READ, timeout) from None
         reader = cls(conn, path, timeout)
         try:
+            # A body is read once, front to back: SQLite's page cache (2 MiB by default) would
+            # only fill with pages never read again.
+            conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
             revision = reader._revision()
         except BaseException:
             reader.close()

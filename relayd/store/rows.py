@@ -18,7 +18,7 @@ from relayd.store.fromrows import (
     attempt_from_row as attempt_from_row,
 )
 from relayd.store.queued import Attempt, QueuedMessage, Recipient, RecipientState, State
-from relayd.store.records import NewMessage
+from relayd.store.submitted import NewMessage
 from relayd.store.tables import bodies, messages, recipients
 
 # Everything but the body (listing 100,000 messages must not read their data), in the order

@@ -7,8 +7,9 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiosmtpd.smtp import Session
@@ -18,6 +19,7 @@ from relayd.settings import Settings
 from relayd.store import fastpath, location
 from relayd.store.records import NewMessage
 from relayd.submission import client, protocol, route
+from relayd.submission.cmdline import Invocation
 from relayd.submission.smtpd import (
     TOO_BIG,
     Compose,
@@ -27,15 +29,21 @@ from relayd.submission.smtpd import (
     one_line,
     options,
 )
+from relayd.submission.smtpdata import Content, Spool
 from relayd.sysexits import ExitCode
 
 _BLOCK = 64 * 1024
 _DRAIN_TIMEOUT = 60.0  # seconds to pass the last replies on once the session ended
 
 
-def serve(prog: str) -> int:
+def serve(prog: str, inv: Invocation) -> int:
     """One SMTP session on standard input and output, routed as relayd-sendmail routes a
     mail (SPEC §7); 0 once it ends with QUIT or the end of the input."""
+    if ignored := _ignored(inv):
+        sys.stderr.write(
+            f"{prog}: warning: -bs takes the envelope and the account from the SMTP"
+            f" session (MAIL FROM, RCPT TO); ignoring {', '.join(ignored)}\n"
+        )
     loaded = settings.load()
     way = route.decide()
     queue: QueueIngest | None = None
@@ -57,6 +65,25 @@ def serve(prog: str) -> int:
 
         sendmail.no_daemon_note(prog)
     return ExitCode.OK
+
+
+def _ignored(inv: Invocation) -> list[str]:
+    """What of the command line `-bs` does not use: the SMTP client gives the envelope, and
+    MAIL FROM chooses the account among the configured ones, as for the listener."""
+    ignored = [f"--{name}" for name, _ in inv.overrides]
+    for given, option in (
+        (inv.conffile, "-C"),
+        (inv.account_id, "-a"),
+        (inv.envelope_from, "-f"),
+        (inv.full_name, "-F"),
+        (inv.read_recipients, "-t"),
+        (inv.read_envelope_from, "--read-envelope-from"),
+    ):
+        if given:
+            ignored.append(option)
+    if inv.recipients:
+        ignored.append("the recipients")
+    return ignored
 
 
 class QueueIngest:
@@ -93,19 +120,28 @@ class HostHandler(Handler):
         self.path = path
 
     async def store(
-        self, session: Session, sender: str, recipients: list[str], data: bytes, settings: Settings
+        self,
+        session: Session,
+        sender: str,
+        recipients: list[str],
+        data: Content,
+        settings: Settings,
     ) -> str:
         argv = ["-f", sender or "<>", "--", *recipients]
         return smtp_reply(await asyncio.to_thread(_through_socket, self.path, argv, data))
 
 
-def _through_socket(path: str, argv: list[str], data: bytes) -> client.Reply:
+def _through_socket(path: str, argv: list[str], data: Content) -> client.Reply:
     sock = route.connect(path)
     if sock is None:
         return client.Reply(ExitCode.TEMPFAIL, "the host's relayd does not answer", [])
     chunk = protocol.MAX_CHUNK
+    if isinstance(data, Spool):
+        chunks: Iterable[bytes] = data.chunks()
+    else:
+        chunks = (data[i : i + chunk] for i in range(0, len(data), chunk))
     try:
-        return client.send(sock, argv, (data[i : i + chunk] for i in range(0, len(data), chunk)))
+        return client.send(sock, argv, chunks)
     finally:
         sock.close()
 

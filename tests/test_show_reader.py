@@ -40,7 +40,7 @@ BODY = (
 # and the daemon's pieces to the commands that write.
 NOT_FOR_SHOW = (
     *HEAVY,
-    "pydantic.v1",
+    "authlib",  # OAuth2 token work belongs to the commands and delivery that use it
     "asyncio",
     "ssl",
     "relayd.store.sql",

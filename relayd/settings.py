@@ -110,6 +110,25 @@ class Submit:
 
 
 @dataclass(frozen=True)
+class OAuth2:
+    """One account's OAuth2 client: endpoints (a preset's or the file's), client, scopes.
+
+    The client secret is never in the file: `client_secret_eval` runs a command (its first
+    line), `client_secret_keyring` reads python keyring's `relayd-oauth2` / `ACCOUNT:client`.
+    """
+
+    client_id: str
+    token_url: str
+    authorize_url: str | None = None
+    device_url: str | None = None
+    scopes: tuple[str, ...] = ()
+    provider: str | None = None
+    tenant: str = "common"
+    client_secret_eval: str | None = None
+    client_secret_keyring: bool = False
+
+
+@dataclass(frozen=True)
 class Settings:
     """relayd's own settings; durations in seconds. `explicit` names the keys the file set."""
 
@@ -123,6 +142,7 @@ class Settings:
     submit: Submit = field(default_factory=Submit)
     file: str | None = None  # the file read, None when only defaults apply
     explicit: frozenset[str] = frozenset()
+    oauth2: Mapping[str, OAuth2] = field(default_factory=dict)  # by account
 
 
 @dataclass(frozen=True)
@@ -242,7 +262,10 @@ def _parse(text: str | None, name: str, default_database: str, report: Report) -
                 explicit.add(key)
             except Invalid as exc:
                 report(Mistake(key, f"{key}: {exc}"))
-        elif key not in _KEYS:
+        elif key == "oauth2" and isinstance(value, dict):
+            values["oauth2"] = _oauth2(value, report)
+            explicit.update(f"oauth2.{account}" for account in value)
+        elif key not in _KEYS and key != "oauth2":
             report(Mistake(key, f"unknown key {key}"))
         elif not isinstance(value, dict):
             report(Mistake(key, f"{key}: expected a table ([{key}])"))
@@ -269,6 +292,23 @@ def _section(
     return {f"{section}.{key}" for key in table}
 
 
+def _oauth2(tables: dict[str, Any], report: Report) -> dict[str, OAuth2]:
+    """[oauth2.ACCOUNT] tables: each account's client (`settings_values.oauth2_table`)."""
+    found: dict[str, OAuth2] = {}
+    for account, table in tables.items():
+        if not isinstance(table, dict):
+            report(Mistake(f"oauth2.{account}", f"oauth2.{account}: expected [oauth2.{account}]"))
+            continue
+        fields, mistakes = settings_values.oauth2_table(table)
+        for key, message in mistakes:
+            dotted = f"oauth2.{account}.{key}"
+            unknown = message == "unknown key"
+            report(Mistake(dotted, f"unknown key {dotted}" if unknown else f"{dotted}: {message}"))
+        if not mistakes:
+            found[account] = OAuth2(**fields)  # type: ignore[arg-type]
+    return found
+
+
 def _build(
     name: str, values: dict[str, Any], explicit: set[str], database: str, report: Report
 ) -> Settings:
@@ -292,6 +332,7 @@ def _build(
         submit=part("submit", Submit),
         file=name,
         explicit=frozenset(explicit),
+        oauth2=values.get("oauth2", {}),
     )
 
 

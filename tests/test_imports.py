@@ -28,6 +28,7 @@ HEAVY = (
     "apscheduler",
     "keyring",
     "click",
+    "authlib",  # OAuth2: only when a token is fetched
 )
 # Standard-library modules that cost milliseconds and the hot path does without.
 SLOW_STDLIB = (

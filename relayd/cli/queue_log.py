@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from relayd import settings
+from relayd.cli import complete
 from relayd.cli.output import json_line, local_time, on_terminal, run
 from relayd.errors import RelaydError
 from relayd.store import LOG_PAGE, fastpath
@@ -184,7 +185,9 @@ def _quietly_piped(action: Callable[[], int]) -> Callable[[], int]:
 
 
 def log_command(
-    queue_id: str | None = typer.Argument(None, metavar="[ID]", help="Only this message's."),
+    queue_id: str | None = typer.Argument(
+        None, metavar="[ID]", help="Only this message's.", autocompletion=complete.any_id
+    ),
     follow: bool = typer.Option(
         False, "--follow", "-f", help="Then wait for new attempts (until interrupted)."
     ),

@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import typer
 
 from relayd import paths, settings
-from relayd.cli.output import json_line, local_time, on_terminal, run
+from relayd.cli.output import fail, json_line, local_time, on_terminal, run
 from relayd.daemon.instance import daemon_listening, daemon_running
 from relayd.store import fastpath
 from relayd.store.queued import State
+from relayd.sysexits import ExitCode
 from relayd.text import sanitize
 
-# The store (SQLAlchemy) and rich are imported where `status` runs: the `relayd` CLI imports
-# every command's module, and `queue show` must stay light (SPEC §6).
+# The store (SQLAlchemy), its metrics and rich are imported where `status` runs: the `relayd`
+# CLI imports every command's module, and `queue show` must stay light (SPEC §6).
 if TYPE_CHECKING:
     from relayd.store.reports import AccountReport
 
 _DAEMON = {True: "running", False: "not running", None: "unknown (none on this host)"}
 _DAEMON_STYLE = {_DAEMON[True]: "bold green", _DAEMON[False]: "bold red"}
+clock: Callable[[], float] = time.time  # what "due now" and the metrics' ages compare with
 
 
 def daemon_state(database: str) -> bool | None:
@@ -63,6 +66,14 @@ def _overall_retry(reports: Sequence[AccountReport]) -> float | None:
     return min((r.next_retry for r in reports if r.next_retry is not None), default=None)
 
 
+def retry_time(timestamp: float | None, now: float) -> str:
+    """A next retry as `relayd status` shows it: "due now" once its time has come (the daemon
+    takes it at its next pass, or at once when woken), else the local time; "-" for none."""
+    if timestamp is not None and timestamp <= now:
+        return "due now"
+    return local_time(timestamp)
+
+
 def _as_json(
     daemon: bool | None, database: str, reports: Sequence[AccountReport], smtp: list[str] | None
 ) -> str:
@@ -94,7 +105,7 @@ class _Table(NamedTuple):
 
 
 def _facts(
-    daemon: bool | None, database: str, reports: Sequence[AccountReport], smtp: str
+    daemon: bool | None, database: str, reports: Sequence[AccountReport], smtp: str, now: float
 ) -> list[tuple[str, str]]:
     """What goes above the tables: (name, value), one fact a line."""
     totals = ", ".join(f"{sum(r.counts[s] for r in reports)} {s.value}" for s in State)
@@ -103,11 +114,11 @@ def _facts(
         ("database", sanitize(database, "terminal")),
         ("smtp listener", smtp),
         ("messages", totals),
-        ("next retry", local_time(_overall_retry(reports))),
+        ("next retry", retry_time(_overall_retry(reports), now)),
     ]
 
 
-def _tables(reports: Sequence[AccountReport]) -> list[_Table]:
+def _tables(reports: Sequence[AccountReport], now: float) -> list[_Table]:
     """The counts per account and state and, if any account has one, the last errors."""
     if not reports:
         return []
@@ -115,7 +126,7 @@ def _tables(reports: Sequence[AccountReport]) -> list[_Table]:
         [
             sanitize(r.account, "terminal"),
             *(str(r.counts[s]) for s in State),
-            local_time(r.next_retry),
+            retry_time(r.next_retry, now),
         ]
         for r in reports
     ]
@@ -168,23 +179,31 @@ def _print_terminal(facts: list[tuple[str, str]], tables: list[_Table]) -> None:
         console.print(shown)
 
 
-def _status(as_json: bool) -> int:
-    from relayd.store.reports import account_reports
+def _status(as_json: bool, openmetrics: bool) -> int:
+    from relayd.cli import metrics
+    from relayd.store.reports import AccountMetrics, account_metrics, account_reports
     from relayd.store.sql import SqlStore
 
     config = settings.load()
     store = SqlStore.open_reading(config.database, timeout=fastpath.lock_timeout())
     reports = []
+    found = AccountMetrics({}, {}, {})
     if store is not None:  # nothing was ever queued: an empty report, and no file created
         with store:
             reports = account_reports(store)
+            if openmetrics:
+                found = account_metrics(store)
     daemon, database = daemon_state(config.database), _location(config.database)
+    if openmetrics:
+        typer.echo(metrics.render(metrics.families(reports, found, daemon, clock())), nl=False)
+        return 0
     smtp = listener(daemon)
     if as_json:
         typer.echo(_as_json(daemon, database, reports, smtp))
         return 0
     shown = _listener_fact(smtp, config.listen.address)
-    facts, tables = _facts(daemon, database, reports, shown), _tables(reports)
+    now = clock()
+    facts, tables = _facts(daemon, database, reports, shown, now), _tables(reports, now)
     if on_terminal():
         _print_terminal(facts, tables)
         return 0
@@ -195,6 +214,11 @@ def _status(as_json: bool) -> int:
 
 def status_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    openmetrics: bool = typer.Option(
+        False,
+        "--openmetrics",
+        help="Print Prometheus text (OpenMetrics) for node_exporter's textfile collector.",
+    ),
 ) -> None:
     """Show whether the daemon runs, counts per state and account, next retry, last errors.
 
@@ -203,5 +227,12 @@ def status_command(
     {account: {state: n}}, next_retry (Unix seconds or null), accounts
     [{account, queued, sending, held, sent, failed, next_retry, last_error,
     last_error_at}].
+
+    --openmetrics prints gauges: relayd_messages{account, state},
+    relayd_attempts{account, exit_code}, relayd_oldest_queued_age_seconds{account},
+    relayd_last_success_timestamp_seconds{account} and relayd_daemon_up, ending with
+    "# EOF".
     """
-    run(lambda: _status(as_json))
+    if as_json and openmetrics:
+        fail("--json and --openmetrics exclude each other", ExitCode.USAGE)
+    run(lambda: _status(as_json, openmetrics))

@@ -41,7 +41,10 @@ def deliver_now(
     A temporary failure leaves it queued for the daemon (exit 0, with a note); a permanent one
     marks it failed and exits with msmtp's code; a problem only the user can fix holds it.
     """
+    from relayd.accounts.oauth2 import Tokens
+
     config = settings.load()
+    tokens = Tokens(lambda: config.oauth2, _interactive_password)
     now = time.time()
     with SqlStore.open(location.database_url(), timeout=fastpath.lock_timeout()) as store:
         claimed = store.claim_due(
@@ -61,7 +64,8 @@ def deliver_now(
                 claimed,
                 config,
                 owner=claimed[0].lease_owner or "",
-                password=_interactive_password,
+                password=tokens.password,
+                renew=tokens.renew,
                 debug=debug,
                 prog=prog,
             )

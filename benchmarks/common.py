@@ -41,8 +41,7 @@ SENDER = "me@example.org"
 
 # The project's files that go into the package; a change to any of them rebuilds the venv.
 PACKAGE_FILES = ("pyproject.toml", "README.rst", "MANIFEST.in", "LICENSE", "setup.cfg")
-PACKAGE_DIRS = ("relayd", "migrations", "bin")  # migrations/ installs as relayd.migrations;
-# bin/ holds the relayd-sendmail and mailq scripts (pyproject's script-files)
+PACKAGE_DIRS = ("relayd", "migrations", "bin")  # migrations/ installs as relayd.migrations
 
 
 class SetupError(Exception):

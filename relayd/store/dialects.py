@@ -18,12 +18,10 @@ from sqlalchemy import event
 
 from relayd import paths
 from relayd.errors import QueueError
-from relayd.store import failures
+from relayd.store import MIGRATION_LOCK_KEY, failures
 from relayd.store.sqlite_reader import read_only_connect
 from relayd.sysexits import ExitCode
 
-# pg_advisory_xact_lock key serialising migrations across hosts: "relayd" in ASCII.
-MIGRATION_LOCK_KEY = 0x72656C617964
 _READ_ONLY = "relayd_read_only"
 
 

@@ -1,6 +1,6 @@
 """Reading one message from a SQLite queue on stdlib sqlite3 (`relayd queue show`): no SQLAlchemy.
 
-SQLAlchemy costs `relayd queue show` about 26 MiB of its 40 MiB budget (SPEC §6) for three
+SQLAlchemy costs `relayd queue show` about 27 MiB of its 40 MiB budget (SPEC §6) for a few
 SELECTs, so a SQLite queue is read here, opened read-only as `store/dialects.py` opens it for
 every reading command (that engine connects through `read_only_connect`); the records are
 built by `store/fromrows.py`, as SqlStore builds them. A server database (PostgreSQL), or a

@@ -41,7 +41,7 @@ SENDER = "me@example.org"
 
 # The project's files that go into the package; a change to any of them rebuilds the venv.
 PACKAGE_FILES = ("pyproject.toml", "README.rst", "MANIFEST.in", "LICENSE", "setup.cfg")
-PACKAGE_DIRS = ("relayd", "migrations")  # migrations/ installs as relayd.migrations
+PACKAGE_DIRS = ("relayd", "migrations", "bin")  # migrations/ installs as relayd.migrations
 
 
 class SetupError(Exception):
@@ -363,7 +363,7 @@ def make_home(work: Path, port: int | None) -> dict[str, str]:
 # --- timing ----------------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float | None:
+def process_cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds of `pid` so far (/proc/PID/stat), None once it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()

@@ -58,7 +58,6 @@ from common import (
     accepting,
     clean_environment,
     conditions,
-    cpu_seconds,
     ensure_smtp_sink,
     ensure_venv,
     free_port,
@@ -66,6 +65,7 @@ from common import (
     machine_facts,
     make_home,
     make_message,
+    process_cpu_seconds,
     shown,
     sink_messages,
     smtp_sink,
@@ -418,7 +418,7 @@ def watch(
         now = time.perf_counter()
         if result.ready_s is None and "READY=1" in notified(sock):
             result.ready_s, result.attempts_at_ready, result.ready_rss_kb = now - start, done, rss
-            result.ready_cpu_s = cpu_seconds(proc.pid)
+            result.ready_cpu_s = process_cpu_seconds(proc.pid)
         if rss is not None:
             record_sample(result, now - start, done, rss, marks)
         if now >= next_count or done >= count:
@@ -432,7 +432,7 @@ def watch(
         if settled > settled_before:
             settled_before, progress_at = settled, now
         if sent >= count:
-            result.done_s, result.done_cpu_s = now - start, cpu_seconds(proc.pid)
+            result.done_s, result.done_cpu_s = now - start, process_cpu_seconds(proc.pid)
             return
         stuck = why_stuck(result, count, settled, now, start, progress_at, deadline)
         if stuck is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -14,6 +15,7 @@ from relayd import paths, settings
 from relayd.cli.output import json_line, local_time, on_terminal, run
 from relayd.daemon.instance import daemon_listening, daemon_running
 from relayd.store import fastpath
+from relayd.store.budget import Budgeted, budget_reports
 from relayd.store.dialects import describe
 from relayd.store.queued import State
 from relayd.store.reports import AccountReport, account_reports
@@ -63,7 +65,11 @@ def _overall_retry(reports: Sequence[AccountReport]) -> float | None:
 
 
 def _as_json(
-    daemon: bool | None, database: str, reports: Sequence[AccountReport], smtp: list[str] | None
+    daemon: bool | None,
+    database: str,
+    reports: Sequence[AccountReport],
+    smtp: list[str] | None,
+    budgets: Budgeted,
 ) -> str:
     return json_line(
         {
@@ -82,6 +88,23 @@ def _as_json(
                 }
                 for r in reports
             ],
+            "limits": {
+                account: {
+                    "windows": [
+                        {
+                            "kind": w.kind,
+                            "window": w.window.text,
+                            "used": w.used,
+                            "limit": w.window.count,
+                            "resets_at": w.resets_at,
+                        }
+                        for w in windows
+                    ],
+                    "paused_until": pause.until if pause else None,
+                    "paused_reason": pause.reason if pause else None,
+                }
+                for account, (windows, pause) in budgets.items()
+            },
         }
     )
 
@@ -134,6 +157,19 @@ def _tables(reports: Sequence[AccountReport]) -> list[_Table]:
     return tables
 
 
+def _budget_table(budgets: Budgeted) -> list[_Table]:
+    """`[limits.ACCOUNT]`: each window's use and when it resets; each account's pause."""
+    rows = []
+    for account, (windows, pause) in budgets.items():
+        name = sanitize(account, "terminal")
+        for w in windows:
+            used = f"{w.used}/{w.window.count}"
+            rows.append([name, f"{w.kind} {w.window.text}", used, local_time(w.resets_at)])
+        if pause is not None:
+            rows.append([name, "paused by the server", "", local_time(pause.until)])
+    return [_Table(["ACCOUNT", "RATE LIMIT", "USED", "UNTIL"], rows, range(2, 3))] if rows else []
+
+
 def _plain(table: _Table) -> list[str]:
     """A fixed-column table, two spaces apart; the last column unpadded."""
     everything = (table.headers, *table.rows)
@@ -166,17 +202,21 @@ def _print_terminal(facts: list[tuple[str, str]], tables: list[_Table]) -> None:
 def _status(as_json: bool) -> int:
     config = settings.load()
     store = SqlStore.open_reading(config.database, timeout=fastpath.lock_timeout())
-    reports = []
+    reports: list[AccountReport] = []
+    budgets: Budgeted = {}
     if store is not None:  # nothing was ever queued: an empty report, and no file created
         with store:
             reports = account_reports(store)
+            with store.reading() as conn:
+                budgets = budget_reports(conn, config.limits, time.time())
     daemon, database = daemon_state(config.database), _location(config.database)
     smtp = listener(daemon)
     if as_json:
-        typer.echo(_as_json(daemon, database, reports, smtp))
+        typer.echo(_as_json(daemon, database, reports, smtp, budgets))
         return 0
     shown = _listener_fact(smtp, config.listen.address)
-    facts, tables = _facts(daemon, database, reports, shown), _tables(reports)
+    facts = _facts(daemon, database, reports, shown)
+    tables = _tables(reports) + _budget_table(budgets)
     if on_terminal():
         _print_terminal(facts, tables)
         return 0
@@ -188,12 +228,14 @@ def _status(as_json: bool) -> int:
 def status_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Show whether the daemon runs, counts per state and account, next retry, last errors.
+    """Show whether the daemon runs, counts per state and account, next retry, last errors,
+    and each rate-limited account's budget (used/limit per window, paused until).
 
     --json prints one object: daemon (true, false, or null: cannot tell),
     database, smtp_listener (the listening addresses, or null), counts
     {account: {state: n}}, next_retry (Unix seconds or null), accounts
     [{account, queued, sending, held, sent, failed, next_retry, last_error,
-    last_error_at}].
+    last_error_at}], limits {account: {windows [{kind, window, used, limit,
+    resets_at}], paused_until, paused_reason}}.
     """
     run(lambda: _status(as_json))

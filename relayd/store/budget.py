@@ -275,11 +275,14 @@ class WindowReport:
     resets_at: float | None  # None: the window has ended (nothing used)
 
 
+Budgeted = dict[str, tuple[list[WindowReport], "Pause | None"]]
+
+
 def budget_reports(
     conn: sa.Connection, limits: Sequence[tuple[str, AccountLimits]], now: float
-) -> dict[str, tuple[list[WindowReport], Pause | None]]:
+) -> Budgeted:
     """Each limited or paused account's windows and pause (in a read transaction)."""
-    found: dict[str, tuple[list[WindowReport], Pause | None]] = {}
+    found: Budgeted = {}
     for account, limit in limits:
         windows = [
             WindowReport(s.kind, s.window, s.used, s.ends() if s.used else None)

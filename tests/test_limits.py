@@ -11,6 +11,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from relayd.store.tables import rate_pauses
 from tests.queue_fill import enqueue_many
 from tests.sendmail_helpers import write_msmtprc
 from tests.store_helpers import BACKENDS, database_url, list_messages, message
-from tests.upstream import Fault, UpstreamServer
+from tests.upstream import Fault, Stage, UpstreamServer
 
 TOO_MANY = "421 4.7.0 Too many messages, slow down"
 
@@ -54,6 +55,22 @@ def _drain(store: SqlStore, settings: Settings) -> Runner:
     runner = Runner(store, settings, owner=f"test-{threading.get_ident()}")
     asyncio.run(asyncio.wait_for(runner.drain(["default"]), timeout=30))
     return runner
+
+
+@contextmanager
+def _faulty(
+    url: str, stage: Stage, reply: str, count: int
+) -> Iterator[tuple[UpstreamServer, SqlStore, list[str]]]:
+    """An upstream that answers `stage` with `reply`, and `count` messages queued for it."""
+    with UpstreamServer() as upstream, SqlStore.open(url) as store:
+        _rc(upstream.port)
+        upstream.fail(stage, Fault(reply=reply))
+        yield upstream, store, enqueue_many(store, [message(n) for n in range(count)], time.time())
+
+
+def _mails(upstream: UpstreamServer) -> int:
+    """How many MAIL commands the server got: one per message tried."""
+    return sum(1 for command in upstream.commands if command.startswith("MAIL"))
 
 
 def _wait_until(when: float) -> None:
@@ -159,14 +176,10 @@ def test_concurrent_spends_on_two_store_connections_cannot_overspend(url: str) -
 
 def test_a_rate_reply_pauses_the_whole_account_with_one_attempt(url: str) -> None:
     settings = _settings(url, 'backoff = "2s"\nbackoff_max = "1m"', connections=1)
-    with UpstreamServer() as upstream, SqlStore.open(url) as store:
-        _rc(upstream.port)
-        upstream.fail("MAIL", Fault(reply=TOO_MANY))
-        ids = enqueue_many(store, [message(number=n) for n in range(5)], time.time())
-        started = time.time()
+    started = time.time()
+    with _faulty(url, "MAIL", TOO_MANY, 5) as (upstream, store, ids):
         _drain(store, settings)
-        mails = [c for c in upstream.commands if c.startswith("MAIL")]
-        assert len(mails) == 1  # one attempt for the account, not one per message
+        assert _mails(upstream) == 1  # one attempt for the account, not one per message
         attempts = [a for queue_id in ids for a in store.attempts(queue_id)]
         assert [(a.reply_code, a.exit_code) for a in attempts] == [(421, 69)]
         waiting = list_messages(store, State.QUEUED)
@@ -181,14 +194,14 @@ def test_a_rate_reply_pauses_the_whole_account_with_one_attempt(url: str) -> Non
         # Kicked again during the pause (a new submission): nothing is tried.
         enqueue_many(store, [message(number=9)], time.time())
         _drain(store, settings)
-        assert len([c for c in upstream.commands if c.startswith("MAIL")]) == 1
+        assert _mails(upstream) == 1
         assert list_messages(store, State.QUEUED)[-1].reason == reason
 
         # The pause ends, the server still refuses: the next pause is twice as long.
         _wait_until(until)
         second = time.time()
         _drain(store, settings)
-        assert len([c for c in upstream.commands if c.startswith("MAIL")]) == 2
+        assert _mails(upstream) == 2
         later = list_messages(store, State.QUEUED)[0].next_attempt_at
         assert later is not None and second + 4 <= later <= time.time() + 4
         with store.reading() as conn:
@@ -204,12 +217,27 @@ def test_a_rate_reply_pauses_the_whole_account_with_one_attempt(url: str) -> Non
             assert conn.execute(sa.select(rate_pauses.c.level)).scalar_one() == 0
 
 
+def test_a_rate_reply_in_the_greeting_pauses_the_account_too(url: str) -> None:
+    settings = _settings(url, 'backoff = "1m"')
+    too_many = "421 4.7.0 Too many connections, slow down"
+    with _faulty(url, "GREETING", too_many, 4) as (upstream, store, ids):
+        _drain(store, settings)
+        # two connections may each have met the greeting; the account paused once
+        assert 1 <= upstream.commands.count("CONNECT") <= 2
+        attempts = [a for queue_id in ids for a in store.attempts(queue_id)]
+        assert 1 <= len(attempts) <= 2 and {a.reply_code for a in attempts} == {421}
+        waiting = list_messages(store, State.QUEUED)
+        assert [m.queue_id for m in waiting] == ids  # none held, none failed, none lost
+        assert len({m.next_attempt_at for m in waiting}) == 1
+        assert all(m.reason and "account paused until" in m.reason for m in waiting)
+        with store.reading() as conn:
+            assert conn.execute(sa.select(rate_pauses.c.level)).scalar_one() == 1
+
+
 def test_a_quota_5xx_is_retried_after_the_pause_not_failed(url: str) -> None:
     settings = _settings(url, 'backoff = "1s"', connections=1)
-    with UpstreamServer() as upstream, SqlStore.open(url) as store:
-        _rc(upstream.port)
-        upstream.fail("END", Fault(reply="550 5.4.5 Daily user sending limit exceeded"))
-        ids = enqueue_many(store, [message(number=n) for n in range(3)], time.time())
+    quota = "550 5.4.5 Daily user sending limit exceeded"
+    with _faulty(url, "END", quota, 3) as (upstream, store, ids):
         _drain(store, settings)
         assert len(upstream.transactions) == 1  # the data went once, then the account paused
         waiting = list_messages(store, State.QUEUED)
@@ -219,12 +247,9 @@ def test_a_quota_5xx_is_retried_after_the_pause_not_failed(url: str) -> None:
 
 def test_other_replies_still_retry_message_by_message(url: str) -> None:
     settings = _settings(url, 'messages = "100/1m"', connections=1)
-    with UpstreamServer() as upstream, SqlStore.open(url) as store:
-        _rc(upstream.port)
-        upstream.fail("MAIL", Fault(reply="451 4.3.0 Try again later"))
-        ids = enqueue_many(store, [message(number=n) for n in range(3)], time.time())
+    with _faulty(url, "MAIL", "451 4.3.0 Try again later", 3) as (upstream, store, ids):
         _drain(store, settings)
-        assert len([c for c in upstream.commands if c.startswith("MAIL")]) == 3
+        assert _mails(upstream) == 3
         for queue_id in ids:
             assert [a.reply_code for a in store.attempts(queue_id)] == [451]
         with store.reading() as conn:

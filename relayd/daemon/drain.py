@@ -173,7 +173,8 @@ async def deliver_claimed(
                     unsent.extend(messages[index:])
                     break
                 if tried is not None and not session.alive:
-                    if refused is not None and drained.dead is None:  # held: hold them all
+                    held = refused is not None and drained.dead is None
+                    if held and drained.paused is None:  # held: hold them all
                         sent.extend(_held_too(recorder, messages[index:], tried, owner))
                     else:
                         unsent.extend(messages[index:])

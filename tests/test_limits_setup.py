@@ -26,7 +26,7 @@ from relayd.sysexits import ExitCode
 from tests.queue_fill import enqueue_many
 from tests.store_helpers import BACKENDS, database_url, list_messages, message
 from tests.test_config_check import check, problems, write_toml
-from tests.test_daemon import Daemon, eventually, rc_for, start_daemon
+from tests.test_daemon import Daemon, eventually, rc_for, run_relayd, start_daemon
 from tests.test_status import status, status_json
 from tests.upstream import UpstreamServer
 
@@ -224,5 +224,27 @@ def test_the_daemon_sends_the_rest_when_the_window_opens_without_polling(
             eventually(
                 lambda: {m.state for m in list_messages(store)} == {State.SENT}, 10, "all sent"
             )
+        code, err = daemon.stop()
+        assert code == 0, err
+
+
+def test_flush_wait_ends_when_the_rest_waits_for_the_budget(
+    start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    with UpstreamServer(timeout=20) as upstream:
+        rc_for(upstream.port)
+        toml = tmp_path / "relayd.toml"
+        toml.write_text('[limits.default]\nmessages = "2/10m"\n')
+        daemon = start_daemon(RELAYD_CONFIG=str(toml))
+        with SqlStore.open(os.environ["RELAYD_DATABASE_URL"]) as store:
+            ids = enqueue_many(store, [message(n) for n in range(3)], time.time())
+            started = time.monotonic()
+            flushed = run_relayd("queue", "flush", "--wait", "--timeout", "60")
+            assert time.monotonic() - started < 30  # not the ten minutes of the window
+            assert flushed.returncode == ExitCode.TEMPFAIL, flushed.stderr
+            assert len(upstream.transactions) == 2
+            (waiting,) = list_messages(store, State.QUEUED)
+            assert waiting.queue_id == ids[2]
+            assert waiting.reason is not None and waiting.reason.startswith("rate limit (2/10m)")
         code, err = daemon.stop()
         assert code == 0, err

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from relayd.daemon import drain
 from relayd.delivery.result import DeliveryResult, Disposition
 from relayd.settings import AccountLimits, Settings
-from relayd.store.budget import Budgets, WritingStore, clock_time
+from relayd.store.budget import Budgets, WritingStore, pause_reason
 from relayd.store.queued import Lease, QueuedMessage
 
 log = logging.getLogger("relayd.daemon.limits")
@@ -112,7 +112,7 @@ class Limiter:
         )
         self.paused[account] = pause.until
         self._note_level(account, pause.level)
-        reason = pause.reason or f"paused until {clock_time(pause.until)}"
+        reason = pause.reason or pause_reason("", pause.until)
         self._pause_reasons[account] = reason
         log.warning("account %r: %s", account, reason)
         return pause.until, reason
@@ -123,7 +123,7 @@ class Limiter:
         """After a delivery: a pause makes the account's other mail wait with its reason; a
         success once a pause is over resets the back-off."""
         if paused is not None:
-            reason = self._pause_reasons.get(account, f"paused until {clock_time(paused)}")
+            reason = self._pause_reasons.get(account, pause_reason("", paused))
             await asyncio.to_thread(self._budgets.defer, account, paused, reason, inclusive=True)
             return
         if self._levels.get(account) and any(r.disposition is Disposition.SENT for r in results):

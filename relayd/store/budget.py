@@ -11,7 +11,7 @@ with the reason; ties keep arrival order, since claims break them by row id.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -20,6 +20,7 @@ import sqlalchemy as sa
 
 from relayd.settings import AccountLimits, Window
 from relayd.store import leases as leases_module
+from relayd.store.interface import ReportStore
 from relayd.store.queued import Lease
 from relayd.store.records import State
 from relayd.store.tables import messages, rate_budgets, rate_pauses
@@ -38,8 +39,16 @@ def clock_time(when: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(when))
 
 
+# How the reasons of mail held back by a limit begin (`held_back` finds them by these).
+BUDGET_REASON, PAUSE_REASON = "rate limit (", "rate limited by the server ("
+
+
 def budget_reason(window: Window, until: float) -> str:
-    return f"rate limit ({window.text}) until {clock_time(until)}"
+    return f"{BUDGET_REASON}{window.text}) until {clock_time(until)}"
+
+
+def pause_reason(reply: str, until: float) -> str:
+    return f"{PAUSE_REASON}{reply}); account paused until {clock_time(until)}"
 
 
 @dataclass
@@ -170,7 +179,7 @@ class Budgets:
             pause = _pause(conn, account)
             level = pause.level if pause else 0
             if pause is not None and pause.until > now:
-                reason = pause.reason or f"paused until {clock_time(pause.until)}"
+                reason = pause.reason or pause_reason("", pause.until)
                 _defer(conn, account, pause.until, reason)
                 return Gate(0, pause.until, reason, level, paused=True)
             allowed: int | None = None
@@ -294,3 +303,21 @@ def budget_reports(
         pause = Pause(row.paused_until, int(row.level), row.reason)
         found[row.account] = (found.get(row.account, ([], None))[0], pause)
     return dict(sorted(found.items()))
+
+
+def held_back(store: ReportStore, queue_ids: Collection[str], since: float) -> set[str]:
+    """Of `queue_ids`, the queued messages a budget or a pause put off past `since`: their pass
+    is over without an attempt (`queue flush --wait` stops waiting for them)."""
+    wanted = list(queue_ids)
+    found: set[str] = set()
+    reason = messages.c.reason
+    with store.reading() as conn:
+        for start in range(0, len(wanted), 500):
+            query = sa.select(messages.c.queue_id).where(
+                messages.c.queue_id.in_(wanted[start : start + 500]),
+                messages.c.state == State.QUEUED.value,
+                messages.c.next_attempt_at > since,
+                sa.or_(reason.startswith(BUDGET_REASON), reason.startswith(PAUSE_REASON)),
+            )
+            found.update(conn.execute(query).scalars())
+    return found

@@ -8,6 +8,7 @@ against what the queue says (nothing lost, nothing stuck, no attempt for mail he
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -254,3 +255,29 @@ def test_other_replies_still_retry_message_by_message(url: str) -> None:
             assert [a.reply_code for a in store.attempts(queue_id)] == [451]
         with store.reading() as conn:
             assert conn.execute(sa.select(sa.func.count()).select_from(rate_pauses)).scalar() == 0
+
+
+def test_an_account_without_limits_reads_no_budget(tmp_path: Path) -> None:
+    # The drain's cost without [limits.ACCOUNT]: not one statement more (every statement the
+    # SQLite connections run is traced, the driver-level fast paths too); with a table, the
+    # same trace sees the budget read.
+    url = f"sqlite:///{tmp_path / 'q.sqlite3'}"
+    plain = settings_module.parse(f'database = "{url}"\n', "relayd.toml", default_database=url)
+    statements: list[str] = []
+
+    def trace(dbapi: sqlite3.Connection, _record: object) -> None:
+        dbapi.set_trace_callback(statements.append)
+
+    with UpstreamServer() as upstream, SqlStore.open(url) as store:
+        _rc(upstream.port)
+        sa.event.listen(store.engine, "connect", trace)
+        store.engine.dispose()  # new connections, each traced
+        enqueue_many(store, [message(number=n) for n in range(20)], time.time())
+        _drain(store, plain)
+        assert len(upstream.transactions) == 20
+        assert any("UPDATE messages" in s for s in statements)  # the trace saw the drain
+        assert not [s for s in statements if "rate_" in s]
+        enqueue_many(store, [message(number=n) for n in range(20, 25)], time.time())
+        _drain(store, _settings(url, 'messages = "100/1m"'))
+        assert len(upstream.transactions) == 25
+        assert [s for s in statements if "rate_budgets" in s]

@@ -1,14 +1,13 @@
 """relayd.toml's value checks: durations, sizes, counts, flags, addresses, AUTH users.
 
-Stdlib only, and no regular expression compiled at import (the sendmail path checks `database`
-and `[submit] max_size` with these): each validator returns the value or raises Invalid with the
-text the loader puts after the file and key.
+Stdlib only, and re imported only by the checks that need it (the sendmail path checks
+`database` and `[submit] max_size` with these, and re with enum costs it 2 ms): each validator
+returns the value or raises Invalid with the text the loader puts after the file and key.
 """
 
 from __future__ import annotations
 
 import os
-import re
 
 from relayd import paths
 from relayd.errors import ConfigError
@@ -30,6 +29,8 @@ def duration(value: object) -> int:
     """Seconds from `"90s"`, `"5m"`, `"1h30m"`, `"5d"`, `"2w"` or an integer of seconds."""
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise Invalid(f'expected a duration such as "90s", "5m", "1h", "5d", not {value!r}')
+    import re  # here, not at import: see the module's docstring
+
     if isinstance(value, int):
         seconds = value
     elif re.fullmatch(_DURATION, value.strip()):
@@ -156,6 +157,7 @@ def scrypt_parts(stored: str) -> tuple[int, int, int, bytes, bytes] | None:
     beyond 1 GiB (n a power of two, 128·n·r·p within 2**30), or salt or hash too short."""
     import base64
     import binascii
+    import re
 
     found = re.fullmatch(SCRYPT, stored)
     if found is None:

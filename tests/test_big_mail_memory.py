@@ -4,6 +4,7 @@ show` / `show --raw` stream it from the queue (peak RSS measured, not timed)."""
 from __future__ import annotations
 
 import contextlib
+import smtplib
 import sqlite3
 import subprocess
 import time
@@ -22,6 +23,7 @@ from tests.test_daemon import (
     submit,
     upstream,
 )
+from tests.test_listener import free_port
 from tests.upstream import UpstreamServer
 
 __all__ = ["start_daemon", "upstream"]  # fixtures used by name below
@@ -136,4 +138,47 @@ def test_the_daemon_streams_20_mb_with_bounded_rss_growth(
     last = logfile.read_text().splitlines()[-1]
     assert f" mailsize={mail_size(stored)} " in last, last
     print(f"daemon RSS idle {idle / MIB:.1f} MiB, peak {peak / MIB:.1f} MiB")
+    assert peak - idle <= DAEMON_GROWTH, (idle / MIB, peak / MIB)
+
+
+# Over SMTP, with Date and Message-ID: relayd adds nothing, so upstream gets these exact bytes.
+BIG_SMTP = (
+    b"From: me@example.org\r\nTo: you@example.org\r\nSubject: big over SMTP\r\n"
+    b"Date: Sun, 06 Dec 2026 03:00:00 +0000\r\nMessage-ID: <big-smtp@example.org>\r\n\r\n"
+    + BIG[BIG.index(b"\r\n\r\n") + 4 :]
+    + b"\r\n"
+)
+
+
+def test_the_listener_takes_20_mb_over_smtp_with_bounded_rss_growth(
+    upstream: UpstreamServer, start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    write_msmtprc(f"account default\nhost 127.0.0.1\nport {upstream.port}\nfrom me@example.org\n")
+    port = free_port()
+    config = tmp_path / "relayd.toml"
+    config.write_text(f'[listen]\naddress = "127.0.0.1:{port}"\n')
+    daemon = start_daemon(RELAYD_CONFIG=str(config))
+
+    def send(message: bytes) -> str:
+        with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+            client.ehlo("client.example")
+            client.mail("me@example.org")
+            client.rcpt("you@example.org")
+            code, reply = client.data(message)
+        assert code == 250, reply
+        return reply.split()[-1].decode()
+
+    send(BIG_SMTP[:2000] + b"\r\n")  # warm up: a first message over SMTP, delivered
+    upstream.wait_for(1, timeout=10)
+    time.sleep(0.5)
+    pid = daemon.proc.pid
+    idle = _status(pid, "VmRSS")
+    queue_id = send(BIG_SMTP)
+    upstream.wait_for(2, timeout=120)
+    eventually(lambda: _stored(queue_id)[0] == "sent", 30, "state sent")
+    peak = _status(pid, "VmHWM")
+    assert _stored(queue_id)[1] == BIG_SMTP
+    assert upstream.transactions[1].data == BIG_SMTP
+    print(f"listener: daemon RSS idle {idle / MIB:.1f} MiB, peak {peak / MIB:.1f} MiB")
+    # Taken in blocks into a file, composed into another, stored and sent a chunk at a time.
     assert peak - idle <= DAEMON_GROWTH, (idle / MIB, peak / MIB)

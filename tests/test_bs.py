@@ -282,6 +282,33 @@ def test_host_daemon_replies_become_smtp_replies(code: int, line: str, expected:
     assert smtp_reply(Reply(ExitCode(code), line, [])).startswith(expected)
 
 
+# Over IN_MEMORY: the session spools it to a file; it must arrive whole and byte-exact.
+BIG = MESSAGE + b"".join(b".%06d a line of a big message\r\n" % n for n in range(60_000))
+
+
+def test_a_big_message_is_spooled_and_stored_byte_for_byte() -> None:
+    write_msmtprc()
+    script = b"EHLO client.example\r\n" + transaction(BIG) + b"QUIT\r\n"
+    result = run_sendmail(["-bs"], script, timeout=60)
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert b"\r\n250 2.0.0 Ok: queued as " in result.stdout
+    (stored,) = stored_messages()
+    assert stored.data == BIG
+
+
+@needs_root
+def test_a_big_message_of_a_host_queue_user_goes_through_the_socket_whole(
+    host: Host, host_daemon: Callable[..., Daemon]
+) -> None:
+    host_daemon()
+    script = b"EHLO client.example\r\n" + transaction(BIG) + b"QUIT\r\n"
+    result = host.sendmail(NOBODY, ["-bs"], script, timeout=60)
+    assert (result.returncode, result.stderr) == (0, b""), result.stdout[-300:]
+    assert b"\r\n250 2.0.0 Ok: queued as " in result.stdout
+    (stored,) = stored_messages()
+    assert stored.data == BIG
+
+
 @needs_root
 def test_a_user_of_the_host_queue_goes_through_the_submit_socket(
     host: Host, host_daemon: Callable[..., Daemon]

@@ -246,3 +246,17 @@ def test_the_wheel_installs_and_migrates_a_new_queue(tmp_path: Path) -> None:
     assert revision == SCHEMA_REVISION
     assert tables == {*metadata.tables, "alembic_version"}
     assert [m.recipients for m in stored_messages()] == [[("rcpt@example.org", "pending")]]
+    # The installed launcher loads no `re` (pip's console-script wrapper would: SPEC §6 budget).
+    traced = subprocess.run(
+        [venv / "bin" / "python", "-X", "importtime", venv / "bin" / "relayd-sendmail", "r@x.org"],
+        input=b"Subject: traced\n\nhello\n",
+        capture_output=True,
+        env=env,
+        cwd=env["HOME"],
+        timeout=60,
+        check=False,
+    )
+    assert traced.returncode == 0, traced.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in traced.stderr.decode().splitlines()}
+    assert "relayd.submission.entry" in imported
+    assert sorted(imported & {"re", "enum", "json"}) == []

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import random
 
 import pytest
 from aiosmtpd.smtp import SMTP
 
 from relayd.submission.smtpd import _PLAIN_PATH, RelaydSMTP
-from relayd.submission.smtpdata import END, Outcome, read
+from relayd.submission.smtpdata import END, Outcome, Spool, read
+from relayd.submission.spooled import IN_MEMORY
 
 LINE_LIMIT = 1001  # aiosmtpd's line_length_limit, also its StreamReader's limit
 AFTER = b"MAIL FROM:<next@example.org>\r\n"  # a pipelined command: must stay unread
@@ -28,10 +30,10 @@ def reference(stream: bytes) -> tuple[bytes, int]:
 
 def run_read(
     pieces: list[bytes], limit: int | None = None, eof: bool = False
-) -> tuple[Outcome, bytes, bytes]:
+) -> tuple[Outcome, bytes | Spool, bytes]:
     """Feed `pieces` one loop turn apart; (outcome, message, what is left in the reader)."""
 
-    async def main() -> tuple[Outcome, bytes, bytes]:
+    async def main() -> tuple[Outcome, bytes | Spool, bytes]:
         reader = asyncio.StreamReader(limit=LINE_LIMIT)
 
         async def feed() -> None:
@@ -120,6 +122,48 @@ def test_the_end_of_input_before_the_end_marker_raises() -> None:
     for pieces in ([b""], [b"partial line"], [b"line\r\n.\r"]):
         with pytest.raises(asyncio.IncompleteReadError):
             run_read(pieces, eof=True)
+
+
+# Over IN_MEMORY: lines with dots to unstuff, one of them across the point where it spools.
+BIG_BODY = b"".join(b"..%06d dotted line of the big message\r\n" % n for n in range(60_000))
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_big_message_waits_in_a_file_byte_for_byte() -> None:
+    stream = BIG_BODY + b".\r\n"
+    expected, _ = reference(stream)
+    assert len(expected) > 2 * IN_MEMORY
+    rng = random.Random(3)
+    spooled_at = IN_MEMORY + 1
+    for points in (
+        [],
+        [spooled_at - 1, spooled_at, spooled_at + 1],
+        rng.sample(range(1, 2**21), 30),
+    ):
+        outcome, message, left = run_read(cut(stream + AFTER, points))
+        assert isinstance(message, Spool), "a big message is not held in memory"
+        try:
+            assert (outcome, b"".join(message.chunks()), left) == (Outcome.NOMINAL, expected, AFTER)
+            assert (message.size, message.nul) == (len(expected), False)
+        finally:
+            message.close()
+    small = run_read([b"small\r\n.\r\n"])[1]
+    assert small == b"small\r\n"  # bytes, as before
+
+
+def test_a_nul_in_a_big_message_is_noticed_and_a_cut_off_one_leaves_no_file() -> None:
+    _, message, _ = run_read([BIG_BODY + b"a\0b\r\n" + b"x\r\n.\r\n"])
+    assert isinstance(message, Spool) and message.nul
+    message.close()
+    before = _open_fds()
+    with pytest.raises(asyncio.IncompleteReadError):
+        run_read([BIG_BODY[: 3 * IN_MEMORY // 2]], eof=True)
+    assert _open_fds() == before  # the spool file was closed (and so deleted)
+    _, refused, _ = run_read([BIG_BODY + b".\r\n"], limit=IN_MEMORY + 10)
+    assert refused == b""  # over the limit: nothing kept, no file
 
 
 def test_plain_addresses_parse_as_aiosmtpd_parses_them() -> None:

@@ -12,6 +12,7 @@ import typer
 from relayd import paths, settings
 from relayd.cli import remote
 from relayd.cli.output import run
+from relayd.cli.queue_import import import_msmtpq_command
 from relayd.cli.queue_list import list_command, show_command
 from relayd.cli.queue_log import log_command
 from relayd.daemon import actions, flush
@@ -158,3 +159,4 @@ def delete_command(
 
 
 app.command("log")(log_command)
+app.command("import-msmtpq")(import_msmtpq_command)

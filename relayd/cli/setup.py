@@ -1,4 +1,5 @@
-"""`relayd setup --system`: make this root-owned installation the host's sendmail and its daemon.
+"""`relayd setup --system`: make this root-owned installation the host's sendmail and its daemon
+(`relayd setup` without --system is a user's setup: cli/setup_user.py).
 
 It links /usr/sbin/sendmail, /usr/bin/mailq (and /usr/lib/sendmail) to this installation's
 relayd-sendmail and installs the systemd units, sysusers.d and tmpfiles.d files shipped in
@@ -12,6 +13,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -112,7 +114,8 @@ def plan_files(root: Path, bin_dir: Path) -> list[File]:
     return plan
 
 
-def _free_name(path: Path, suffix: str) -> Path:
+def free_name(path: Path, suffix: str) -> Path:
+    """`path` + `suffix`, or + `suffix.N`: a name nothing has yet."""
     candidate = path.with_name(path.name + suffix)
     number = 0
     while os.path.lexists(candidate):
@@ -121,7 +124,8 @@ def _free_name(path: Path, suffix: str) -> Path:
     return candidate
 
 
-def _replace_with_link(link: Link, backup: Path | None) -> None:
+def replace_with_link(link: Link, backup: Path | None) -> None:
+    """Make `link` (through a new link renamed over the old name), copying the old to `backup`."""
     link.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     temporary = link.path.with_name(f".{link.path.name}.relayd-new")
     if os.path.lexists(temporary):
@@ -132,7 +136,8 @@ def _replace_with_link(link: Link, backup: Path | None) -> None:
     os.replace(temporary, link.path)  # the old name never goes missing
 
 
-def _write_file(item: File, previous: Path | None) -> None:
+def write_file(item: File, previous: Path | None, mode: int = 0o644) -> None:
+    """Write `item` atomically (fsynced, then renamed over the old), keeping `previous`."""
     item.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
     if previous is not None:
         shutil.copy2(item.path, previous, follow_symlinks=False)
@@ -142,7 +147,7 @@ def _write_file(item: File, previous: Path | None) -> None:
             handle.write(item.text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(temporary, 0o644)
+        os.chmod(temporary, mode)
         os.replace(temporary, item.path)
     except BaseException:
         if os.path.lexists(temporary):
@@ -168,12 +173,12 @@ def _do_links(steps: Steps, links: list[Link]) -> None:
         if link.state == "unchanged":
             typer.echo(f"unchanged {arrow}")
             continue
-        backup = _free_name(link.path, BACKUP_SUFFIX) if link.state == "foreign" else None
+        backup = free_name(link.path, BACKUP_SUFFIX) if link.state == "foreign" else None
         if backup is not None:
             steps.say(f"keep {link.path} as {backup}")  # copied as the link replaces it
         verb = "link" if link.state == "create" else "relink"
         if steps.say(f"{verb} {arrow}"):
-            _replace_with_link(link, backup)
+            replace_with_link(link, backup)
 
 
 def _do_files(steps: Steps, files: list[File]) -> None:
@@ -181,13 +186,13 @@ def _do_files(steps: Steps, files: list[File]) -> None:
         if item.state == "unchanged":
             typer.echo(f"unchanged {item.path}")
             continue
-        previous = _free_name(item.path, PREVIOUS_SUFFIX) if item.state == "update" else None
+        previous = free_name(item.path, PREVIOUS_SUFFIX) if item.state == "update" else None
         if previous is not None:
             line = f"update {item.path} (the previous one kept as {previous})"
         else:
             line = f"install {item.path}"
         if steps.say(line):
-            _write_file(item, previous)
+            write_file(item, previous)
 
 
 def _run_tools(steps: Steps, root: Path) -> bool:
@@ -219,17 +224,21 @@ def _run_tools(steps: Steps, root: Path) -> bool:
     return ok
 
 
-def _refuse_foreign(links: list[Link]) -> None:
+def refuse_foreign(links: list[Link], advice: Callable[[Link], str]) -> bool:
+    """Say in one line each link path that holds a file relayd did not make, with `advice`;
+    True when there is none."""
     foreign = [link for link in links if link.state == "foreign"]
     for link in foreign:
         what = f"a link to {os.readlink(link.path)}" if link.path.is_symlink() else "a file"
         typer.echo(
-            f"relayd: {link.path} is {what}, not relayd's: not replaced; --force replaces it"
-            f" and keeps it as {link.path}{BACKUP_SUFFIX}",
+            f"relayd: {link.path} is {what}, not relayd's: not replaced; {advice(link)}",
             err=True,
         )
-    if foreign:
-        raise typer.Exit(ExitCode.CANTCREAT)
+    return not foreign
+
+
+def _force_advice(link: Link) -> str:
+    return f"--force replaces it and keeps it as {link.path}{BACKUP_SUFFIX}"
 
 
 def setup_command(
@@ -250,12 +259,26 @@ def setup_command(
     ] = False,
     force: Annotated[
         bool,
-        typer.Option("--force", help="Replace a sendmail that is not relayd's, keeping a backup."),
+        typer.Option(
+            "--force", help="With --system: replace a sendmail that is not relayd's (backed up)."
+        ),
     ] = False,
+    notify: Annotated[
+        bool,
+        typer.Option(
+            "--notify/--no-notify",
+            help="User setup: a desktop notification (notify-send) for held and failed mail.",
+        ),
+    ] = True,
 ) -> None:
-    """Make this installation the host's sendmail and install its system daemon (as root)."""
+    """Set relayd up for you (sendmail and mailq in ~/.local/bin, the user service) or, with
+    --system as root, for the whole host. Idempotent; --dry-run prints the steps only."""
     if not system:
-        fail("only `relayd setup --system` exists; a user needs no setup (see README)", 64)
+        if root != Path("/") or force:
+            fail("--root and --force go with --system", ExitCode.USAGE)
+        from relayd.cli import setup_user
+
+        raise typer.Exit(setup_user.setup(dry_run=dry_run, notify=notify))
     if geteuid() != 0:
         fail("`relayd setup --system` must run as root: it writes /usr and /etc", ExitCode.NOPERM)
     root = root.absolute()
@@ -272,8 +295,8 @@ def setup_command(
             ExitCode.NOPERM,
         )
     links = plan_links(root, sendmail)
-    if not force:
-        _refuse_foreign(links)
+    if not force and not refuse_foreign(links, _force_advice):
+        raise typer.Exit(ExitCode.CANTCREAT)
     files = plan_files(root, bin_dir)
     steps = Steps(dry_run)
     _do_links(steps, links)

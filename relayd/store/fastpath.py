@@ -17,7 +17,7 @@ from relayd import paths
 from relayd.errors import ConfigError, QueueError
 from relayd.store import BODY_CHUNK, SCHEMA_REVISION, failures
 from relayd.store.ids import new_queue_id
-from relayd.store.records import NewMessage
+from relayd.store.submitted import NewMessage
 from relayd.sysexits import ExitCode
 
 TYPE_CHECKING = False  # typing costs milliseconds on the sendmail hot path

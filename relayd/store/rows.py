@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from relayd.store.fastpath import BodyRows
 from relayd.store.queued import Attempt, QueuedMessage, Recipient, RecipientState, State
-from relayd.store.records import NewMessage
+from relayd.store.submitted import NewMessage
 from relayd.store.tables import bodies, messages, recipients
 
 # Everything but the body (listing 100,000 messages must not read their data), in the order

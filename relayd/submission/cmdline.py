@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from enum import Enum
-
 from relayd.accounts.account import Account
 from relayd.accounts.options import ACCOUNT_OPTIONS, apply_account_option
 from relayd.errors import UsageError
-from relayd.submission.getopt import Arg, Parsed, getopt_long, parse_short_spec
+from relayd.submission.getopt import Arg, Named, Parsed, getopt_long, parse_short_spec
 
 TYPE_CHECKING = False  # typing costs milliseconds at import: this is the sendmail hot path
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from typing import ClassVar
 
 # msmtp's getopt string, plus -q[interval] (flush the queue), which relayd adds.
 SHORT_OPTIONS = parse_short_spec("Pd::SC:a:f:N:R:X:tA:B:b:F:Gh:iL:mnO:o:vq::")
@@ -89,26 +88,44 @@ _SHORT_ALIASES = {
 _IGNORED_SHORT = frozenset(["-A", "-B", "-G", "-h", "-i", "-L", "-m", "-n", "-O"])
 
 
-class Mode(Enum):
+class Mode(Named):
     """What relayd-sendmail was asked to do."""
 
-    SEND = "send"  # store the message (sendmail's -bm, the default)
-    VERSION = "version"
-    HELP = "help"
-    SERVERINFO = "serverinfo"
-    RMQS = "rmqs"
-    CONFIGURE = "configure"
-    LIST_QUEUE = "list-queue"  # -bp, mailq
-    FLUSH = "flush"  # -q
-    SMTP = "smtp"  # -bs
+    __slots__ = ()
+    SEND: ClassVar[Mode]  # store the message (sendmail's -bm, the default)
+    VERSION: ClassVar[Mode]
+    HELP: ClassVar[Mode]
+    SERVERINFO: ClassVar[Mode]
+    RMQS: ClassVar[Mode]
+    CONFIGURE: ClassVar[Mode]
+    LIST_QUEUE: ClassVar[Mode]  # -bp, mailq
+    FLUSH: ClassVar[Mode]  # -q
+    SMTP: ClassVar[Mode]  # -bs
 
 
-class Delivery(Enum):
+Mode.SEND = Mode("send")
+Mode.VERSION = Mode("version")
+Mode.HELP = Mode("help")
+Mode.SERVERINFO = Mode("serverinfo")
+Mode.RMQS = Mode("rmqs")
+Mode.CONFIGURE = Mode("configure")
+Mode.LIST_QUEUE = Mode("list-queue")
+Mode.FLUSH = Mode("flush")
+Mode.SMTP = Mode("smtp")
+
+
+class Delivery(Named):
     """sendmail's -od delivery modes."""
 
-    BACKGROUND = "b"  # store, wake the daemon (default)
-    QUEUE = "q"  # store only (-odq)
-    INTERACTIVE = "i"  # deliver now in this process (-odi)
+    __slots__ = ()
+    BACKGROUND: ClassVar[Delivery]  # store, wake the daemon (default)
+    QUEUE: ClassVar[Delivery]  # store only (-odq)
+    INTERACTIVE: ClassVar[Delivery]  # deliver now in this process (-odi)
+
+
+Delivery.BACKGROUND = Delivery("b")
+Delivery.QUEUE = Delivery("q")
+Delivery.INTERACTIVE = Delivery("i")
 
 
 class Invocation:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import time
 
 from relayd.errors import DataError
@@ -36,6 +35,7 @@ __all__ = [
 
 TYPE_CHECKING = False  # typing costs milliseconds at import: this is the hot path
 if TYPE_CHECKING:
+    import re
     from collections.abc import Callable, Iterable, Iterator
     from typing import Any, Literal
 
@@ -107,6 +107,8 @@ def _removal_pattern(names: tuple[str, ...]) -> re.Pattern[bytes]:
     """A field named `name:` (any case) at a line start, with its folded continuation lines."""
     pattern = _REMOVAL_PATTERNS.get(names)
     if pattern is None:
+        import re  # only messages that lose a field pay for re (and enum) at start-up
+
         alternatives = "|".join(names).encode()
         pattern = re.compile(
             rb"^(?:" + alternatives + rb"):[^\n]*(?:\n|\Z)(?:[ \t][^\n]*(?:\n|\Z))*",
@@ -124,9 +126,19 @@ def _header_section(raw: bytes, end: int, remove: tuple[str, ...]) -> bytes:
     header = raw[:end]
     if b"\r" in header:
         header = header.replace(b"\r", b"")  # msmtp ignores every CR while reading headers
-    if remove:
+    if remove and _has_field(header, remove):
         header = _removal_pattern(remove).sub(b"", header)
     return header
+
+
+def _has_field(header: bytes, names: tuple[str, ...]) -> bool:
+    """Whether a field named in `names` (any ASCII case) starts a line of `header`."""
+    lowered = header.lower()
+    for name in names:
+        field = name.encode() + b":"
+        if lowered.startswith(field) or b"\n" + field in lowered:
+            return True
+    return False
 
 
 def _crlf(pieces: Iterable[bytes]) -> Iterator[bytes]:

@@ -11,10 +11,9 @@ import pwd
 import socket
 import stat
 import struct
-import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from relayd import paths
@@ -22,9 +21,8 @@ from relayd.daemon import startup
 from relayd.daemon.services import Context
 from relayd.errors import RelaydError
 from relayd.settings import Settings
-from relayd.store import BODY_CHUNK
 from relayd.store.records import NewMessage
-from relayd.submission import privilege, protocol
+from relayd.submission import privilege, protocol, spooled
 from relayd.submission.cmdline import Delivery, Invocation, Mode, parse
 from relayd.submission.limits import Committer, RateLimit
 from relayd.submission.ops import QueueOps
@@ -35,7 +33,6 @@ from relayd.sysexits import ExitCode
 log = logging.getLogger("relayd.submit")
 
 _CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
-_SPOOL_IN_MEMORY = 1 << 20  # a bigger message waits in a private temporary file
 _STOP_WAIT = 10.0  # seconds a stop waits for submissions that are being committed
 
 
@@ -210,7 +207,7 @@ class SubmitServer:
                 f"more than {limits.rate} messages a minute from this user; try again later",
                 ExitCode.TEMPFAIL,
             )
-        with tempfile.SpooledTemporaryFile(_SPOOL_IN_MEMORY) as spool:
+        with tempfile.SpooledTemporaryFile(spooled.IN_MEMORY) as spool:
             size = 0
             while True:
                 kind, chunk = await self._frame(reader, protocol.DATA + protocol.END)
@@ -223,7 +220,7 @@ class SubmitServer:
                 spool.write(chunk)
             self._readers.difference_update({asyncio.current_task()})  # a stop lets it finish
             spool.seek(0)
-            with tempfile.SpooledTemporaryFile(_SPOOL_IN_MEMORY) as wire:
+            with spooled.wire_file() as wire:
                 new = await asyncio.to_thread(_compose, inv, spool, wire, peer)
                 try:
                     queue_id = await self.committer.add(new, time.time())
@@ -236,36 +233,14 @@ class SubmitServer:
 
 
 def _compose(inv: Invocation, spool: Any, wire: Any, peer: Peer) -> NewMessage:
-    """The stored message, made as relayd-sendmail makes it, with the host's accounts: read
-    from `spool` a block at a time, its wire form written to `wire`, which the store reads
-    back a chunk at a time (again, if a group commit is retried)."""
-    from relayd.submission import sendmail, submit
-
-    source = submit.Input(spool.read, sys.maxsize)  # max_size was checked as it arrived
-    now = time.time()
+    """The stored message, made with the host's accounts from `spool` (`spooled.compose`),
+    recorded as the peer's."""
     try:
-        head = source.head()
-        account, recipients, scan = sendmail.prepare(inv, head, sendmail.Output(False))
-        new = submit.build(inv, account, head, scan, recipients, now, source.rest())
-        for piece in new.body or ():
-            wire.write(piece)
+        new = spooled.compose(inv, spool.read, wire)
     except RelaydError as err:
         raise Refused(err.message, err.exit_code) from None
-    new.body = _Replay(wire)
     new.uid, new.user = peer.uid, peer.user
     return new
-
-
-class _Replay:
-    """A file's bytes, from its start, BODY_CHUNK at a time, each time it is iterated."""
-
-    def __init__(self, file: Any) -> None:
-        self.file = file
-
-    def __iter__(self) -> Iterator[bytes]:
-        self.file.seek(0)
-        while block := self.file.read(BODY_CHUNK):
-            yield block
 
 
 def _sender(writer: asyncio.StreamWriter) -> Callable[[dict[str, Any]], Awaitable[None]]:

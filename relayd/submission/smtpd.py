@@ -14,14 +14,14 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from relayd.errors import ConfigError, DataError, QueueError, RelaydError
 from relayd.settings import Settings
 from relayd.store.records import NewMessage
-from relayd.submission import smtp_auth, smtpdata
+from relayd.submission import smtp_auth, smtpdata, spooled
 from relayd.submission.addresses import check_address
 from relayd.text import sanitize
 
@@ -88,6 +88,7 @@ class RelaydSMTP(SMTP):
         self._handler = handler
         self._sessions = sessions
         self._counted = False
+        self.spooled: smtpdata.Spool | None = None  # the message of a DATA being handled
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._sessions.enter():
@@ -145,8 +146,15 @@ class RelaydSMTP(SMTP):
             await self.push(_DATA_REFUSALS[outcome])
             self._set_post_data_state()  # type: ignore[no-untyped-call]
             return
+        if isinstance(content, smtpdata.Spool):  # a big message: the handler reads the file
+            self.spooled, content = content, b""
         self.envelope.content = self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            if self.spooled is not None:
+                self.spooled.close()
+                self.spooled = None
         self._set_post_data_state()  # type: ignore[no-untyped-call]
         await self.push("250 OK" if status is MISSING else status)
 
@@ -246,24 +254,36 @@ class Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        data = envelope.original_content or b""
-        if b"\0" in data:
+        spool = server.spooled if isinstance(server, RelaydSMTP) else None
+        data: smtpdata.Content
+        if spool is not None:
+            data, nul, size = spool, spool.nul, spool.size
+        else:
+            data = envelope.original_content or b""
+            nul, size = b"\0" in data, len(data)
+        if nul:
             return "554 5.6.0 Message contains NUL bytes (no BINARYMIME here)"
         settings = self.settings()
-        if len(data) > settings.submit.max_size:
+        if size > settings.submit.max_size:
             return TOO_BIG
         sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
         return await self.store(session, sender, list(envelope.rcpt_tos), data, settings)
 
     async def store(
-        self, session: Session, sender: str, recipients: list[str], data: bytes, settings: Settings
+        self,
+        session: Session,
+        sender: str,
+        recipients: list[str],
+        data: smtpdata.Content,
+        settings: Settings,
     ) -> str:
         """Compose the message and store it through the ingest; the reply to DATA."""
         require = settings.listen.require_account
         try:
-            queue_id = await self.ingest.add(
-                lambda: compose(sender, recipients, data, require), time.time()
-            )
+            with spooled.wire_file() as wire:
+                queue_id = await self.ingest.add(
+                    lambda: compose(sender, recipients, data, require, wire), time.time()
+                )
         except QueueError as err:
             log.warning("SMTP from %s: not stored: %s", _peer(session), err.message)
             return "451 4.3.0 Queue not writable, try again later"
@@ -286,13 +306,26 @@ def _account_for(sender: str) -> None:
         raise ConfigError(f"no account for sender {sender}")
 
 
-def compose(sender: str, recipients: list[str], data: bytes, require_account: bool) -> NewMessage:
-    """The stored message for an SMTP envelope, made as relayd-sendmail makes it."""
+def compose(
+    sender: str,
+    recipients: list[str],
+    data: smtpdata.Content,
+    require_account: bool,
+    wire: IO[bytes] | None = None,
+) -> NewMessage:
+    """The stored message for an SMTP envelope, made as relayd-sendmail makes it; a spooled
+    one is composed a block at a time into `wire` (needed then) and replayed from there."""
     from relayd.submission import sendmail, submit
     from relayd.submission.cmdline import Invocation
 
     inv = Invocation()
     inv.envelope_from = sender
+    if isinstance(data, smtpdata.Spool):
+        assert wire is not None
+        data.rewind()
+        return spooled.compose(
+            inv, data.read, wire, envelope=recipients, require_account=require_account
+        )
     account, rcpts, scan = sendmail.prepare(
         inv, data, sendmail.Output(False), envelope=recipients, require_account=require_account
     )

@@ -5,6 +5,8 @@ the listener's time at load). This reads what the stream has in large blocks ins
 same results: the message as aiosmtpd's `original_content` would be (dot-stuffing undone, CRLF
 line ends as sent), a message over the size limit or with a line over aiosmtpd's line limit
 refused once its end has been read, and its bytes dropped as they come (memory stays bounded).
+A message bigger than `spooled.IN_MEMORY` goes on into a private temporary file (`Spool`) as
+it is read: a 50 MB message never sits whole in memory.
 
 The end of data is the first "CRLF . CRLF" of the stream, counting the CRLF that ended the DATA
 command (so a lone "." line right away is an empty message). `StreamReader.readuntil` finds it
@@ -17,6 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import tempfile
+from collections.abc import Iterator
+
+from relayd.store import BODY_CHUNK
+from relayd.submission.spooled import IN_MEMORY
 
 END = b"\r\n.\r\n"
 _LINE_END = b"\r\n"
@@ -39,12 +46,54 @@ def _pending(tail: bytes) -> int:
     return 0
 
 
+class Spool:
+    """The content of a big message, in a private temporary file (deleted when closed)."""
+
+    def __init__(self, start: bytes | bytearray) -> None:
+        self.file = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close())
+        self.size = 0
+        self.nul = False
+        self.write(start)
+
+    def write(self, data: bytes | bytearray) -> None:
+        self.nul = self.nul or b"\0" in data
+        self.file.write(data)
+        self.size += len(data)
+
+    def drop_last(self, count: int) -> None:
+        """Drop the last `count` bytes written."""
+        self.size -= count
+        self.file.truncate(self.size)
+        self.file.seek(self.size)
+
+    def read(self, size: int) -> bytes:
+        """Up to `size` bytes (b"" at the end), after `rewind`, like os.read."""
+        return self.file.read(size)
+
+    def rewind(self) -> None:
+        self.file.flush()
+        self.file.seek(0)
+
+    def chunks(self) -> Iterator[bytes]:
+        """The content from its start, BODY_CHUNK at a time."""
+        self.rewind()
+        while block := self.file.read(BODY_CHUNK):
+            yield block
+
+    def close(self) -> None:
+        self.file.close()
+
+
+Content = bytes | Spool
+
+
 class _Message:
     """The message as its raw blocks arrive: unstuffed content, raw size, line lengths."""
 
     def __init__(self, limit: int | None, line_limit: int) -> None:
         self.limit, self.line_limit = limit, line_limit
         self.content = bytearray()
+        self.spool: Spool | None = None
         self.outcome = Outcome.NOMINAL
         self.size = 0  # raw bytes read, the end marker's ".\r\n" included once found
         self.before = _LINE_END  # the last two raw bytes (at first the DATA command's CRLF)
@@ -58,13 +107,28 @@ class _Message:
             self.outcome = Outcome.TOO_MUCH  # more than the limit even if the end is next
         joined = self.before + block
         if self.outcome is not Outcome.NOMINAL:
-            self.content = bytearray()  # refused: keep nothing of it
+            self.discard()  # refused: keep nothing of it
         elif _STUFFED in joined:
             # A dot after CRLF (one of them possibly in the last block) is stuffing: drop it.
-            self.content += joined.replace(_STUFFED, _LINE_END)[2:]
+            self._keep(joined.replace(_STUFFED, _LINE_END)[2:])
         else:
-            self.content += block
+            self._keep(block)
         self.before = joined[-2:]
+
+    def _keep(self, data: bytes) -> None:
+        if self.spool is not None:
+            self.spool.write(data)
+            return
+        self.content += data
+        if len(self.content) > IN_MEMORY:
+            self.spool, self.content = Spool(self.content), bytearray()
+
+    def discard(self) -> None:
+        """Keep nothing of the message (a spool file is closed and so deleted)."""
+        self.content = bytearray()
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
 
     def _check_lines(self, block: bytes) -> None:
         """aiosmtpd's line limit: a line of more than `line_limit` bytes with its CRLF."""
@@ -79,11 +143,15 @@ class _Message:
         if longest + 2 > self.line_limit or self.line > self.line_limit:
             self.outcome = Outcome.TOO_LONG
 
-    def finish(self) -> tuple[Outcome, bytes]:
+    def finish(self) -> tuple[Outcome, Content]:
         """The outcome and the message, once the end marker was added (as "\r\n" after
-        unstuffing: its dot is a stuffed one)."""
+        unstuffing: its dot is a stuffed one): bytes, or a Spool the caller closes."""
         if self.outcome is not Outcome.NOMINAL:
             return self.outcome, b""
+        if self.spool is not None:
+            spool, self.spool = self.spool, None
+            spool.drop_last(2)
+            return self.outcome, spool
         del self.content[-2:]
         content, self.content = bytes(self.content), bytearray()
         return self.outcome, content
@@ -91,11 +159,20 @@ class _Message:
 
 async def read(
     reader: asyncio.StreamReader, limit: int | None, line_limit: int
-) -> tuple[Outcome, bytes]:
+) -> tuple[Outcome, Content]:
     """Read DATA's message from `reader` up to and including the end marker; the outcome
-    and (when NOMINAL) the message. `limit`: aiosmtpd's data_size_limit (None or 0: none);
-    `line_limit`: its line_length_limit. IncompleteReadError when the stream ends first."""
+    and (when NOMINAL) the message, bytes or a Spool for the caller to close. `limit`:
+    aiosmtpd's data_size_limit (None or 0: none); `line_limit`: its line_length_limit.
+    IncompleteReadError when the stream ends first (nothing is kept then)."""
     message = _Message(limit, line_limit)
+    try:
+        return await _read(reader, message)
+    except BaseException:
+        message.discard()
+        raise
+
+
+async def _read(reader: asyncio.StreamReader, message: _Message) -> tuple[Outcome, Content]:
     tail = _LINE_END
     while pending := _pending(tail):  # a prefix of END may be waiting for its rest
         more = await reader.readexactly(len(END) - pending)

@@ -8,7 +8,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiosmtpd.smtp import Session
@@ -27,6 +27,7 @@ from relayd.submission.smtpd import (
     one_line,
     options,
 )
+from relayd.submission.smtpdata import Content, Spool
 from relayd.sysexits import ExitCode
 
 _BLOCK = 64 * 1024
@@ -93,19 +94,28 @@ class HostHandler(Handler):
         self.path = path
 
     async def store(
-        self, session: Session, sender: str, recipients: list[str], data: bytes, settings: Settings
+        self,
+        session: Session,
+        sender: str,
+        recipients: list[str],
+        data: Content,
+        settings: Settings,
     ) -> str:
         argv = ["-f", sender or "<>", "--", *recipients]
         return smtp_reply(await asyncio.to_thread(_through_socket, self.path, argv, data))
 
 
-def _through_socket(path: str, argv: list[str], data: bytes) -> client.Reply:
+def _through_socket(path: str, argv: list[str], data: Content) -> client.Reply:
     sock = route.connect(path)
     if sock is None:
         return client.Reply(ExitCode.TEMPFAIL, "the host's relayd does not answer", [])
     chunk = protocol.MAX_CHUNK
+    if isinstance(data, Spool):
+        chunks: Iterable[bytes] = data.chunks()
+    else:
+        chunks = (data[i : i + chunk] for i in range(0, len(data), chunk))
     try:
-        return client.send(sock, argv, (data[i : i + chunk] for i in range(0, len(data), chunk)))
+        return client.send(sock, argv, chunks)
     finally:
         sock.close()
 

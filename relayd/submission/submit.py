@@ -10,7 +10,7 @@ from relayd import paths, settings_hot
 from relayd.accounts.account import Account
 from relayd.errors import ConfigError, DataError, RelaydError, UsageError
 from relayd.store import BODY_CHUNK, location
-from relayd.store.records import NewMessage
+from relayd.store.submitted import NewMessage
 from relayd.submission import message
 from relayd.submission.addresses import has_undecodable, shown
 from relayd.submission.cmdline import Delivery, Invocation

@@ -254,7 +254,8 @@ def test_other_replies_still_retry_message_by_message(url: str) -> None:
         for queue_id in ids:
             assert [a.reply_code for a in store.attempts(queue_id)] == [451]
         with store.reading() as conn:
-            assert conn.execute(sa.select(sa.func.count()).select_from(rate_pauses)).scalar() == 0
+            paused = sa.select(sa.func.count()).where(rate_pauses.c.level > 0)
+            assert conn.execute(paused).scalar() == 0
 
 
 def test_an_account_without_limits_reads_no_budget(tmp_path: Path) -> None:

@@ -147,6 +147,16 @@ def _pause(conn: sa.Connection, account: str, *, lock: bool = False) -> Pause | 
     return None if row is None else Pause(row[0], int(row[1]), row[2])
 
 
+def _lock_account(conn: sa.Connection, account: str) -> Pause:
+    """Lock the account's pause row (made if missing) for this transaction: every write here
+    takes it first, so the account's budget rows and then its messages are always locked in
+    the same order (no deadlock between daemons on PostgreSQL)."""
+    _insert(conn, rate_pauses, [{"account": account, "paused_until": 0.0, "level": 0}])
+    found = _pause(conn, account, lock=True)
+    assert found is not None
+    return found
+
+
 def _defer(
     conn: sa.Connection, account: str, until: float, reason: str, *, inclusive: bool = False
 ) -> int:
@@ -176,9 +186,9 @@ class Budgets:
         """How many messages a claim may take for `account` now (at most `wanted`). When the
         account is paused or a window is spent: 0, and its due mail waits with the reason."""
         with self._store.writing("check the account's rate limits") as conn:
-            pause = _pause(conn, account)
-            level = pause.level if pause else 0
-            if pause is not None and pause.until > now:
+            pause = _lock_account(conn, account)
+            level = pause.level
+            if pause.until > now:
                 reason = pause.reason or pause_reason("", pause.until)
                 _defer(conn, account, pause.until, reason)
                 return Gate(0, pause.until, reason, level, paused=True)
@@ -205,6 +215,7 @@ class Budgets:
         the queue (no attempt counted), due when the window that stopped them opens again,
         with the account's other mail due before then."""
         with self._store.writing("spend the account's rate budget") as conn:
+            _lock_account(conn, account)
             windows = _spent(conn, account, limits, now, lock=True)
             admitted, blocked = 0, None
             for _, recipients in claimed:
@@ -241,9 +252,7 @@ class Budgets:
         the last time unless a success came between. A pause still running is kept as it is
         (several connections hitting the same wall make one pause)."""
         with self._store.writing("pause the account") as conn:
-            _insert(conn, rate_pauses, [{"account": account, "paused_until": 0.0, "level": 0}])
-            current = _pause(conn, account, lock=True)
-            assert current is not None
+            current = _lock_account(conn, account)
             if current.until > now:
                 return current
             level = current.level + 1
@@ -262,6 +271,7 @@ class Budgets:
     def defer(self, account: str, until: float, reason: str, *, inclusive: bool = False) -> int:
         """The account's queued mail due before `until` waits for it, with `reason`."""
         with self._store.writing("defer the account's mail") as conn:
+            _lock_account(conn, account)
             return _defer(conn, account, until, reason, inclusive=inclusive)
 
     def succeeded(self, account: str) -> None:

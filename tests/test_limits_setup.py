@@ -24,6 +24,7 @@ from relayd.store.queued import Lease, State
 from relayd.store.sql import SqlStore
 from relayd.sysexits import ExitCode
 from tests.queue_fill import enqueue_many
+from tests.sendmail_helpers import run_sendmail, sendmail_env
 from tests.store_helpers import BACKENDS, database_url, list_messages, message
 from tests.test_config_check import check, problems, write_toml
 from tests.test_daemon import Daemon, eventually, rc_for, run_relayd, start_daemon
@@ -248,3 +249,24 @@ def test_flush_wait_ends_when_the_rest_waits_for_the_budget(
             assert waiting.reason is not None and waiting.reason.startswith("rate limit (2/10m)")
         code, err = daemon.stop()
         assert code == 0, err
+
+
+def test_sendmail_odi_spends_the_same_budget(tmp_path: Path) -> None:
+    with UpstreamServer(timeout=20) as upstream:
+        rc_for(upstream.port)
+        toml = tmp_path / "relayd.toml"
+        toml.write_text('[limits.default]\nmessages = "1/10m"\n')
+        env = sendmail_env(RELAYD_CONFIG=str(toml))
+        mail = b"Subject: t\n\nhello\n"
+        first = run_sendmail(["-odi", "you@example.org"], mail, env=env)
+        assert first.returncode == 0, first.stderr
+        second = run_sendmail(["-odi", "you@example.org"], mail, env=env)
+        assert second.returncode == 0, second.stderr  # queued, as for a temporary failure
+        assert len(upstream.transactions) == 1
+        with SqlStore.open(os.environ["RELAYD_DATABASE_URL"]) as store:
+            (waiting,) = list_messages(store, State.QUEUED)
+        assert waiting.reason is not None and waiting.reason.startswith("rate limit (1/10m)")
+        assert (
+            f"message {waiting.queue_id} stays queued: {waiting.reason}" in second.stderr.decode()
+        )
+        assert store.attempts(waiting.queue_id) == []

@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CODE   := relayd migrations tests $(wildcard benchmarks)
 
-.PHONY: demo test lint setup clean
+.PHONY: demo test lint setup clean man
 
 $(BIN)/relayd-sendmail: pyproject.toml
 	@# relayd/migrations/ moved to migrations/: bytecode left in a checkout from before the move
@@ -29,5 +29,12 @@ lint: setup
 test: lint
 	$(BIN)/pytest -q
 
+# relayd.toml(5), from CONFIGURATION.rst (docutils, a dev dependency): man -l man/relayd.toml.5
+man: man/relayd.toml.5
+
+man/relayd.toml.5: man/relayd.toml.5.rst CONFIGURATION.rst setup
+	$(BIN)/python -m docutils --writer=manpage --halt=warning $< $@
+
 clean:
+	rm -f man/relayd.toml.5
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

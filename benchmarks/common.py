@@ -41,7 +41,7 @@ SENDER = "me@example.org"
 
 # The project's files that go into the package; a change to any of them rebuilds the venv.
 PACKAGE_FILES = ("pyproject.toml", "README.rst", "MANIFEST.in", "LICENSE", "setup.cfg")
-PACKAGE_DIRS = ("relayd", "migrations")  # migrations/ installs as relayd.migrations
+PACKAGE_DIRS = ("relayd", "migrations", "bin")  # migrations/ installs as relayd.migrations
 
 
 class SetupError(Exception):

@@ -16,6 +16,9 @@ Runs seven contenders round-robin in one run, so machine load falls on all of th
    several sections) instead of `RELAYD_DATABASE_URL`: SPEC §6 holds "with or without a
    relayd.toml".
 
+With `--postgresql URL` (a `postgresql+psycopg://` server URL), three more: relayd-sendmail into
+a fresh schema there, its floor, and the SQLAlchemy path (pgsubmit.py); SPEC §6: <= 60 ms.
+
 After the timing it counts the fsync and fdatasync calls of single submissions under `strace -f
 -c` (load does not change counts): into the queue as it is between runs (no daemon), and with a
 connection held open on it as a running daemon holds one (SPEC §6: at most 2 either way).
@@ -29,6 +32,7 @@ no apt, not root or no setpriv for 5 and 6) is skipped with the reason.
 It reports the median and p95 of each (milliseconds, wall clock around the whole process),
 SPEC §6's submission targets and SPEC §7's host socket target with PASS/FAIL, and exits 0
 whatever the figures. Usage: python benchmarks/submit.py [--runs N] [--json FILE]
+[--postgresql URL]
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import hostsocket
+import pgsubmit
 import postdrop
 from common import (
     CACHE,
@@ -319,6 +324,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--rebuild", action="store_true", help="rebuild the non-editable venv even if current"
     )
+    parser.add_argument(
+        "--postgresql",
+        metavar="URL",
+        help="also time submissions into a fresh schema on this PostgreSQL server",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.runs <= 10_000:
         parser.error("--runs must be between 1 and 10000")
@@ -387,6 +397,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             except Skip as exc:
                 contenders.append(Contender(postdrop.NAME, [], env, None, skipped=str(exc)))
             contenders.append(toml_contender(work, env, sendmail, message))
+            pg_url = None
+            if args.postgresql:
+                pg_url = stack.enter_context(pgsubmit.schema(args.postgresql))
+                for name, argv, pg_env, skip in pgsubmit.commands(
+                    pg_url, python, sendmail, env, RECIPIENT
+                ):
+                    contenders.append(Contender(name, argv, pg_env, message, skipped=skip))
             facts = machine_facts(python, work)
             before = conditions(work)
             log(f"timing {args.runs} rounds of {sum(c.active for c in contenders)} contenders ...")
@@ -394,6 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 contenders, args.runs, lambda n: log(f"  {n}/{args.runs}") if n % 10 == 0 else None
             )
             fsyncs = count_fsyncs([str(sendmail), RECIPIENT], env, message, work / "queue.sqlite3")
+            if pg_url is not None:
+                facts["postgresql rows"] = f"{pgsubmit.count(pg_url)} stored by the run"
         facts["conditions"] = f"before: {before}; after: {conditions(work)}"
         stored = count_rows(work / "queue.sqlite3")
         facts["queued messages"] = (
@@ -407,6 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f" ({len(contenders[6].samples_ms)} timed + 1 warm-up expected)"
             )
         result = report(contenders, args.runs, facts, command, fsyncs)
+        if args.postgresql:
+            result["targets"] += pgsubmit.report(result["results"])
         if not spool_existed and os.path.exists("/var/spool/relayd"):
             print("warning: /var/spool/relayd appeared during the run")
         if args.json is not None:

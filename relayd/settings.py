@@ -2,6 +2,10 @@
 
 Stdlib only. The daemon, the CLI and `relayd config check` use it; the sendmail hot path reads
 only the keys it needs through `relayd.settings_hot` and never imports this module.
+
+Why this module is long: it holds one frozen dataclass per relayd.toml table (with
+`[oauth2.ACCOUNT]` and `[limits.ACCOUNT]`) and the one parser that fills them and reports every
+mistake by key; the value checks already live in `relayd.settings_values`.
 """
 
 from __future__ import annotations
@@ -136,6 +140,25 @@ class AccountLimits:
 
 
 @dataclass(frozen=True)
+class OAuth2:
+    """One account's OAuth2 client: endpoints (a preset's or the file's), client, scopes.
+
+    The client secret is never in the file: `client_secret_eval` runs a command (its first
+    line), `client_secret_keyring` reads python keyring's `relayd-oauth2` / `ACCOUNT:client`.
+    """
+
+    client_id: str
+    token_url: str
+    authorize_url: str | None = None
+    device_url: str | None = None
+    scopes: tuple[str, ...] = ()
+    provider: str | None = None
+    tenant: str = "common"
+    client_secret_eval: str | None = None
+    client_secret_keyring: bool = False
+
+
+@dataclass(frozen=True)
 class Settings:
     """relayd's own settings; durations in seconds. `explicit` names the keys the file set."""
 
@@ -149,6 +172,7 @@ class Settings:
     submit: Submit = field(default_factory=Submit)
     file: str | None = None  # the file read, None when only defaults apply
     explicit: frozenset[str] = frozenset()
+    oauth2: Mapping[str, OAuth2] = field(default_factory=dict)  # by account
     limits: tuple[tuple[str, AccountLimits], ...] = ()  # [limits.ACCOUNT] by account
 
     def limits_for(self, account: str) -> AccountLimits | None:
@@ -276,7 +300,10 @@ def _parse(text: str | None, name: str, default_database: str, report: Report) -
         elif key == "limits":
             values["limits"] = _limits(value, report)
             explicit.update(f"limits.{account}" for account, _ in values["limits"])
-        elif key not in _KEYS:
+        elif key == "oauth2" and isinstance(value, dict):
+            values["oauth2"] = _oauth2(value, report)
+            explicit.update(f"oauth2.{account}" for account in value)
+        elif key not in _KEYS and key != "oauth2":
             report(Mistake(key, f"unknown key {key}"))
         elif not isinstance(value, dict):
             report(Mistake(key, f"{key}: expected a table ([{key}])"))
@@ -342,6 +369,23 @@ def _limits(table: object, report: Report) -> tuple[tuple[str, AccountLimits], .
     return tuple(sorted(found, key=lambda pair: pair[0]))
 
 
+def _oauth2(tables: dict[str, Any], report: Report) -> dict[str, OAuth2]:
+    """[oauth2.ACCOUNT] tables: each account's client (`settings_values.oauth2_table`)."""
+    found: dict[str, OAuth2] = {}
+    for account, table in tables.items():
+        if not isinstance(table, dict):
+            report(Mistake(f"oauth2.{account}", f"oauth2.{account}: expected [oauth2.{account}]"))
+            continue
+        fields, mistakes = settings_values.oauth2_table(table)
+        for key, message in mistakes:
+            dotted = f"oauth2.{account}.{key}"
+            unknown = message == "unknown key"
+            report(Mistake(dotted, f"unknown key {dotted}" if unknown else f"{dotted}: {message}"))
+        if not mistakes:
+            found[account] = OAuth2(**fields)  # type: ignore[arg-type]
+    return found
+
+
 def _build(
     name: str, values: dict[str, Any], explicit: set[str], database: str, report: Report
 ) -> Settings:
@@ -366,6 +410,7 @@ def _build(
         file=name,
         explicit=frozenset(explicit),
         limits=values.get("limits", ()),
+        oauth2=values.get("oauth2", {}),
     )
 
 

@@ -1,4 +1,4 @@
-"""relayd.toml's value checks: durations, sizes, counts, flags, addresses, AUTH users.
+"""relayd.toml's value checks: durations, sizes, counts, flags, addresses, AUTH users, OAuth2.
 
 Stdlib only, and re imported only by the checks that need it (the sendmail path checks
 `database` and `[submit] max_size` with these, and re with enum costs it 2 ms): each validator
@@ -198,3 +198,106 @@ def rates(value: object) -> tuple[tuple[int, int, str], ...]:
             raise Invalid(f"{_RATE}, not an empty list")
         return tuple(rate(item) for item in value)
     return (rate(value),)
+
+
+# --- [oauth2.ACCOUNT] ----------------------------------------------------------------------------
+
+#: The providers relayd knows: their endpoints and the scope that allows SMTP. `{tenant}` is
+#: Microsoft's directory ("common" for any account, "consumers", "organizations" or an id).
+PRESETS: dict[str, dict[str, str]] = {
+    "google": {
+        "authorize_url": "https://accounts.google.com/o/oauth2/v2/auth",
+        "token_url": "https://oauth2.googleapis.com/token",
+        "device_url": "https://oauth2.googleapis.com/device/code",
+        "scopes": "https://mail.google.com/",
+    },
+    "microsoft": {
+        "authorize_url": "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/authorize",
+        "token_url": "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token",
+        "device_url": "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/devicecode",
+        "scopes": "https://outlook.office.com/SMTP.Send offline_access",
+    },
+}
+
+
+def url(value: object) -> str:
+    """An https URL, or http on a loopback address (a local test server)."""
+    found = text(value).strip()
+    scheme, _, rest = found.partition("://")
+    host = rest.split("/", 1)[0]
+    if scheme == "https" and host:
+        return found
+    if scheme == "http" and host and is_loopback(host if ":" in host else host + ":80"):
+        return found
+    raise Invalid(f"expected an https:// URL, not {found!r}")
+
+
+def scopes(value: object) -> tuple[str, ...]:
+    """A list of scopes, or one string of them separated by spaces."""
+    if isinstance(value, str):
+        return tuple(value.split())
+    if isinstance(value, list) and all(isinstance(s, str) and s.strip() for s in value):
+        return tuple(s.strip() for s in value)
+    raise Invalid(f"expected a list of scopes, not {value!r}")
+
+
+def _provider(value: object) -> str:
+    name = text(value)
+    if name not in PRESETS:
+        raise Invalid(f"unknown provider {name!r} (known: {', '.join(PRESETS)})")
+    return name
+
+
+def _refused(value: object) -> str:
+    raise Invalid(
+        "a client secret is never written in the file: use client_secret_eval or"
+        " client_secret_keyring"
+    )
+
+
+#: key -> validator of every [oauth2.ACCOUNT] table.
+OAUTH2_KEYS = {
+    "provider": _provider,
+    "tenant": text,
+    "token_url": url,
+    "authorize_url": url,
+    "device_url": url,
+    "client_id": text,
+    "client_secret_eval": text,
+    "client_secret_keyring": flag,
+    "scopes": scopes,
+    "client_secret": _refused,
+}
+
+
+def oauth2_table(table: dict[str, object]) -> tuple[dict[str, object], list[tuple[str, str]]]:
+    """The values of an [oauth2.ACCOUNT] table with the preset's endpoints filled in, and the
+    mistakes as (key, text) pairs (then the values are incomplete)."""
+    values: dict[str, object] = {}
+    mistakes: list[tuple[str, str]] = []
+    for key, value in table.items():
+        validate = OAUTH2_KEYS.get(key)
+        if validate is None:
+            mistakes.append((key, "unknown key"))
+            continue
+        try:
+            values[key] = validate(value)
+        except Invalid as exc:
+            mistakes.append((key, str(exc)))
+    if mistakes:
+        return values, mistakes
+    provider = values.get("provider")
+    if isinstance(provider, str):
+        tenant = str(values.get("tenant", "common"))
+        for key, preset in PRESETS[provider].items():
+            filled = preset.format(tenant=tenant)
+            values.setdefault(key, scopes(filled) if key == "scopes" else filled)
+    if not values.get("client_id"):
+        mistakes.append(("client_id", "missing: the client id the provider gave the app"))
+    if not values.get("token_url"):
+        mistakes.append(("token_url", "missing: set provider, or token_url"))
+    if not values.get("authorize_url") and not values.get("device_url"):
+        mistakes.append(("authorize_url", "missing: set provider, authorize_url or device_url"))
+    if "client_secret_eval" in values and values.get("client_secret_keyring"):
+        mistakes.append(("client_secret_eval", "set client_secret_eval or client_secret_keyring"))
+    return values, mistakes

@@ -282,6 +282,21 @@ def test_host_daemon_replies_become_smtp_replies(code: int, line: str, expected:
     assert smtp_reply(Reply(ExitCode(code), line, [])).startswith(expected)
 
 
+def test_command_line_envelope_and_account_options_are_named_as_ignored() -> None:
+    write_msmtprc()
+    script = b"EHLO client.example\r\n" + transaction() + b"QUIT\r\n"
+    args = ["-bs", "-a", "default", "--port", "2525", "-f", "x@example.org", "r@example.org"]
+    result = run_sendmail(args, script, timeout=TIMEOUT)
+    assert result.returncode == 0
+    assert result.stderr.decode().splitlines() == [
+        "relayd-sendmail: warning: -bs takes the envelope and the account from the SMTP session"
+        " (MAIL FROM, RCPT TO); ignoring --port, -a, -f, the recipients"
+    ]
+    (stored,) = stored_messages()
+    assert (stored.sender, stored.overrides) == ("me@example.org", [])
+    assert run_sendmail(["-bs"], script, timeout=TIMEOUT).stderr == b""  # nothing to say
+
+
 # Over IN_MEMORY: the session spools it to a file; it must arrive whole and byte-exact.
 BIG = MESSAGE + b"".join(b".%06d a line of a big message\r\n" % n for n in range(60_000))
 

@@ -287,15 +287,25 @@ def test_unreadable_files_say_why(isolated_home: Path, monkeypatch: pytest.Monke
 
 
 def test_no_configuration_at_all(isolated_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    system = isolated_home / "etc-msmtprc"
+    monkeypatch.setenv("RELAYD_MSMTPRC_SYSTEM", str(system))
     result = check("--json")
     assert result.exit_code == ExitCode.CONFIG
+    looked_for = (
+        f"{isolated_home}/.msmtprc or {os.environ['XDG_CONFIG_HOME']}/msmtp/config, and {system}"
+    )
     assert problems(result) == [
         {
             "file": None,
             "line": None,
-            "message": "no account defined: no configuration file available",
+            "message": f"no account defined: no configuration file available (looked for"
+            f" {looked_for})",
         }
     ]
+    plain = check()
+    assert plain.stdout == (
+        f"no account defined: no configuration file available (looked for {looked_for})\n"
+    )
     monkeypatch.setenv("SMTPSERVER", "smtp.example")  # msmtp's environment fallback
     assert check().exit_code == 0
 

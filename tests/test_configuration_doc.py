@@ -16,7 +16,7 @@ import re
 import textwrap
 from dataclasses import replace
 
-from relayd import settings
+from relayd import settings, settings_values
 from tests.source_tree import PACKAGE, module_files
 
 DOCUMENT = PACKAGE.parent / "CONFIGURATION.rst"
@@ -55,7 +55,8 @@ def _terms_by_section() -> dict[str, set[str]]:
 
 def _table(title: str) -> str | None:
     """The relayd.toml table a section title names (`[submit]`, also as a literal), or None."""
-    found = re.fullmatch(r"\[([a-z_]+)\]", title.removeprefix("``").removesuffix("``"))
+    title = title.removeprefix("``").removesuffix("``")
+    found = re.fullmatch(r"\[([a-z0-9_]+(?:\.ACCOUNT)?)\]", title)
     return found.group(1) if found else None
 
 
@@ -74,7 +75,8 @@ def documented_keys() -> set[str]:
 def settings_keys() -> set[str]:
     """Every key relayd.toml may hold, as relayd.settings checks them."""
     in_tables = {f"{section}.{key}" for section, keys in settings._KEYS.items() for key in keys}
-    return in_tables | set(TOP_LEVEL_KEYS)
+    per_account = {f"oauth2.ACCOUNT.{key}" for key in settings_values.OAUTH2_KEYS}  # [oauth2.NAME]
+    return in_tables | per_account | set(TOP_LEVEL_KEYS)
 
 
 def source_variables() -> dict[str, list[str]]:

@@ -100,6 +100,7 @@ ROWS = [
     (Event.AUTH_NO_USER, None, 69, HOLD, "authentication method PLAIN needs a user name"),
     (Event.AUTH_NO_PASSWORD, None, 69, HOLD, "authentication method PLAIN needs a password"),
     (Event.PASSWORD_LOOKUP, None, 78, HOLD, "R"),
+    (Event.PASSWORD_UNAVAILABLE, None, 75, RETRY, "R"),
     (
         Event.AUTH_BAD_CHALLENGE,
         None,

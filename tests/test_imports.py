@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from relayd.store.sql import SqlStore
 from relayd.submission import protocol
 from tests.host_helpers import NOBODY, Host, as_uid, host, needs_root
 from tests.sendmail_helpers import run_sendmail, sendmail_env, stored_messages, write_msmtprc
+from tests.store_helpers import PG_URL, list_messages, postgres_schema
 
 __all__ = ["host"]  # a fixture
 
@@ -28,6 +30,7 @@ HEAVY = (
     "apscheduler",
     "keyring",
     "click",
+    "authlib",  # OAuth2: only when a token is fetched
 )
 # Standard-library modules that cost milliseconds and the hot path does without.
 SLOW_STDLIB = (
@@ -47,6 +50,7 @@ HOT_PATH = (
     "relayd.submission.submit",
     "relayd.submission.message",
     "relayd.store.fastpath",
+    "relayd.store.pgfast",
     "relayd.store.location",
     "relayd.settings",
     "relayd.settings_hot",
@@ -147,6 +151,21 @@ def test_a_submission_stays_in_budget_with_or_without_relayd_toml(
     assert over_budget(modules, TOMLLIB_LOADS if toml == "tomllib" else frozenset()) == []
     assert ("tomllib" in modules) is (toml == "tomllib")
     assert len(stored_messages()) == 2
+
+
+@pytest.mark.skipif(not PG_URL, reason="RELAYD_TEST_DATABASE_URL is not set")
+def test_a_submission_into_postgresql_loads_no_driver() -> None:
+    write_msmtprc()
+    with postgres_schema() as url:
+        env = sendmail_env(RELAYD_DATABASE_URL=url + "&sslmode=disable")
+        assert run_sendmail(["you@example.org"], MESSAGE, env=env).returncode == 0  # migrates
+        modules = submission_modules(env)
+        with SqlStore.open(url) as store:
+            assert len(list_messages(store)) == 2
+    assert over_budget(modules) == []
+    assert sorted(m for m in modules if m.split(".")[0] in ("psycopg", "psycopg_binary")) == []
+    assert "relayd.store.pgwire" in modules  # it went the fast way
+    assert "ssl" not in modules  # loaded only to encrypt
 
 
 @needs_root

@@ -39,6 +39,7 @@ from tests.test_daemon import (
     submit,
     upstream,
 )
+from tests.test_delivery_session import free_port
 from tests.test_text import HOSTILE, HOSTILE_ESCAPED, assert_harmless
 from tests.upstream import Fault, UpstreamServer
 
@@ -350,6 +351,46 @@ def test_flush_wait_follows_a_running_daemon(
     assert b"the daemon delivers them" in flushed.stdout
     assert json.loads(run_relayd("queue", "list", "--json", "-s", "sent").stdout)["queue_id"] == (
         queue_id
+    )
+
+
+def test_flush_wait_with_a_daemon_prints_the_outcome_when_the_server_is_down(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    """A dead destination defers the account's due mail in one statement, without an attempt
+    for each message: the wait must end with that pass (it waited for attempts that never came,
+    until --timeout), print what happened and exit 75."""
+    rc_for(free_port())  # nothing listens there: connection refused
+    start_daemon()
+    queued = sorted(submit("-odq") for _ in range(3))  # -odq: the daemon is not woken
+    started = time.monotonic()
+    flushed = run_relayd("queue", "flush", "--wait", "--timeout", "20")
+    assert flushed.returncode == 75, flushed.stderr
+    assert time.monotonic() - started < 15  # the pass's end, not the timeout
+    assert flushed.stdout.decode().splitlines() == [
+        "relayd: 3 message(s) due now; the daemon delivers them",
+        "relayd: the daemon's pass: 0 sent, 3 queued, 0 held, 0 failed",
+    ]
+    lines = flushed.stderr.decode().splitlines()
+    assert [line.split(":")[1].strip() for line in lines] == queued
+    assert all(
+        re.match(r"relayd: \S+: queued until \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", x) for x in lines
+    )
+    assert any(line.endswith("Connection refused") for line in lines)  # the one tried
+
+
+def test_flush_wait_with_a_daemon_names_what_was_not_sent(
+    upstream: UpstreamServer, start_daemon: Callable[..., Daemon]
+) -> None:
+    rc_for(upstream.port)
+    start_daemon()
+    upstream.fail("RCPT", Fault(reply="550 5.1.1 no such user"))
+    refused = submit("-odq")
+    flushed = run_relayd("queue", "flush", "--wait", "--timeout", "20")
+    assert flushed.returncode == 65, flushed.stderr  # msmtp's EX_DATAERR, as in-process
+    assert b"relayd: the daemon's pass: 0 sent, 0 queued, 0 held, 1 failed\n" in flushed.stdout
+    assert flushed.stderr.decode() == (
+        f"relayd: {refused}: failed: recipient address you@example.org not accepted by the server\n"
     )
 
 

@@ -143,8 +143,9 @@ def test_a_hold_later_than_the_last_attempt_is_the_last_error(store: SqlStore) -
     assert default["last_error_at"] is None  # held before any attempt: no time recorded
 
 
-def test_plain_text_when_piped(store: SqlStore) -> None:
+def test_plain_text_when_piped(store: SqlStore, monkeypatch: pytest.MonkeyPatch) -> None:
     populate(store)
+    monkeypatch.setattr(status_cli, "clock", lambda: T0)  # every next retry still to come
     result = status()
     assert result.exit_code == 0, result.output
     url = os.environ["RELAYD_DATABASE_URL"]
@@ -164,6 +165,21 @@ def test_plain_text_when_piped(store: SqlStore) -> None:
         "work     2026-11-24 15:35:29  550 5.1.1 no such user second line\n"
     )
     assert "\x1b" not in result.stdout
+
+
+def test_a_retry_time_that_has_passed_is_due_now(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    populate(store)
+    # default's fresh message was due at T0 + 5; work's queued one at T0 + 50
+    monkeypatch.setattr(status_cli, "clock", lambda: T0 + 30)
+    lines = status().stdout.splitlines()
+    assert "next retry: due now" in lines
+    assert lines[7].startswith("default ") and lines[7].endswith("  due now")
+    assert lines[8].startswith("work ") and lines[8].endswith("  2026-11-24 15:35:49")
+    assert status_json()["next_retry"] == T0 + 5  # the JSON keeps the time itself
+    monkeypatch.setattr(status_cli, "clock", lambda: T0 + 50)  # exactly due is due
+    assert status().stdout.splitlines()[8].endswith("  due now")
 
 
 def test_a_hostile_last_error_reaches_no_terminal(store: SqlStore) -> None:

@@ -13,7 +13,7 @@ import secrets
 import ssl
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -519,7 +519,7 @@ class _Handler:
         else:
             user = first.partition("a=")[2].rstrip(",")
         token = fields.get("auth", "").removeprefix("Bearer ")
-        if self._server.password_ok(user, token.encode()):
+        if self._server.bearer_ok(user, token):
             return self._result(name, user, True)
         error = {"status": "invalid_token", "schemes": "Bearer", "scope": "mail"}
         answer = await smtp.challenge_auth(json.dumps(error))
@@ -567,8 +567,10 @@ class UpstreamServer:
         lmtp: bool = False,
         unix: bool = False,
         users: Mapping[str, str] | None = None,
+        bearer: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.timeout = timeout
+        self.bearer = bearer  # checks XOAUTH2/OAUTHBEARER (user, token); else `users` does
         self.hostname = hostname
         self.features = features or Features()
         self.tls = tls
@@ -603,6 +605,12 @@ class UpstreamServer:
     def fault_for(self, stage: Stage, address: str | None) -> Fault:
         with self._cond:
             return self._faults.get((stage, address)) or self._faults.get((stage, None)) or Fault()
+
+    def bearer_ok(self, user: str, token: str) -> bool:
+        """A bearer token: `bearer` decides (a token server's check), else `users`."""
+        if self.bearer is not None:
+            return self.bearer(user, token)
+        return self.password_ok(user, token.encode())
 
     def password_ok(self, user: str, secret: bytes) -> bool:
         expected = self.users.get(user)

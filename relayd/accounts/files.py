@@ -27,15 +27,19 @@ def system_file() -> str:
     return os.environ.get(SYSTEM_FILE_ENV) or _DEFAULT_SYSTEM_FILE
 
 
+def user_candidates() -> tuple[str, str]:
+    """The user files msmtp looks for, in its order: ~/.msmtprc, $XDG_CONFIG_HOME/msmtp/config."""
+    home = values.home_dir()
+    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
+    return os.path.join(home, ".msmtprc"), os.path.join(xdg, "msmtp", "config")
+
+
 def user_file() -> str:
     """~/.msmtprc, or $XDG_CONFIG_HOME/msmtp/config when only that one exists."""
-    home = values.home_dir()
-    dot = os.path.join(home, ".msmtprc")
+    dot, candidate = user_candidates()
     try:
         os.stat(dot)
     except OSError:
-        xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
-        candidate = os.path.join(xdg, "msmtp", "config")
         if os.path.exists(candidate):
             return candidate
     return dot

@@ -162,7 +162,15 @@ def check_accounts(conffile: str | None, report: Report) -> None:
     unread = any(p.line is None and p.file not in report.msmtprc for p in report.problems)
     if not used and not unread and not os.environ.get("SMTPSERVER"):
         where = " and ".join(report.msmtprc)
-        text = f" in {where}" if where else ": no configuration file available"
+        if where:
+            text = f" in {where}"
+        else:
+            # (a -C file that is missing is a problem of its own: `unread`)
+            dot, xdg = files.user_candidates()
+            text = (
+                ": no configuration file available (looked for"
+                f" {dot} or {xdg}, and {files.system_file()})"
+            )
         report.problems.append(Problem(None, None, f"no account defined{text}"))
 
 
@@ -263,6 +271,11 @@ def check_settings(environ: Mapping[str, str], report: Report) -> None:
                     line = key_line(text, mistake.key)
                 report.problems.append(Problem(path, line, mistake.message))
             _listen_tls(found.listen, path, text, report)
+            for name in found.oauth2 if report.accounts else ():  # none: already reported
+                if name not in report.accounts:
+                    line = key_line(text, f"oauth2.{name}")
+                    message = f"oauth2.{name}: no msmtprc account {name}"
+                    report.problems.append(Problem(path, line, message))
             why = _database_problem(found.database)
             if why is not None:
                 line = key_line(text, "database")

@@ -19,6 +19,7 @@ def daemon_command(
         "--scan-interval",
         min=0.05,
         max=instance.SCAN_INTERVAL,
+        metavar="SECONDS",
         help="Seconds between queue scans (recovers lost wake-ups and due retries).",
     ),
     grace: float = typer.Option(
@@ -26,6 +27,7 @@ def daemon_command(
         "--shutdown-grace",
         min=0.0,
         max=9.0,
+        metavar="SECONDS",
         help="Seconds in-flight transactions get after SIGTERM before they are abandoned.",
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every pass."),

@@ -23,10 +23,19 @@ SEPARATOR = "-" * 72
 
 def debug_server_command(
     port: int = typer.Option(
-        DEFAULT_PORT, "--port", "-p", min=0, max=65535, help="TCP port; 0 picks a free one."
+        DEFAULT_PORT,
+        "--port",
+        "-p",
+        min=0,
+        max=65535,
+        metavar="PORT",
+        help="TCP port; 0 picks a free one.",
     ),
     host: str = typer.Option(
-        DEFAULT_HOST, "--host", help="Loopback address (or name) to listen on; no other."
+        DEFAULT_HOST,
+        "--host",
+        metavar="HOST",
+        help="Loopback address (or name) to listen on; no other.",
     ),
     maildir: str | None = typer.Option(
         None, "--maildir", metavar="DIR", help="Also store each message in this Maildir."

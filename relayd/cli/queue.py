@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from relayd import paths, settings
-from relayd.cli import remote
+from relayd.cli import complete, remote
 from relayd.cli.output import run
 from relayd.cli.queue_import import import_msmtpq_command
 from relayd.cli.queue_list import list_command, show_command
@@ -24,7 +24,9 @@ app = typer.Typer(name="queue", help="Inspect and act on the queue.", no_args_is
 app.command("list")(list_command)
 app.command("show")(show_command)
 
-_IDS = typer.Argument(metavar="ID…", help="The messages.")
+
+def _ids(complete_with: Callable[[str], list[str]]) -> Any:
+    return typer.Argument(metavar="ID…", help="The messages.", autocompletion=complete_with)
 
 
 def _say(line: str) -> None:
@@ -53,23 +55,29 @@ def _progress_bar(total: int) -> Iterator[Callable[[int], None]]:
 @app.command("flush")
 def flush_command(
     queue_ids: Annotated[
-        list[str] | None, typer.Argument(metavar="[ID…]", help="Only these messages.")
+        list[str] | None,
+        typer.Argument(
+            metavar="[ID…]", help="Only these messages.", autocompletion=complete.queued_id
+        ),
     ] = None,
-    account: Annotated[
-        str | None, typer.Option("--account", "-a", help="Only this account's.")
-    ] = None,
+    account: Annotated[str | None, complete.ACCOUNT_OPTION] = None,
     wait: Annotated[
         bool,
         typer.Option(
             "--wait",
             "-w",
-            help="Block until the pass ends; exit 0 if all went, 75 if some wait for a retry, "
-            "else the failed or held attempt's code.",
+            help="Block until the pass ends and print its outcome; exit 0 if all went, 75 if "
+            "some wait for a retry, else the failed or held attempt's code.",
         ),
     ] = False,
     timeout: Annotated[
         float | None,
-        typer.Option("--timeout", min=0.0, help="With --wait: give up after this many seconds."),
+        typer.Option(
+            "--timeout",
+            min=0.0,
+            metavar="SECONDS",
+            help="With --wait: give up after this many seconds.",
+        ),
     ] = None,
 ) -> None:
     """Make queued messages due now; wake the daemon, or deliver in-process when none runs."""
@@ -113,13 +121,13 @@ def _change(queue_ids: list[str], *, hold: bool) -> int:
 
 
 @app.command("hold")
-def hold_command(queue_ids: Annotated[list[str], _IDS]) -> None:
+def hold_command(queue_ids: Annotated[list[str], _ids(complete.holdable_id)]) -> None:
     """Hold messages: they stay in the queue, untried, until released (postsuper -h)."""
     run(lambda: _change(queue_ids, hold=True))
 
 
 @app.command("release")
-def release_command(queue_ids: Annotated[list[str], _IDS]) -> None:
+def release_command(queue_ids: Annotated[list[str], _ids(complete.held_id)]) -> None:
     """Release held messages: due now, and the daemon is woken (postsuper -H)."""
     run(lambda: _change(queue_ids, hold=False))
 
@@ -151,7 +159,7 @@ def _delete(queue_ids: list[str], yes: bool) -> int:
 
 @app.command("delete")
 def delete_command(
-    queue_ids: Annotated[list[str], _IDS],
+    queue_ids: Annotated[list[str], _ids(complete.any_id)],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask on a terminal.")] = False,
 ) -> None:
     """Delete messages with their attempts (postsuper -d); not one being sent right now."""

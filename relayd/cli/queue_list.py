@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from relayd import settings
-from relayd.cli import remote
+from relayd.cli import complete, remote
 from relayd.cli.output import fail, json_line, local_time, on_terminal, run
 from relayd.errors import RelaydError
 from relayd.store import fastpath
@@ -108,10 +108,10 @@ def _list(states: tuple[State, ...] | None, account: str | None, as_json: bool) 
 
 
 def list_command(
-    state: Annotated[list[str] | None, typer.Option("--state", "-s", help=_STATE_HELP)] = None,
-    account: Annotated[str | None, typer.Option("--account", "-a", help="Only this account's.")] = (
-        None
-    ),
+    state: Annotated[
+        list[str] | None, typer.Option("--state", "-s", metavar="STATE", help=_STATE_HELP)
+    ] = None,
+    account: Annotated[str | None, complete.ACCOUNT_OPTION] = None,
     as_json: Annotated[
         bool, typer.Option("--json", "-j", help="One JSON object a line (postqueue -j).")
     ] = False,
@@ -246,7 +246,10 @@ def _show_styled(lines: list[str]) -> None:
 
 
 def show_command(
-    queue_id: Annotated[str, typer.Argument(metavar="ID", help="The message to show.")],
+    queue_id: Annotated[
+        str,
+        typer.Argument(metavar="ID", help="The message to show.", autocompletion=complete.any_id),
+    ],
     raw: Annotated[bool, typer.Option("--raw", help="Print the exact stored bytes.")] = False,
     as_json: Annotated[bool, typer.Option("--json", "-j", help="One JSON object.")] = False,
 ) -> None:

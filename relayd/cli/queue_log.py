@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.text import Text
 
 from relayd import settings
+from relayd.cli import complete
 from relayd.cli.output import json_line, local_time, on_terminal, run
 from relayd.daemon.attempt_log import attempt_info
 from relayd.delivery.result import Reply
@@ -172,7 +173,9 @@ def _quietly_piped(action: Callable[[], int]) -> Callable[[], int]:
 
 
 def log_command(
-    queue_id: str | None = typer.Argument(None, metavar="[ID]", help="Only this message's."),
+    queue_id: str | None = typer.Argument(
+        None, metavar="[ID]", help="Only this message's.", autocompletion=complete.any_id
+    ),
     follow: bool = typer.Option(
         False, "--follow", "-f", help="Then wait for new attempts (until interrupted)."
     ),

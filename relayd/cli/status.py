@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import typer
@@ -12,18 +12,21 @@ from rich.table import Table
 from rich.text import Text
 
 from relayd import paths, settings
-from relayd.cli.output import json_line, local_time, on_terminal, run
+from relayd.cli import metrics
+from relayd.cli.output import fail, json_line, local_time, on_terminal, run
 from relayd.daemon.instance import daemon_listening, daemon_running
 from relayd.store import fastpath
 from relayd.store.budget import Budgeted, budget_reports
 from relayd.store.dialects import describe
 from relayd.store.queued import State
-from relayd.store.reports import AccountReport, account_reports
+from relayd.store.reports import AccountMetrics, AccountReport, account_metrics, account_reports
 from relayd.store.sql import SqlStore
+from relayd.sysexits import ExitCode
 from relayd.text import sanitize
 
 _DAEMON = {True: "running", False: "not running", None: "unknown (none on this host)"}
 _DAEMON_STYLE = {_DAEMON[True]: "bold green", _DAEMON[False]: "bold red"}
+clock: Callable[[], float] = time.time  # what "due now" and the metrics' ages compare with
 
 
 def daemon_state(database: str) -> bool | None:
@@ -62,6 +65,14 @@ def _location(database: str) -> str:
 
 def _overall_retry(reports: Sequence[AccountReport]) -> float | None:
     return min((r.next_retry for r in reports if r.next_retry is not None), default=None)
+
+
+def retry_time(timestamp: float | None, now: float) -> str:
+    """A next retry as `relayd status` shows it: "due now" once its time has come (the daemon
+    takes it at its next pass, or at once when woken), else the local time; "-" for none."""
+    if timestamp is not None and timestamp <= now:
+        return "due now"
+    return local_time(timestamp)
 
 
 def _as_json(
@@ -116,7 +127,7 @@ class _Table(NamedTuple):
 
 
 def _facts(
-    daemon: bool | None, database: str, reports: Sequence[AccountReport], smtp: str
+    daemon: bool | None, database: str, reports: Sequence[AccountReport], smtp: str, now: float
 ) -> list[tuple[str, str]]:
     """What goes above the tables: (name, value), one fact a line."""
     totals = ", ".join(f"{sum(r.counts[s] for r in reports)} {s.value}" for s in State)
@@ -125,11 +136,11 @@ def _facts(
         ("database", sanitize(database, "terminal")),
         ("smtp listener", smtp),
         ("messages", totals),
-        ("next retry", local_time(_overall_retry(reports))),
+        ("next retry", retry_time(_overall_retry(reports), now)),
     ]
 
 
-def _tables(reports: Sequence[AccountReport]) -> list[_Table]:
+def _tables(reports: Sequence[AccountReport], now: float) -> list[_Table]:
     """The counts per account and state and, if any account has one, the last errors."""
     if not reports:
         return []
@@ -137,7 +148,7 @@ def _tables(reports: Sequence[AccountReport]) -> list[_Table]:
         [
             sanitize(r.account, "terminal"),
             *(str(r.counts[s]) for s in State),
-            local_time(r.next_retry),
+            retry_time(r.next_retry, now),
         ]
         for r in reports
     ]
@@ -199,24 +210,31 @@ def _print_terminal(facts: list[tuple[str, str]], tables: list[_Table]) -> None:
         console.print(shown)
 
 
-def _status(as_json: bool) -> int:
+def _status(as_json: bool, openmetrics: bool) -> int:
     config = settings.load()
     store = SqlStore.open_reading(config.database, timeout=fastpath.lock_timeout())
     reports: list[AccountReport] = []
     budgets: Budgeted = {}
+    found = AccountMetrics({}, {}, {})
     if store is not None:  # nothing was ever queued: an empty report, and no file created
         with store:
             reports = account_reports(store)
+            if openmetrics:
+                found = account_metrics(store)
             with store.reading() as conn:
-                budgets = budget_reports(conn, config.limits, time.time())
+                budgets = budget_reports(conn, config.limits, clock())
     daemon, database = daemon_state(config.database), _location(config.database)
+    if openmetrics:
+        typer.echo(metrics.render(metrics.families(reports, found, daemon, clock())), nl=False)
+        return 0
     smtp = listener(daemon)
     if as_json:
         typer.echo(_as_json(daemon, database, reports, smtp, budgets))
         return 0
     shown = _listener_fact(smtp, config.listen.address)
-    facts = _facts(daemon, database, reports, shown)
-    tables = _tables(reports) + _budget_table(budgets)
+    now = clock()
+    facts = _facts(daemon, database, reports, shown, now)
+    tables = _tables(reports, now) + _budget_table(budgets)
     if on_terminal():
         _print_terminal(facts, tables)
         return 0
@@ -227,6 +245,11 @@ def _status(as_json: bool) -> int:
 
 def status_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    openmetrics: bool = typer.Option(
+        False,
+        "--openmetrics",
+        help="Print Prometheus text (OpenMetrics) for node_exporter's textfile collector.",
+    ),
 ) -> None:
     """Show whether the daemon runs, counts per state and account, next retry, last errors,
     and each rate-limited account's budget (used/limit per window, paused until).
@@ -237,5 +260,12 @@ def status_command(
     [{account, queued, sending, held, sent, failed, next_retry, last_error,
     last_error_at}], limits {account: {windows [{kind, window, used, limit,
     resets_at}], paused_until, paused_reason}}.
+
+    --openmetrics prints gauges: relayd_messages{account, state},
+    relayd_attempts{account, exit_code}, relayd_oldest_queued_age_seconds{account},
+    relayd_last_success_timestamp_seconds{account} and relayd_daemon_up, ending with
+    "# EOF".
     """
-    run(lambda: _status(as_json))
+    if as_json and openmetrics:
+        fail("--json and --openmetrics exclude each other", ExitCode.USAGE)
+    run(lambda: _status(as_json, openmetrics))

@@ -15,7 +15,13 @@ from relayd.daemon.bodies import Bodies, Streamed
 from relayd.daemon.recorder import Delivered, Recorder
 from relayd.daemon.wirelog import WireLog
 from relayd.delivery.result import DeliveryResult, Disposition, Event, Reply
-from relayd.delivery.session import DebugSink, OutgoingMessage, PasswordSource, Session
+from relayd.delivery.session import (
+    DebugSink,
+    OutgoingMessage,
+    PasswordSource,
+    Session,
+    TokenRenewal,
+)
 from relayd.errors import RelaydError
 from relayd.settings import Settings
 from relayd.store.interface import RunnerStore
@@ -135,6 +141,7 @@ async def deliver_claimed(
     wire: WireLog | None = None,
     recorder: Recorder | None = None,
     password: PasswordSource | None = None,
+    renew: TokenRenewal | None = None,
     debug: DebugSink | None = None,
     prog: str = "relayd",
     clock: Callable[[], float] = time.time,
@@ -163,7 +170,11 @@ async def deliver_claimed(
     committed = False
     try:
         async with Session(
-            account, password=password, timeout=settings.delivery.timeout, debug=debug
+            account,
+            password=password,
+            renew=renew,
+            timeout=settings.delivery.timeout,
+            debug=debug,
         ) as session:
             refused = session.failure  # the connection failed before any message
             ahead: OutgoingMessage | None = None  # announced with the previous message's data

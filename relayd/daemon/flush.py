@@ -7,6 +7,7 @@ import asyncio
 import os
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING
@@ -16,6 +17,7 @@ from relayd.daemon.instance import AlreadyRunning, instance_lock
 from relayd.settings import Settings
 from relayd.store import budget, fastpath
 from relayd.store.interface import QueueStore, Store
+from relayd.store.queued import MessageState
 from relayd.store.records import State
 from relayd.store.sql import SqlStore
 from relayd.sysexits import ExitCode
@@ -72,6 +74,7 @@ def flush(
                 if not _await_daemon(store, flushed, started, timeout, advance, clock):
                     complain(f"the daemon did not finish the pass within {timeout:g} s")
                     return ExitCode.TEMPFAIL
+                say(f"the daemon's pass: {_outcome(store, flushed, complain)}")
             else:
                 try:
                     # A daemon must not start on this queue while this process delivers: it
@@ -86,6 +89,8 @@ def flush(
                     if lock is not None:
                         os.close(lock)
                 say(f"no daemon running; delivered in-process: {tally}")
+                if wait:
+                    _outcome(store, flushed, complain)
         code = pass_code(store, flushed, started)
     if not wait:
         return ExitCode.UNAVAILABLE if missing else 0
@@ -106,16 +111,40 @@ def _deliver_here(
         queue_ids=flushed,
     )
     drainer.tally.listener = lambda _state, count: advance(count)
-    accounts = {state_account[1] for state_account in store.states_of(flushed).values()}
+    accounts = {found.account for found in store.states_of(flushed).values()}
     asyncio.run(drainer.drain(sorted(accounts)))
     return drainer.tally
 
 
-def _finished(state: State, last_attempt: float | None, since: float) -> bool:
-    """Whether a flushed message's pass is over: it ended, was held, or was tried again."""
-    if state in (State.SENT, State.FAILED, State.HELD):
+def _finished(found: MessageState, since: float) -> bool:
+    """Whether a flushed message's pass is over: it ended, was held, was tried again, or was
+    moved to a later try without one (its server was found dead on another message's
+    connection, which defers the account's due mail in one statement)."""
+    if found.state in (State.SENT, State.FAILED, State.HELD):
         return True
-    return state is State.QUEUED and last_attempt is not None and last_attempt >= since
+    if found.state is not State.QUEUED:
+        return False
+    tried = found.last_attempt_at is not None and found.last_attempt_at >= since
+    deferred = found.next_attempt_at is not None and found.next_attempt_at > since
+    return tried or deferred
+
+
+def _outcome(store: QueueStore, flushed: Collection[str], complain: Say) -> str:
+    """The flushed messages by state now (`N sent, N queued, N held, N failed`), after one line
+    on `complain` for each that was not sent, with its reason."""
+    found = store.states_of(flushed)
+    order = (State.SENT, State.QUEUED, State.HELD, State.FAILED)
+    for queue_id in sorted(flushed):
+        state = found.get(queue_id)
+        if state is not None and state.state is not State.SENT:
+            shown = state.state.value
+            if state.state is State.QUEUED and state.next_attempt_at is not None:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(state.next_attempt_at))
+                shown = f"{shown} until {when}"
+            why = f": {' '.join(state.reason.split())}" if state.reason else ""
+            complain(f"{queue_id}: {shown}{why}")
+    counts = Counter(state.state for state in found.values())
+    return ", ".join(f"{counts[s]} {s.value}" for s in order)
 
 
 def _await_daemon(
@@ -131,7 +160,7 @@ def _await_daemon(
     waiting = set(flushed)
     while True:
         found = store.states_of(waiting)
-        done = {q for q in waiting if q not in found or _finished(*_state_time(found[q]), since)}
+        done = {q for q in waiting if q not in found or _finished(found[q], since)}
         if waiting - done:  # put off by a rate limit: this pass is over for them (SPEC §8)
             done |= budget.held_back(store, waiting - done, since)
         if done:
@@ -144,21 +173,17 @@ def _await_daemon(
         time.sleep(POLL_SECONDS)
 
 
-def _state_time(found: tuple[State, str, float | None]) -> tuple[State, float | None]:
-    return found[0], found[2]
-
-
 def pass_code(store: QueueStore, flushed: Collection[str], since: float) -> int:
     """The pass in one sysexits code: the last attempt's code of a failed message, else of a
     held one (77 for an AUTH refusal, …), else 75 while any is still queued, else 0 (all sent
     or deleted)."""
     found = store.states_of(flushed)
     for wanted in (State.FAILED, State.HELD):
-        for queue_id in sorted(q for q, (state, _, _) in found.items() if state is wanted):
+        for queue_id in sorted(q for q, found_q in found.items() if found_q.state is wanted):
             attempts = store.attempts(queue_id)
             if attempts and attempts[-1].started_at >= since and attempts[-1].exit_code:
                 return attempts[-1].exit_code
             return ExitCode.TEMPFAIL if wanted is State.HELD else ExitCode.UNAVAILABLE
-    if any(state in (State.QUEUED, State.SENDING) for state, _, _ in found.values()):
+    if any(f.state in (State.QUEUED, State.SENDING) for f in found.values()):
         return ExitCode.TEMPFAIL
     return 0

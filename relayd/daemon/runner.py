@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from relayd.accounts import secrets
 from relayd.accounts.account import Account
+from relayd.accounts.oauth2 import Tokens
 from relayd.accounts.stored import account_for
 from relayd.daemon import drain, retry
 from relayd.daemon.limits import Limiter
@@ -45,9 +46,9 @@ class Tally:
         return ", ".join(f"{self.states[s]} {s.value}" for s in order)
 
 
-async def _daemon_password(account: Account) -> str | None:
-    """msmtp's password order without any prompt (keyring lookups may block: a thread)."""
-    return (await asyncio.to_thread(secrets.lookup_password, account)).password
+def _daemon_password(account: Account) -> str | None:
+    """msmtp's password order without any prompt (Tokens runs it in a thread)."""
+    return secrets.lookup_password(account).password
 
 
 class Runner:
@@ -83,6 +84,8 @@ class Runner:
         self.notifier = Notifier(settings.notify_command)
         self.notices = Notices(store, lambda: self.settings, self.notifier, self.kick, clock=clock)
         self.limits = Limiter(store, lambda: self.settings, clock)
+        # OAuth2 access tokens live here, in memory, shared by every connection of the daemon.
+        self.tokens = Tokens(lambda: self.settings.oauth2, _daemon_password, clock=clock)
         self._clock = clock
         self._queue_ids = queue_ids
         self._on_idle = on_idle
@@ -236,7 +239,8 @@ class Runner:
                 owner=owner,
                 wire=wire,
                 recorder=self.recorder,
-                password=_daemon_password,
+                password=self.tokens.password,
+                renew=self.tokens.renew,
                 prog="relayd",
                 clock=self._clock,
                 throttle=self.limits.throttle(first.account),

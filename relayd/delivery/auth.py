@@ -120,15 +120,18 @@ class Scram(Mechanism):
 
 class XOAuth2(Mechanism):
     name = "XOAUTH2"
+    error_challenge = False  # the server sent its JSON error: the token was refused
 
     def answer(self, challenge: bytes, step: int) -> bytes:
         if step == 0:
             return f"user={self.user}\1auth=Bearer {self.password}\1\1".encode()
+        self.error_challenge = True
         return b""  # the error challenge (JSON) is answered empty; the server then says 535
 
 
 class OAuthBearer(Mechanism):
     name = "OAUTHBEARER"
+    error_challenge = False  # as XOAuth2's
 
     def __init__(self, user: str, password: str, host: str, port: int) -> None:
         super().__init__(user, password)
@@ -141,6 +144,7 @@ class OAuthBearer(Mechanism):
         )
 
     def answer(self, challenge: bytes, step: int) -> bytes:
+        self.error_challenge = True
         return b""  # msmtp answers the error challenge with an empty line (RFC 7628 says %x01)
 
 
@@ -149,6 +153,14 @@ class External(Mechanism):
 
     def answer(self, challenge: bytes, step: int) -> bytes:
         return self.user.encode()
+
+
+def token_refused(mech: Mechanism, failure: Failure) -> bool:
+    """Whether a bearer token was refused as a token (it may have expired or been revoked): the
+    server sent the JSON error challenge (334) or answered 535; worth one fresh token."""
+    if not isinstance(mech, XOAuth2 | OAuthBearer) or failure.event is not Event.AUTH_REJECTED:
+        return False
+    return mech.error_challenge or (failure.reply is not None and failure.reply.code == 535)
 
 
 def mechanism(method: str, user: str, password: str, host: str, port: int) -> Mechanism:

@@ -69,6 +69,7 @@ RULES: dict[Event, Rule] = {
     Event.AUTH_NO_USER: Rule("authentication method {method} needs a user name", _v(EX.UNAVAILABLE, HOLD)),  # noqa: E501
     Event.AUTH_NO_PASSWORD: Rule("authentication method {method} needs a password", _v(EX.UNAVAILABLE, HOLD)),  # noqa: E501
     Event.PASSWORD_LOOKUP: Rule("{reason}", _v(EX.CONFIG, HOLD)),  # the lookup's own exit code
+    Event.PASSWORD_UNAVAILABLE: Rule("{reason}", _v(EX.TEMPFAIL, RETRY)),
     Event.AUTH_BAD_CHALLENGE: Rule("authentication method {method}: server sent invalid challenge", _v(EX.PROTOCOL, RETRY)),  # noqa: E501
     Event.AUTH_REJECTED: Rule("authentication failed (method {method})", _v(EX.NOPERM, RETRY), _v(EX.NOPERM, HOLD)),  # noqa: E501
     Event.COMMAND_TOO_LONG: Rule("Cannot send command because it is longer than 4094 characters. Increase SMTP_MAXCMDLEN.", _v(EX.DATAERR, FAIL)),  # noqa: E501

@@ -80,6 +80,7 @@ class Event(enum.Enum):
     AUTH_NO_USER = enum.auto()
     AUTH_NO_PASSWORD = enum.auto()
     PASSWORD_LOOKUP = enum.auto()
+    PASSWORD_UNAVAILABLE = enum.auto()  # for now: an OAuth2 token endpoint that is down
     AUTH_BAD_CHALLENGE = enum.auto()
     AUTH_REJECTED = enum.auto()
     COMMAND_TOO_LONG = enum.auto()

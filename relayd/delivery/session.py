@@ -19,8 +19,11 @@ from relayd.delivery.transaction import Transaction
 from relayd.delivery.wire import Abort, Wire, connect
 from relayd.delivery.wire import DebugSink as DebugSink
 from relayd.errors import RelaydError
+from relayd.sysexits import ExitCode
 
 PasswordSource = Callable[[Account], Awaitable[str | None] | str | None]
+#: The server refused the OAuth2 token given (334/535): a fresh one, or None (RelaydError holds).
+TokenRenewal = Callable[[Account, str], Awaitable[str | None]]
 
 
 @dataclass
@@ -51,7 +54,9 @@ class Session:
     session the same way; `alive` tells whether to open a new one for the next message.
     `password` is asked (once, only if the AUTH method needs it) instead of `account.password`;
     it may raise RelaydError to hold the mail with its text and code. `timeout` bounds the
-    connect and every read and write when the account has no `timeout` of its own. `debug`
+    connect and every read and write when the account has no `timeout` of its own. `renew`
+    gives a fresh XOAUTH2/OAUTHBEARER token when the server refused the one given; AUTH is then
+    tried once more on the same connection. `debug`
     receives the dialogue as msmtp -d prints it (`--> `, `<-- `, no line ends), AUTH masked.
     """
 
@@ -60,10 +65,12 @@ class Session:
         account: Account,
         *,
         password: PasswordSource | None = None,
+        renew: TokenRenewal | None = None,
         timeout: float | None = None,
         debug: DebugSink | None = None,
     ) -> None:
         self.account = account
+        self._renew = renew
         self.facts = ServerFacts()
         self.failure: Failure | None = None
         self._password = password
@@ -259,6 +266,13 @@ class Session:
             method, account.user or "", password, account.host or "", account.port
         )
         failure = await auth.authenticate(mech, self._exchange)
+        if failure is not None and self._renew is not None and auth.token_refused(mech, failure):
+            fresh = await self._lookup(self._renew, password)
+            if fresh is not None:
+                mech = auth.mechanism(
+                    method, account.user or "", fresh, account.host or "", account.port
+                )
+                failure = await auth.authenticate(mech, self._exchange)
         if failure is not None:
             raise Abort(failure)
         self.facts.auth_method = method
@@ -274,15 +288,22 @@ class Session:
         source = self._password
         if source is None:
             return self.account.password
+        return await self._lookup(source)
+
+    async def _lookup(self, source: Callable[..., object], *refused: str) -> str | None:
+        """A password (or token) from `source`; its RelaydError becomes the session's failure
+        (held, or retried when its exit code is EX_TEMPFAIL: a token endpoint that is down)."""
         try:
             if inspect.iscoroutinefunction(source):
-                value = await source(self.account)
+                value = await source(self.account, *refused)
             else:  # passwordeval, keyrings and prompts block: keep the loop free
-                value = await asyncio.to_thread(source, self.account)
+                value = await asyncio.to_thread(source, self.account, *refused)
             if inspect.isawaitable(value):
                 value = await value
         except RelaydError as exc:
-            failure = classify(Event.PASSWORD_LOOKUP, reason=exc.message)
+            for_now = exc.exit_code == ExitCode.TEMPFAIL
+            event = Event.PASSWORD_UNAVAILABLE if for_now else Event.PASSWORD_LOOKUP
+            failure = classify(event, reason=exc.message)
             raise Abort(replace(failure, exit_code=exc.exit_code)) from None
         return value if isinstance(value, str) else None
 
@@ -304,6 +325,7 @@ async def deliver(
     messages: Sequence[OutgoingMessage],
     *,
     password: PasswordSource | None = None,
+    renew: TokenRenewal | None = None,
     timeout: float | None = None,
     debug: DebugSink | None = None,
 ) -> list[DeliveryResult]:
@@ -312,7 +334,9 @@ async def deliver(
     results: list[DeliveryResult] = []
     remaining = list(messages)
     while remaining:
-        async with Session(account, password=password, timeout=timeout, debug=debug) as session:
+        async with Session(
+            account, password=password, renew=renew, timeout=timeout, debug=debug
+        ) as session:
             opened = session.failure is None
             while remaining and (session.alive or not opened):
                 results.append(await session.send(remaining.pop(0)))

@@ -11,3 +11,7 @@ SCHEMA_REVISION = "0007"
 # The most bytes of a body one `bodies` row holds when written (revision 0005): bodies stream
 # to and from the store a chunk at a time.
 BODY_CHUNK = 64 * 1024
+
+# pg_advisory_xact_lock key serialising migrations across hosts: "relayd" in ASCII. A PostgreSQL
+# submission holds it shared while it checks the revision and inserts (`pgfast.py`).
+MIGRATION_LOCK_KEY = 0x72656C617964

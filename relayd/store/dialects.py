@@ -20,11 +20,9 @@ from sqlalchemy import event
 
 from relayd import paths
 from relayd.errors import QueueError
-from relayd.store import failures
+from relayd.store import MIGRATION_LOCK_KEY, failures
 from relayd.sysexits import ExitCode
 
-# pg_advisory_xact_lock key serialising migrations across hosts: "relayd" in ASCII.
-MIGRATION_LOCK_KEY = 0x72656C617964
 _READ_ONLY = "relayd_read_only"
 
 

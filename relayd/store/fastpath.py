@@ -61,13 +61,22 @@ _QMARK = (_INSERT_MESSAGE, _INSERT_BODY, _SET_SIZE, _INSERT_RECIPIENT)
 
 
 def statements(paramstyle: str) -> tuple[str, str, str, str]:
-    """The insert's four statements for a DB-API driver's `paramstyle` (qmark or format)."""
+    """The insert's four statements for a DB-API driver's `paramstyle` (qmark or format), or
+    "dollar": PostgreSQL's own $1, $2… (`pgwire`)."""
     if paramstyle == "qmark":
         return _QMARK
+    if paramstyle == "dollar":
+        a, b, c, d = (_numbered(sql) for sql in _QMARK)
+        return a, b, c, d
     if paramstyle not in ("format", "pyformat"):
         raise ValueError(f"unsupported paramstyle {paramstyle!r}")
     a, b, c, d = (sql.replace("?", "%s") for sql in _QMARK)
     return a, b, c, d
+
+
+def _numbered(sql: str) -> str:
+    parts = sql.split("?")
+    return parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], 1))
 
 
 def submit(
@@ -75,12 +84,19 @@ def submit(
 ) -> str:
     """Queue `message` in `database` (a URL or a SQLite file path); return its queue id.
 
-    SQLite goes through `enqueue` below; any other URL (PostgreSQL) through SqlStore. Raises
+    SQLite goes through `enqueue` below; PostgreSQL through `pgfast.enqueue` (no SQLAlchemy),
+    or SqlStore when that cannot (a URL only psycopg handles, a schema to migrate). Raises
     QueueError (exit 73 or 75) when the message could not be stored; then nothing is stored.
     """
     path = paths.sqlite_path(database)
     if path is not None:
         return enqueue(path, message, now, timeout=timeout)
+    if database.startswith("postgresql+psycopg:"):
+        from relayd.store import pgfast
+
+        queue_id = pgfast.enqueue(database, message, now, timeout=timeout)
+        if queue_id is not None:
+            return queue_id
     from relayd.store.sql import SqlStore  # heavy: SQLAlchemy, only for server databases
 
     with SqlStore.open(database, timeout=timeout) as store:

@@ -14,7 +14,14 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol
 
-from relayd.store.queued import AccountDue, Attempt, AttemptRecord, Lease, QueuedMessage
+from relayd.store.queued import (
+    AccountDue,
+    Attempt,
+    AttemptRecord,
+    Lease,
+    MessageState,
+    QueuedMessage,
+)
 from relayd.store.records import NewMessage, State
 
 if TYPE_CHECKING:
@@ -184,8 +191,8 @@ class QueueStore(MessageStore, Protocol):
         whatever the depth), each message at most once."""
         ...
 
-    def states_of(self, queue_ids: Collection[str]) -> dict[str, tuple[State, str, float | None]]:
-        """Each existing message's (state, account, last attempt time)."""
+    def states_of(self, queue_ids: Collection[str]) -> dict[str, MessageState]:
+        """Each existing message's state, account, last and next attempt times and reason."""
         ...
 
     def owners_of(self, queue_ids: Collection[str]) -> dict[str, int | None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from relayd.store.records import RecipientState, State
 
@@ -11,6 +12,7 @@ __all__ = [
     "Attempt",
     "AttemptRecord",
     "Lease",
+    "MessageState",
     "Outcome",
     "QueuedMessage",
     "Recipient",
@@ -127,6 +129,16 @@ class AccountDue:
     account: str
     due: bool
     next_at: float | None
+
+
+class MessageState(NamedTuple):
+    """Where one message stands, as `queue` commands check it after acting on it."""
+
+    state: State
+    account: str
+    last_attempt_at: float | None
+    next_attempt_at: float | None = None
+    reason: str | None = None  # the last error or the hold's reason
 
 
 def mail_size(message: bytes) -> int:

@@ -1,4 +1,5 @@
-"""Report queries in one read transaction: `relayd status`'s aggregates, `queue log`'s attempts."""
+"""Report queries in one read transaction: `relayd status`'s aggregates and metrics, `queue log`'s
+attempts."""
 
 from __future__ import annotations
 
@@ -30,6 +31,20 @@ class AccountReport:
     next_retry: float | None = None
     last_error: str | None = None
     last_error_at: float | None = None
+
+
+@dataclass(frozen=True)
+class AccountMetrics:
+    """What `relayd status --openmetrics` adds to the counts, per account (absent: none).
+
+    `attempts` maps (account, exit code) to the number of attempts recorded in the queue;
+    `oldest_waiting` is the submission time of each account's oldest queued or sending message;
+    `last_success` the end of each account's latest attempt that exited 0.
+    """
+
+    attempts: Mapping[tuple[str, int], int]
+    oldest_waiting: Mapping[str, float]
+    last_success: Mapping[str, float]
 
 
 @dataclass(frozen=True)
@@ -119,6 +134,53 @@ def account_reports(store: ReportStore) -> list[AccountReport]:
         )
         for account in sorted(counts)
     ]
+
+
+def account_metrics(store: ReportStore) -> AccountMetrics:
+    """Three aggregates per account in one read transaction (attempts by exit code, the oldest
+    waiting message, the last success), each one row per group: no row is loaded per message."""
+    by_code = (
+        sa.select(messages.c.account, attempts.c.exit_code, sa.func.count())
+        .select_from(attempts.join(messages, messages.c.id == attempts.c.message_id))
+        .group_by(messages.c.account, attempts.c.exit_code)
+    )
+    waiting = (
+        sa.select(messages.c.account, sa.func.min(messages.c.created_at))
+        .where(messages.c.state.in_((State.QUEUED.value, State.SENDING.value)))
+        .group_by(messages.c.account)
+    )
+    success = (
+        sa.select(messages.c.account, sa.func.max(attempts.c.started_at + attempts.c.duration))
+        .select_from(attempts.join(messages, messages.c.id == attempts.c.message_id))
+        .where(attempts.c.exit_code == 0)
+        .group_by(messages.c.account)
+    )
+    with store.reading() as conn:
+        counted = {(account, int(code)): int(n) for account, code, n in conn.execute(by_code)}
+        oldest = {account: float(at) for account, at in conn.execute(waiting)}
+        last = {account: float(at) for account, at in conn.execute(success)}
+    return AccountMetrics(counted, oldest, last)
+
+
+def queue_ids_from(
+    store: ReportStore, prefix: str, states: Sequence[State] = (), limit: int = 100
+) -> list[str]:
+    """Up to `limit` queue ids that start with `prefix` (in `states`, when given), in order:
+    what a shell completes at a TAB."""
+    query = sa.select(messages.c.queue_id).order_by(messages.c.queue_id).limit(limit)
+    if prefix:
+        query = query.where(messages.c.queue_id.startswith(prefix, autoescape=True))
+    if states:
+        query = query.where(messages.c.state.in_([state.value for state in states]))
+    with store.reading() as conn:
+        return [queue_id for (queue_id,) in conn.execute(query)]
+
+
+def account_names(store: ReportStore) -> list[str]:
+    """The accounts that have mail in the queue, by name."""
+    query = sa.select(messages.c.account).distinct().order_by(messages.c.account)
+    with store.reading() as conn:
+        return [account for (account,) in conn.execute(query)]
 
 
 def log_entries(

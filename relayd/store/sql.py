@@ -28,7 +28,14 @@ from relayd.store.hot import HotStatements, build_claimed
 from relayd.store.ids import new_queue_id
 from relayd.store.listing import Listed, pages
 from relayd.store.prepared import ClaimedRows, PreparedRecord
-from relayd.store.queued import AccountDue, Attempt, AttemptRecord, Lease, QueuedMessage
+from relayd.store.queued import (
+    AccountDue,
+    Attempt,
+    AttemptRecord,
+    Lease,
+    MessageState,
+    QueuedMessage,
+)
 from relayd.store.records import NewMessage, State
 from relayd.store.rows import attempt_from_row, insert_messages, load_messages
 from relayd.store.tables import attempts, bodies, messages
@@ -187,21 +194,23 @@ class SqlStore:
                 found.update({queue_id: uid for queue_id, uid in conn.execute(query)})
         return found
 
-    def states_of(self, queue_ids: Collection[str]) -> dict[str, tuple[State, str, float | None]]:
+    def states_of(self, queue_ids: Collection[str]) -> dict[str, MessageState]:
         wanted = list(queue_ids)
-        found: dict[str, tuple[State, str, float | None]] = {}
+        found: dict[str, MessageState] = {}
         columns = (
             messages.c.queue_id,
             messages.c.state,
             messages.c.account,
             messages.c.last_attempt_at,
+            messages.c.next_attempt_at,
+            messages.c.reason,
         )
         with self.reading() as conn:
             for start in range(0, len(wanted), _CHUNK):
                 chunk = wanted[start : start + _CHUNK]
                 query = sa.select(*columns).where(messages.c.queue_id.in_(chunk))
-                for queue_id, state, account, last in conn.execute(query):
-                    found[queue_id] = (State(state), account, last)
+                for queue_id, state, *rest in conn.execute(query):
+                    found[queue_id] = MessageState(State(state), *rest)
         return found
 
     def due_summary(self, now: float) -> Sequence[AccountDue]:

@@ -43,7 +43,10 @@ def deliver_now(
     A temporary failure leaves it queued for the daemon (exit 0, with a note); a permanent one
     marks it failed and exits with msmtp's code; a problem only the user can fix holds it.
     """
+    from relayd.accounts.oauth2 import Tokens
+
     config = settings.load()
+    tokens = Tokens(lambda: config.oauth2, _interactive_password)
     now = time.time()
     owner = f"sendmail-{socket.gethostname()}-{os.getpid()}"
     with SqlStore.open(location.database_url(), timeout=fastpath.lock_timeout()) as store:
@@ -67,7 +70,8 @@ def deliver_now(
                 claimed,
                 config,
                 owner=claimed[0].lease_owner or "",
-                password=_interactive_password,
+                password=tokens.password,
+                renew=tokens.renew,
                 debug=debug,
                 prog=prog,
             )

@@ -96,7 +96,7 @@ def run(inv: Invocation, prog: str, *, fast_exit: bool = False) -> int:
     if inv.mode is Mode.SMTP:
         from relayd.submission import smtpstdio  # aiosmtpd: only for -bs
 
-        return smtpstdio.serve(prog)
+        return smtpstdio.serve(prog, inv)
     if inv.mode is Mode.CONFIGURE:
         raise RelaydError(
             f"{inv.mode.value} mode is not available in this version", ExitCode.UNAVAILABLE

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -18,6 +19,7 @@ from relayd.settings import Settings
 from relayd.store import fastpath, location
 from relayd.store.records import NewMessage
 from relayd.submission import client, protocol, route
+from relayd.submission.cmdline import Invocation
 from relayd.submission.smtpd import (
     TOO_BIG,
     Compose,
@@ -34,9 +36,14 @@ _BLOCK = 64 * 1024
 _DRAIN_TIMEOUT = 60.0  # seconds to pass the last replies on once the session ended
 
 
-def serve(prog: str) -> int:
+def serve(prog: str, inv: Invocation) -> int:
     """One SMTP session on standard input and output, routed as relayd-sendmail routes a
     mail (SPEC §7); 0 once it ends with QUIT or the end of the input."""
+    if ignored := _ignored(inv):
+        sys.stderr.write(
+            f"{prog}: warning: -bs takes the envelope and the account from the SMTP"
+            f" session (MAIL FROM, RCPT TO); ignoring {', '.join(ignored)}\n"
+        )
     loaded = settings.load()
     way = route.decide()
     queue: QueueIngest | None = None
@@ -58,6 +65,25 @@ def serve(prog: str) -> int:
 
         sendmail.no_daemon_note(prog)
     return ExitCode.OK
+
+
+def _ignored(inv: Invocation) -> list[str]:
+    """What of the command line `-bs` does not use: the SMTP client gives the envelope, and
+    MAIL FROM chooses the account among the configured ones, as for the listener."""
+    ignored = [f"--{name}" for name, _ in inv.overrides]
+    for given, option in (
+        (inv.conffile, "-C"),
+        (inv.account_id, "-a"),
+        (inv.envelope_from, "-f"),
+        (inv.full_name, "-F"),
+        (inv.read_recipients, "-t"),
+        (inv.read_envelope_from, "--read-envelope-from"),
+    ):
+        if given:
+            ignored.append(option)
+    if inv.recipients:
+        ignored.append("the recipients")
+    return ignored
 
 
 class QueueIngest:

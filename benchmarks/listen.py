@@ -153,13 +153,35 @@ def queue_rows(path: Path) -> tuple[int, dict[str, int], int]:
     return sum(states.values()), {str(k): int(v) for k, v in states.items()}, int(attempts)
 
 
+def family(pid: int) -> list[int]:
+    """`pid` and its children (the daemon and its `[listen] workers`), from /proc."""
+    children: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                children += [int(c) for c in (task / "children").read_text().split()]
+    return [pid, *children]
+
+
 def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU seconds of `pid` so far (/proc/PID/stat), None once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of `pid` and its children so far (/proc/PID/stat), None once
+    the daemon is gone."""
+    total = 0.0
+    for one in family(pid):
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            if one == pid:
+                return None
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def rss_kb(pid: int, key: str = "VmRSS") -> int | None:
+    """The sum of `key` (VmRSS, VmHWM) over the daemon and its workers; None once it is gone."""
+    values = [proc_status_kb(one, key) for one in family(pid)]
+    return None if values[0] is None else sum(v for v in values if v is not None)
 
 
 class RssSampler(threading.Thread):
@@ -172,14 +194,14 @@ class RssSampler(threading.Thread):
 
     def run(self) -> None:
         while not self.halt.is_set():
-            rss = proc_status_kb(self.pid, "VmRSS")
+            rss = rss_kb(self.pid)
             if rss is not None:
                 self.peak_kb, self.samples = max(self.peak_kb, rss), self.samples + 1
             self.halt.wait(RSS_INTERVAL)
 
 
 def relayd_run(
-    relayd: Path, work: Path, messages: int, profile: Path | None = None
+    relayd: Path, work: Path, messages: int, profile: Path | None = None, workers: str = "auto"
 ) -> dict[str, Any]:
     """One run of `relayd daemon` with its listener on a fresh queue; its figures (with
     `profile`, py-spy's samples of the daemon during the timed part go there)."""
@@ -189,7 +211,8 @@ def relayd_run(
     config.parent.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config.write_text(
-        f'[listen]\naddress = ["127.0.0.1:{port}"]\nmax_sessions = {MAX_SESSIONS}\n',
+        f'[listen]\naddress = ["127.0.0.1:{port}"]\nmax_sessions = {MAX_SESSIONS}\n'
+        + (f"workers = {workers}\n" if workers != "auto" else ""),
         encoding="ascii",
     )
     env["RELAYD_CONFIG"] = str(config)
@@ -208,7 +231,8 @@ def relayd_run(
         wait_accepting(port, lambda: proc.poll() is None, "relayd daemon")
         warm_up(port)
         rows_before = queue_rows(queue)[0]
-        rss_before, cpu_before = proc_status_kb(proc.pid, "VmRSS"), cpu_seconds(proc.pid)
+        rss_before, cpu_before = rss_kb(proc.pid), cpu_seconds(proc.pid)
+        result["processes"] = len(family(proc.pid))
         sampler = RssSampler(proc.pid)
         sampler.start()
         with pyspy.recording(proc.pid, profile) if profile else contextlib.nullcontext():
@@ -225,9 +249,9 @@ def relayd_run(
             new_rows_at_exit=rows_at_exit - rows_before,
             rss_before_kb=rss_before,
             rss_peak_kb=max(sampler.peak_kb, rss_before or 0),
-            rss_after_kb=proc_status_kb(proc.pid, "VmRSS"),
+            rss_after_kb=rss_kb(proc.pid),
             rss_samples=sampler.samples,
-            hwm_kb=proc_status_kb(proc.pid, "VmHWM"),
+            hwm_kb=rss_kb(proc.pid, "VmHWM"),
             failure=failure,
         )
         if cpu_before is not None and cpu_after is not None:
@@ -384,9 +408,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--profile", metavar="FILE", type=Path, help="py-spy the daemon in run 1 (into FILE)"
     )
     parser.add_argument(
+        "--workers", default="auto", help="[listen] workers for relayd (default: auto)"
+    )
+    parser.add_argument(
         "--rebuild", action="store_true", help="rebuild the non-editable venv even if current"
     )
     args = parser.parse_args(argv)
+    if args.workers != "auto" and not args.workers.isdigit():
+        parser.error("--workers must be auto or a number")
     if not 1 <= args.runs <= 20 or not 1 <= args.messages <= 1_000_000:
         parser.error("--runs must be 1..20 and --messages 1..1,000,000")
     return args
@@ -420,7 +449,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if who == "relayd":
                     log(f"run {n + 1}/{args.runs}: relayd daemon ...")
                     profile = args.profile if n == 0 else None
-                    one = relayd_run(relayd, work / f"relayd-{n}", args.messages, profile)
+                    one = relayd_run(
+                        relayd, work / f"relayd-{n}", args.messages, profile, args.workers
+                    )
                     results["relayd"].append(one)
                 elif isinstance(results["postfix"], list):
                     log(f"run {n + 1}/{args.runs}: postfix smtpd ...")

@@ -93,6 +93,7 @@ class Listen:
     max_sessions: int = 32
     require_account: bool = False
     timeout: int = 300  # seconds a client may take for a command or a DATA line
+    workers: int | None = None  # processes serving sessions; 0: the daemon itself; None: auto
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,18 @@ def _bounce(value: object) -> Bounce:
     raise Invalid(f"expected none, sender or maildir:PATH, not {mode!r}")
 
 
+MAX_WORKERS = 16
+
+
+def _workers(value: object) -> int | None:
+    """`[listen] workers`: "auto" (None) or 0..MAX_WORKERS processes."""
+    if value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WORKERS:
+        raise Invalid(f'expected "auto" or a number of processes 0..{MAX_WORKERS}, not {value!r}')
+    return value
+
+
 # section -> key -> (Settings field path, validator)
 _KEYS: dict[str, dict[str, tuple[str, Callable[[object], Any]]]] = {
     "retry": {
@@ -233,6 +246,7 @@ _KEYS: dict[str, dict[str, tuple[str, Callable[[object], Any]]]] = {
         "max_sessions": ("listen.max_sessions", count),
         "require_account": ("listen.require_account", flag),
         "timeout": ("listen.timeout", duration),
+        "workers": ("listen.workers", _workers),
     },
     "retain": {"sent": ("retain.sent", duration), "failed": ("retain.failed", duration)},
     "submit": {

@@ -39,9 +39,12 @@ BIG = (
 # page cache (2 MiB per connection, a few threads' connections) and the allocator's slack come
 # on top. Holding the message whole would add 20 MiB at least (today: ~2.3 times the size).
 DAEMON_GROWTH = 8 * MIB
-# `queue show` of a big message over the same command for a small one (the CLI's imports, ~50
+# `queue show` of a big message over the same command for a small one (the CLI's imports, ~35
 # MiB): a few rows read at a time, and SQLite's page cache (2 MiB) filled by the blob pages.
 SHOW_GROWTH = 10 * MIB
+# SPEC §6: `queue show` of a 50 MB message within 40 MiB. The body streams, so the bound does not
+# grow with the message: it holds for this 20 MB one as it is, show and --raw alike.
+SHOW_PEAK = 40 * MIB
 
 
 def _status(pid: int, key: str) -> int:
@@ -111,6 +114,7 @@ def test_queue_show_of_20_mb_streams_in_bounded_memory() -> None:
     print(f"--raw {raw_peak / MIB:.1f} MiB")
     assert raw_peak - baseline <= SHOW_GROWTH, (baseline / MIB, raw_peak / MIB)
     assert show_peak - baseline <= SHOW_GROWTH, (baseline / MIB, show_peak / MIB)
+    assert max(show_peak, raw_peak) <= SHOW_PEAK, (show_peak / MIB, raw_peak / MIB)
 
 
 def test_the_daemon_streams_20_mb_with_bounded_rss_growth(
@@ -156,7 +160,8 @@ def test_the_listener_takes_20_mb_over_smtp_with_bounded_rss_growth(
     write_msmtprc(f"account default\nhost 127.0.0.1\nport {upstream.port}\nfrom me@example.org\n")
     port = free_port()
     config = tmp_path / "relayd.toml"
-    config.write_text(f'[listen]\naddress = "127.0.0.1:{port}"\n')
+    # One listener worker process takes the message, the daemon delivers it: both measured.
+    config.write_text(f'[listen]\naddress = "127.0.0.1:{port}"\nworkers = 1\n')
     daemon = start_daemon(RELAYD_CONFIG=str(config))
 
     def send(message: bytes) -> str:
@@ -171,14 +176,21 @@ def test_the_listener_takes_20_mb_over_smtp_with_bounded_rss_growth(
     send(BIG_SMTP[:2000] + b"\r\n")  # warm up: a first message over SMTP, delivered
     upstream.wait_for(1, timeout=10)
     time.sleep(0.5)
-    pid = daemon.proc.pid
-    idle = _status(pid, "VmRSS")
+    (worker,) = (
+        int(pid)
+        for pid in Path(f"/proc/{daemon.proc.pid}/task/{daemon.proc.pid}/children")
+        .read_text()
+        .split()
+    )
+    pids = {"daemon": daemon.proc.pid, "listener worker": worker}
+    idle = {name: _status(pid, "VmRSS") for name, pid in pids.items()}
     queue_id = send(BIG_SMTP)
     upstream.wait_for(2, timeout=120)
     eventually(lambda: _stored(queue_id)[0] == "sent", 30, "state sent")
-    peak = _status(pid, "VmHWM")
+    peak = {name: _status(pid, "VmHWM") for name, pid in pids.items()}
     assert _stored(queue_id)[1] == BIG_SMTP
     assert upstream.transactions[1].data == BIG_SMTP
-    print(f"listener: daemon RSS idle {idle / MIB:.1f} MiB, peak {peak / MIB:.1f} MiB")
-    # Taken in blocks into a file, composed into another, stored and sent a chunk at a time.
-    assert peak - idle <= DAEMON_GROWTH, (idle / MIB, peak / MIB)
+    for name in pids:
+        print(f"listener: {name} RSS idle {idle[name] / MIB:.1f} MiB, peak {peak[name] / MIB:.1f}")
+        # Taken in blocks into a file, composed into another, stored and sent a chunk at a time.
+        assert peak[name] - idle[name] <= DAEMON_GROWTH, (name, idle[name] / MIB, peak[name] / MIB)

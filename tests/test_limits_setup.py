@@ -197,16 +197,23 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _limited_daemon(
+    start_daemon: Callable[..., Daemon], upstream: UpstreamServer, tmp_path: Path, limits: str
+) -> Daemon:
+    """`relayd daemon` delivering to `upstream` with `[limits.default]` set to `limits`."""
+    rc_for(upstream.port)
+    toml = tmp_path / "relayd.toml"
+    toml.write_text(f"[limits.default]\n{limits}\n")
+    return start_daemon(RELAYD_CONFIG=str(toml))
+
+
 def test_the_daemon_sends_the_rest_when_the_window_opens_without_polling(
     start_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
     with UpstreamServer(timeout=20) as upstream:
-        rc_for(upstream.port)
-        toml = tmp_path / "relayd.toml"
-        toml.write_text('[limits.default]\nmessages = "3/4s"\n')
         with SqlStore.open(os.environ["RELAYD_DATABASE_URL"]) as store:
             ids = enqueue_many(store, [message(n) for n in range(5)], time.time())
-            daemon = start_daemon(RELAYD_CONFIG=str(toml))
+            daemon = _limited_daemon(start_daemon, upstream, tmp_path, 'messages = "3/4s"')
             upstream.wait_for(3, timeout=10)
             waiting = eventually(
                 lambda: [m for m in list_messages(store, State.QUEUED) if m.reason] or None,
@@ -233,10 +240,7 @@ def test_flush_wait_ends_when_the_rest_waits_for_the_budget(
     start_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
     with UpstreamServer(timeout=20) as upstream:
-        rc_for(upstream.port)
-        toml = tmp_path / "relayd.toml"
-        toml.write_text('[limits.default]\nmessages = "2/10m"\n')
-        daemon = start_daemon(RELAYD_CONFIG=str(toml))
+        daemon = _limited_daemon(start_daemon, upstream, tmp_path, 'messages = "2/10m"')
         with SqlStore.open(os.environ["RELAYD_DATABASE_URL"]) as store:
             ids = enqueue_many(store, [message(n) for n in range(3)], time.time())
             started = time.monotonic()

@@ -254,3 +254,17 @@ def test_data_read_in_blocks_over_a_real_connection(
     code, err = daemon.stop()
     assert code == 0 and "Traceback" not in err, err
     assert len(stored_messages()) == 2
+
+
+def test_a_long_command_line_is_refused_and_the_session_goes_on(
+    listener: Callable[..., tuple[Daemon, int]],
+) -> None:
+    """The reader buffers more than a line (for DATA): a command line is still limited."""
+    _, port = listener()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        assert _reply(sock).startswith(b"220")
+        for size in (2_000, 70_000):
+            sock.sendall(b"NOOP " + b"x" * size + b"\r\n")
+            assert _reply(sock).startswith(b"500 "), size
+        sock.sendall(b"EHLO client.example\r\nQUIT\r\n")
+        assert _reply(sock).startswith(b"250")

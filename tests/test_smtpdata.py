@@ -187,3 +187,21 @@ def test_plain_addresses_parse_as_aiosmtpd_parses_them() -> None:
         fast += _PLAIN_PATH.fullmatch(arg) is not None
         assert ours._getaddr(arg) == expected, arg
     assert fast > 300
+
+
+def test_the_line_limit_by_the_whole_stream_rule_for_random_streams_and_cuts() -> None:
+    """A line is too long when it has more than `limit` bytes with its CRLF (bare CRs and LFs
+    are inside lines), however the stream is cut into blocks."""
+    from relayd.submission import smtpdata
+
+    rng = random.Random(14)
+    for _ in range(3000):
+        limit = rng.randrange(3, 12)
+        body = bytes(rng.choice(b"xx\r\n.") for _ in range(rng.randrange(0, 60)))
+        stream = body + b"\r\n.\r\n"
+        lines = (b"\r\n" + stream).split(b"\r\n")
+        expected = Outcome.TOO_LONG if max(map(len, lines)) + 2 > limit else Outcome.NOMINAL
+        message = smtpdata._Message(limit=None, line_limit=limit)
+        for block in cut(stream, [rng.randrange(1, len(stream)) for _ in range(rng.randrange(4))]):
+            message.add(block)
+        assert message.outcome is expected, (stream, limit)

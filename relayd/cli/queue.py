@@ -15,10 +15,11 @@ from relayd.cli.output import run
 from relayd.cli.queue_import import import_msmtpq_command
 from relayd.cli.queue_list import list_command, show_command
 from relayd.cli.queue_log import log_command
-from relayd.daemon import actions, flush
 from relayd.store import fastpath
-from relayd.store.sql import SqlStore
 from relayd.sysexits import ExitCode
+
+# The store (SQLAlchemy) and the daemon's pieces are imported by the commands that act, so that
+# `queue show` and `queue list` load only what they read with (SPEC §6: show within 40 MiB).
 
 app = typer.Typer(name="queue", help="Inspect and act on the queue.", no_args_is_help=True)
 app.command("list")(list_command)
@@ -93,6 +94,8 @@ def _flush(queue_ids: list[str], account: str | None, wait: bool, timeout: float
     elif remote.connected():
         _complain("--wait needs read access to the queue; the host daemon delivers without it")
         return ExitCode.USAGE
+    from relayd.daemon import flush
+
     return flush.flush(
         settings.load(),
         queue_ids,
@@ -110,6 +113,9 @@ def _change(queue_ids: list[str], *, hold: bool) -> int:
     remote_code = remote.act({"op": "hold" if hold else "release", "ids": queue_ids})
     if remote_code is not None:
         return remote_code
+    from relayd.daemon import actions
+    from relayd.store.sql import SqlStore
+
     config = settings.load()
     with SqlStore.open(config.database, timeout=fastpath.lock_timeout()) as store:
         code, wake = actions.hold_or_release(
@@ -147,6 +153,9 @@ def _delete(queue_ids: list[str], yes: bool) -> int:
     remote_code = remote.act({"op": "delete", "ids": queue_ids})
     if remote_code is not None:
         return remote_code
+    from relayd.daemon import actions
+    from relayd.store.sql import SqlStore
+
     config = settings.load()
     store = SqlStore.open_existing(config.database, timeout=fastpath.lock_timeout())
     if store is None:

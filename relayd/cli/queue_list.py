@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Sequence
+from contextlib import closing
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -13,16 +14,20 @@ from relayd.cli import complete, remote
 from relayd.cli.output import fail, json_line, local_time, on_terminal, run
 from relayd.errors import RelaydError
 from relayd.store import fastpath
-from relayd.store.listing import Listed
 from relayd.store.records import State
-from relayd.store.sql import SqlStore
+from relayd.store.sqlite_reader import open_reader
 from relayd.submission import queuelist
 from relayd.submission.queuelist import PURGED, owner_text, show_record
 from relayd.sysexits import ExitCode
 from relayd.text import display_headers, sanitize
 
+# Imported where used: SQLAlchemy (the listing, a server queue) and rich (a terminal) cost
+# `queue show` of a SQLite queue most of its memory (SPEC §6: 40 MiB).
 if TYPE_CHECKING:
     from rich.text import Text
+
+    from relayd.store.listing import Listed
+    from relayd.store.sql import SqlStore
 
 ALL = "all"
 _STATE_HELP = "Only messages in this state (repeatable): queued, sending, held, sent, failed, all."
@@ -50,6 +55,8 @@ def parse_states(
 
 def open_queue() -> SqlStore | None:
     """The configured queue, read-only, or None when nothing was ever queued."""
+    from relayd.store.sql import SqlStore
+
     return SqlStore.open_reading(settings.load().database, timeout=fastpath.lock_timeout())
 
 
@@ -184,10 +191,10 @@ def _show(queue_id: str, raw: bool, as_json: bool) -> int:
     through_host = remote.show(queue_id, raw)
     if through_host is not None:
         return _print_show(*through_host, raw=raw, as_json=as_json)
-    store = open_queue()
+    store = open_reader(settings.load().database, timeout=fastpath.lock_timeout())
     message = head = None
     if store is not None:
-        with store:
+        with closing(store):
             message = store.get(queue_id)
             if message is not None and raw:
                 return _copy_raw(queue_id, store.read_data_chunks(queue_id))

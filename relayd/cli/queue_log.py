@@ -8,28 +8,27 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.text import Text
 
 from relayd import settings
 from relayd.cli import complete
 from relayd.cli.output import json_line, local_time, on_terminal, run
-from relayd.daemon.attempt_log import attempt_info
-from relayd.delivery.result import Reply
 from relayd.errors import RelaydError
-from relayd.store import fastpath
-from relayd.store.interface import ReportStore
-from relayd.store.reports import PAGE, LogEntry, log_entries
-from relayd.store.rows import attempt_row
-from relayd.store.sql import SqlStore
+from relayd.store import LOG_PAGE, fastpath
 from relayd.sysexits import ExitCode
 from relayd.text import sanitize
 
+# The store (SQLAlchemy), rich and the log line's modules are imported where this command runs:
+# the `relayd` CLI imports every command's module, and `queue show` must stay light (SPEC §6).
+if TYPE_CHECKING:
+    from relayd.store.interface import ReportStore
+    from relayd.store.reports import LogEntry
+
 POLL_INTERVAL = 0.5  # seconds between looks for new attempts with --follow
 DUPLICATE = "(possible duplicate)"
+PAGE = LOG_PAGE  # attempts a read transaction when the whole log is printed
 
 
 def entry_line(entry: LogEntry) -> str:
@@ -39,6 +38,9 @@ def entry_line(entry: LogEntry) -> str:
     reply was stored (the row holds the reply, or msmtp's error when there was none). The
     runner stores the account's host, or its socket path when it has no host.
     """
+    from relayd.daemon.attempt_log import attempt_info
+    from relayd.delivery.result import Reply
+
     attempt = entry.attempt
     on_socket = "/" in attempt.host  # a host name never holds a slash; a socket path does
     reply = None
@@ -73,6 +75,8 @@ NOTES = {
 def entry_json(entry: LogEntry) -> dict[str, Any]:
     """The attempt as one JSON object (`--json`): its attempts row as stored, named by queue
     id instead of row id, with the exit code's name; recipients as in the row's JSON."""
+    from relayd.store.rows import attempt_row
+
     row = attempt_row(0, entry.attempt)
     del row["message_id"]
     recipients = row.pop("recipient_replies")
@@ -86,6 +90,9 @@ def _printer(as_json: bool) -> Callable[[LogEntry], None]:
         return lambda entry: typer.echo(json_line(entry_json(entry)))
     if not on_terminal():
         return lambda entry: typer.echo(entry_line(entry))
+    from rich.console import Console
+    from rich.text import Text
+
     console = Console(highlight=False)
 
     def show(entry: LogEntry) -> None:
@@ -118,6 +125,8 @@ def _print_after(
     stop: threading.Event,
 ) -> int:
     """Print every attempt after row `after`, a page at a time; the last row id printed."""
+    from relayd.store.reports import log_entries
+
     while not stop.is_set():
         page = log_entries(store, after=after, queue_id=queue_id, limit=PAGE)
         for entry in page:
@@ -130,6 +139,9 @@ def _print_after(
 
 
 def _log(queue_id: str | None, follow: bool, as_json: bool, lines: int | None) -> int:
+    from relayd.store.reports import log_entries
+    from relayd.store.sql import SqlStore
+
     config = settings.load()
     show = _printer(as_json)
     opened = SqlStore.open_reading(config.database, timeout=fastpath.lock_timeout())

@@ -3,12 +3,14 @@ submit socket (SPEC §7), when this user has no queue of its own in use."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from relayd.store.listing import Listed
 from relayd.submission import client, route
+
+if TYPE_CHECKING:  # the listing's reader needs SQLAlchemy; `queue show` does without it
+    from relayd.store.listing import Listed
 
 
 def _connection() -> Any:
@@ -51,27 +53,28 @@ def listing(states: list[str] | None, account: str | None) -> list[Listed] | Non
 
 
 def show(queue_id: str, raw: bool) -> tuple[dict[str, Any] | None, bytes] | None:
-    """One message of the host queue (its show record, or with `raw` its bytes) if this user
-    may see it; None for a queue of its own."""
+    """One message of the host queue (its show record; with `raw`, its bytes are written to
+    stdout as they come, a frame at a time, and b"" returned) if this user may see it; None
+    for a queue of its own."""
     sock = _connection()
     if sock is None:
         return None
     import base64
+    import sys
 
     record: dict[str, Any] | None = None
-    parts: list[bytes] = []
 
     def take(value: dict[str, object]) -> None:
         nonlocal record
         if isinstance(value.get("record"), dict):
             record = value["record"]  # type: ignore[assignment]
         elif isinstance(value.get("raw"), str):
-            parts.append(base64.b64decode(str(value["raw"])))
+            sys.stdout.buffer.write(base64.b64decode(str(value["raw"])))
 
     reply = client.request(sock, {"op": "show", "id": queue_id, "raw": raw}, take)
     if reply.code != 0:
         raise typer.Exit(finish(reply))
-    return record, b"".join(parts)
+    return record, b""
 
 
 def finish(reply: client.Reply) -> int:

@@ -4,25 +4,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from relayd import paths, settings
-from relayd.cli import metrics
 from relayd.cli.output import fail, json_line, local_time, on_terminal, run
 from relayd.daemon.instance import daemon_listening, daemon_running
 from relayd.store import fastpath
-from relayd.store.budget import Budgeted, budget_reports
-from relayd.store.dialects import describe
 from relayd.store.queued import State
-from relayd.store.reports import AccountMetrics, AccountReport, account_metrics, account_reports
-from relayd.store.sql import SqlStore
 from relayd.sysexits import ExitCode
 from relayd.text import sanitize
+
+# The store (SQLAlchemy), its metrics and rich are imported where `status` runs: the `relayd`
+# CLI imports every command's module, and `queue show` must stay light (SPEC §6).
+if TYPE_CHECKING:
+    from relayd.store.budget import Budgeted
+    from relayd.store.reports import AccountReport
 
 _DAEMON = {True: "running", False: "not running", None: "unknown (none on this host)"}
 _DAEMON_STYLE = {_DAEMON[True]: "bold green", _DAEMON[False]: "bold red"}
@@ -60,6 +58,8 @@ def _listener_fact(addresses: list[str] | None, configured: Sequence[str]) -> st
 
 def _location(database: str) -> str:
     """The database URL, with a server's password hidden (a SQLite URL has none)."""
+    from relayd.store.dialects import describe
+
     return database if paths.sqlite_path(database) is not None else describe(database)
 
 
@@ -197,6 +197,10 @@ def _plain(table: _Table) -> list[str]:
 
 
 def _print_terminal(facts: list[tuple[str, str]], tables: list[_Table]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
     console = Console(highlight=False)
     for name, value in facts:
         style = _DAEMON_STYLE.get(value, "") if name == "daemon" else ""
@@ -211,6 +215,11 @@ def _print_terminal(facts: list[tuple[str, str]], tables: list[_Table]) -> None:
 
 
 def _status(as_json: bool, openmetrics: bool) -> int:
+    from relayd.cli import metrics
+    from relayd.store.budget import budget_reports
+    from relayd.store.reports import AccountMetrics, account_metrics, account_reports
+    from relayd.store.sql import SqlStore
+
     config = settings.load()
     store = SqlStore.open_reading(config.database, timeout=fastpath.lock_timeout())
     reports: list[AccountReport] = []

@@ -15,3 +15,6 @@ BODY_CHUNK = 64 * 1024
 # pg_advisory_xact_lock key serialising migrations across hosts: "relayd" in ASCII. A PostgreSQL
 # submission holds it shared while it checks the revision and inserts (`pgfast.py`).
 MIGRATION_LOCK_KEY = 0x72656C617964
+
+# Attempts per read transaction when a whole attempt log is printed (`relayd queue log`).
+LOG_PAGE = 1000

@@ -22,6 +22,7 @@ from relayd.store.dialects import (
     reader,
 )
 from relayd.store.migrate import check_readable, ensure_schema
+from relayd.store.sqlite_reader import queue_file_exists
 
 # Errors of the statements themselves (relayd's bugs, or a colliding queue id the caller
 # retries): raised as they are, never turned into "try again later".
@@ -79,13 +80,8 @@ class Database:
         this relayd reads."""
         path = sqlite_path(url)
         where = describe(url)
-        if path is not None:
-            try:
-                os.stat(path)
-            except FileNotFoundError:
-                return None
-            except OSError as exc:  # a path component that is a file, a directory not searchable
-                raise failures.from_os(exc, where, "open the queue") from None
+        if path is not None and not queue_file_exists(path, where):
+            return None
         engine = make_read_only_engine(url, timeout=timeout)
         try:
             with reader(engine).begin() as conn:

@@ -9,10 +9,8 @@ claims use `FOR UPDATE SKIP LOCKED` in `hot.py`.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
-import urllib.parse
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,6 +19,7 @@ from sqlalchemy import event
 from relayd import paths
 from relayd.errors import QueueError
 from relayd.store import MIGRATION_LOCK_KEY, failures
+from relayd.store.sqlite_reader import read_only_connect
 from relayd.sysexits import ExitCode
 
 _READ_ONLY = "relayd_read_only"
@@ -53,43 +52,13 @@ def make_read_only_engine(url: str, *, timeout: float = 10.0) -> sa.Engine:
     path = paths.sqlite_path(url)
     if path is None:
         return make_engine(url, timeout=timeout)
-    absolute = os.path.abspath(path)
-    target = "file:" + urllib.parse.quote(absolute) + "?mode=ro"
 
     def connect() -> sqlite3.Connection:
-        conn = _read_only_connect(target, timeout)
-        try:
-            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
-        except sqlite3.OperationalError as exc:
-            conn.close()
-            # A WAL queue whose -shm this user may not create (a directory it cannot write or a
-            # read-only file system, no daemon running): with no -wal file every commit is in
-            # the main file, so read that file as it is now (immutable). A writer starting
-            # meanwhile may make this read fail; it never makes it change the queue.
-            refused = ((_errorcode(exc) or 0) & 0xFF) in _NO_SHM
-            if not refused or os.path.exists(absolute + "-wal"):
-                raise
-            conn = _read_only_connect(target + "&immutable=1", timeout)
-        conn.execute("PRAGMA foreign_keys=ON")
-        return conn
+        return read_only_connect(path, timeout)
 
     engine = sa.create_engine("sqlite://", creator=connect)
     event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
     return engine
-
-
-_NO_SHM = {8, 14}  # SQLITE_READONLY(_DIRECTORY), SQLITE_CANTOPEN (a read-only file system)
-
-
-def _errorcode(exc: sqlite3.Error) -> int | None:
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code if isinstance(code, int) else None
-
-
-def _read_only_connect(target: str, timeout: float) -> sqlite3.Connection:
-    conn = sqlite3.connect(target, uri=True, timeout=timeout, check_same_thread=False)
-    conn.isolation_level = None
-    return conn
 
 
 def _is_postgresql(url: str) -> bool:

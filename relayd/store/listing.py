@@ -14,16 +14,10 @@ from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
+from relayd.store.fromrows import reply_text
 from relayd.store.prepared import Prepared
 from relayd.store.records import State
 from relayd.store.tables import messages, recipients, state_off_the_due_index
-
-
-def reply_text(code: int | None, text: str | None) -> str | None:
-    """A stored reply as people read it, `CODE text`; None when there is none."""
-    if code is None:
-        return text or None
-    return f"{code} {text or ''}".rstrip()
 
 
 class ListedRecipient(NamedTuple):

@@ -9,12 +9,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from relayd.store import LOG_PAGE
 from relayd.store.interface import ReportStore
 from relayd.store.queued import Attempt, MailSize, State
 from relayd.store.rows import attempt_from_row
 from relayd.store.tables import attempts, bodies, messages
 
-PAGE = 1000  # attempts per read transaction when printing a whole log
+PAGE = LOG_PAGE
 
 
 @dataclass(frozen=True)

@@ -2,117 +2,34 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
 from relayd.store.fastpath import BodyRows
+from relayd.store.fromrows import (
+    RECIPIENT_COLUMNS,
+    SUMMARY_COLUMNS,
+    message_from_row,
+    recipient_from_row,
+)
+from relayd.store.fromrows import (
+    attempt_from_row as attempt_from_row,
+)
 from relayd.store.queued import Attempt, QueuedMessage, Recipient, RecipientState, State
 from relayd.store.submitted import NewMessage
 from relayd.store.tables import bodies, messages, recipients
 
 # Everything but the body (listing 100,000 messages must not read their data), in the order
-# `message_from_row` unpacks. Overrides come back raw: most are "[]", not worth a json.loads.
-SUMMARY = (
-    messages.c.id,
-    messages.c.queue_id,
-    messages.c.state,
-    messages.c.account,
-    sa.type_coerce(messages.c.overrides, sa.Text()).label("overrides"),
-    messages.c.config_file,
-    messages.c.sender,
-    messages.c.size,
-    messages.c.needs_smtputf8,
-    messages.c.needs_8bitmime,
-    messages.c.created_at,
-    messages.c.next_attempt_at,
-    messages.c.lease_until,
-    messages.c.lease_owner,
-    messages.c.attempts,
-    messages.c.reason,
-    messages.c.submitted_uid,
-    messages.c.submitted_user,
-    messages.c.last_attempt_at,
-    messages.c.network_failure,
-    messages.c.lease_lost,
-    messages.c.delay_notified,
+# `message_from_row` unpacks; overrides as text.
+SUMMARY = tuple(
+    sa.type_coerce(messages.c.overrides, sa.Text()).label(name)
+    if name == "overrides"
+    else messages.c[name]
+    for name in SUMMARY_COLUMNS
 )
-RECIPIENT = (
-    recipients.c.message_id,
-    recipients.c.position,
-    recipients.c.address,
-    recipients.c.state,
-    recipients.c.reply_code,
-    recipients.c.reply_text,
-)
-# Enum lookups by value through a dict: State(value) is several times slower.
-_STATES = {state.value: state for state in State}
-_RECIPIENT_STATES = {state.value: state for state in RecipientState}
-
-
-def _overrides(raw: Any) -> tuple[tuple[str, str | None], ...]:
-    if raw == "[]" or not raw:
-        return ()
-    pairs = json.loads(raw) if isinstance(raw, str) else raw  # PostgreSQL's driver parses json
-    return tuple((str(option), None if value is None else str(value)) for option, value in pairs)
-
-
-def recipient_from_row(row: Sequence[Any]) -> Recipient:
-    _message_id, position, address, state, code, text = row
-    return Recipient(position, address, _RECIPIENT_STATES[state], code, text)
-
-
-def message_from_row(row: Sequence[Any], recipients: tuple[Recipient, ...]) -> QueuedMessage:
-    (
-        _id,
-        queue_id,
-        state,
-        account,
-        overrides,
-        config_file,
-        sender,
-        size,
-        smtputf8,
-        eightbit,
-        created_at,
-        next_attempt_at,
-        lease_until,
-        lease_owner,
-        attempts,
-        reason,
-        uid,
-        user,
-        last_attempt_at,
-        network_failure,
-        lease_lost,
-        delay_notified,
-    ) = row
-    return QueuedMessage(
-        queue_id=queue_id,
-        state=_STATES[state],
-        account=account,
-        overrides=_overrides(overrides),
-        config_file=config_file,
-        sender=sender,
-        size=size,
-        smtputf8=bool(smtputf8),
-        eightbit=bool(eightbit),
-        created_at=created_at,
-        next_attempt_at=next_attempt_at,
-        lease_until=lease_until,
-        lease_owner=lease_owner,
-        attempts=attempts,
-        reason=reason,
-        uid=uid,
-        user=user,
-        recipients=recipients,
-        last_attempt_at=last_attempt_at,
-        network_failure=bool(network_failure),
-        lease_lost=bool(lease_lost),
-        delay_notified=bool(delay_notified),
-    )
+RECIPIENT = tuple(recipients.c[name] for name in RECIPIENT_COLUMNS)
 
 
 def _reply_json(recipient: Recipient) -> dict[str, Any]:
@@ -123,16 +40,6 @@ def _reply_json(recipient: Recipient) -> dict[str, Any]:
         "code": recipient.reply_code,
         "text": recipient.reply_text,
     }
-
-
-def _reply_from_json(item: dict[str, Any]) -> Recipient:
-    return Recipient(
-        position=int(item["position"]),
-        address=str(item["address"]),
-        state=RecipientState(item["state"]),
-        reply_code=item.get("code"),
-        reply_text=item.get("text"),
-    )
 
 
 def attempt_row(message_id: int, attempt: Attempt) -> dict[str, Any]:
@@ -151,22 +58,6 @@ def attempt_row(message_id: int, attempt: Attempt) -> dict[str, Any]:
         "possible_duplicate": attempt.possible_duplicate,
         "note": attempt.note,
     }
-
-
-def attempt_from_row(row: sa.Row[Any]) -> Attempt:
-    return Attempt(
-        started_at=row.started_at,
-        duration=row.duration,
-        host=row.host,
-        tls=bool(row.tls),
-        auth=bool(row.auth),
-        exit_code=row.exit_code,
-        reply_code=row.reply_code,
-        reply=row.reply,
-        recipients=tuple(_reply_from_json(item) for item in row.recipient_replies),
-        possible_duplicate=bool(row.possible_duplicate),
-        note=row.note,
-    )
 
 
 _BATCH = 16  # body rows inserted by one statement (1 MiB)

@@ -8,9 +8,11 @@ submissions arriving together in one transaction (one fsync) and answers each af
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 
 from relayd.errors import QueueError, RelaydError
 from relayd.store.records import NewMessage
@@ -41,11 +43,18 @@ class Committer:
     """Group commit: messages handed in while a commit runs are stored together in the next
     one; each caller gets its queue id (or the error) only after its commit. Functions handed
     in are called in the commit's thread to compose their message (their RelaydError is that
-    caller's answer). `on_commit` runs on the event loop after each commit that stored any."""
+    caller's answer). `on_commit` runs on the event loop after each commit that stored any;
+    `lock` (when given) is held around each transaction."""
 
-    def __init__(self, store: SqlStore, on_commit: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: SqlStore,
+        on_commit: Callable[[], None] | None = None,
+        lock: AbstractContextManager[object] | None = None,
+    ) -> None:
         self.store = store
         self.on_commit = on_commit
+        self.lock = lock if lock is not None else contextlib.nullcontext()
         self._pending: list[tuple[Work, asyncio.Future[str]]] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -79,7 +88,8 @@ class Committer:
     def _store(self, batch: Sequence[Work]) -> list[str | RelaydError]:
         """(In a thread) compose what needs it, store the rest in one transaction."""
         made = [_compose(work) for work in batch]
-        stored = iter(self._enqueue([m for m in made if isinstance(m, NewMessage)]))
+        with self.lock:
+            stored = iter(self._enqueue([m for m in made if isinstance(m, NewMessage)]))
         return [next(stored) if isinstance(m, NewMessage) else m for m in made]
 
     def _enqueue(self, batch: Sequence[NewMessage]) -> list[str | RelaydError]:

@@ -1,5 +1,6 @@
 """`[listen]` in `relayd daemon`: bind the SMTP listener's addresses (or take the sockets
-systemd passed, named `smtp`) and serve them with the SMTP handler (a daemon service)."""
+systemd passed, named `smtp`) and serve them with the SMTP handler (a daemon service), in the
+daemon itself or in `[listen] workers` processes (`workers`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import contextlib
 import errno
 import logging
 import os
+import socket
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +21,7 @@ from relayd.errors import RelaydError
 from relayd.settings import Settings
 from relayd.submission.limits import Committer
 from relayd.submission.smtpd import Handler, RelaydSMTP, Sessions, options
+from relayd.submission.workers import Pool, worker_count
 from relayd.sysexits import ExitCode
 
 log = logging.getLogger("relayd.smtp")
@@ -26,6 +29,7 @@ log = logging.getLogger("relayd.smtp")
 # Seconds between two wake-ups of the runner from the listener: under load every commit would
 # start a scan of the queue; mail committed in between is woken for at the end of the pause.
 WAKE_PACE = 0.1
+BACKLOG = 128  # connections the kernel queues before the listener accepts them
 
 
 class SmtpListener:
@@ -37,7 +41,9 @@ class SmtpListener:
         self.committer = Committer(context.store, on_commit=self.paced)
         self.handler = Handler(context.settings, self.committer)
         self.sessions = Sessions(lambda: self.settings.listen.max_sessions)
-        self.servers: list[asyncio.Server] = []
+        self.servers: list[asyncio.Server] = []  # workers = 0: served here
+        self.pool: Pool | None = None  # else the workers serve
+        self.sockets: list[socket.socket] = []
         self.tls: ssl.SSLContext | None = None
 
     @property
@@ -53,45 +59,55 @@ class SmtpListener:
         listen = self.settings.listen
         if listen.tls_cert is not None and listen.tls_key is not None:
             self.tls = tls_context(listen.tls_cert, listen.tls_key)
-        loop = asyncio.get_running_loop()
-        passed = self.context.sockets.pop("smtp", [])
-        for sock in passed:
-            self.servers.append(await loop.create_server(self._protocol, sock=sock))
-        if not passed:
-            for address in self.settings.listen.address:
-                self.servers.append(await self._bind(loop, address))
+        self.sockets = self.context.sockets.pop("smtp", [])
+        if not self.sockets:
+            self.sockets = [_bind(address) for address in listen.address]
+        if not self.sockets:
+            return
+        count = worker_count(self.settings)
+        if count:
+            self.pool = Pool(count, self.context.settings, self.paced)
+            await self.pool.start(self.sockets)
+        else:
+            loop = asyncio.get_running_loop()
+            for sock in self.sockets:
+                self.servers.append(await loop.create_server(self._protocol, sock=sock))
         for address in self.addresses():
-            log.info("SMTP listener on %s", address)
-        if self.servers:
-            _note(self.addresses())
-
-    async def _bind(self, loop: asyncio.AbstractEventLoop, address: str) -> asyncio.Server:
-        host, _, port = address.rpartition(":")
-        host = host.strip("[]")
-        try:
-            return await loop.create_server(
-                self._protocol, host=host, port=int(port), reuse_address=True
-            )
-        except OSError as exc:
-            code = ExitCode.NOPERM if isinstance(exc, PermissionError) else ExitCode.TEMPFAIL
-            raise RelaydError(
-                f"cannot listen on {address}: {exc.strerror or exc}"
-                + (" (use socket activation: relayd-smtp.socket)" if int(port) < 1024 else ""),
-                code,
-            ) from None
+            log.info("SMTP listener on %s%s", address, f" ({count} workers)" if count else "")
+        _note(self.addresses())
 
     async def stop(self) -> None:
         self.paced.cancel()  # the runner is stopping too: the next start scans anyway
-        if self.servers:
+        if self.sockets:
             with contextlib.suppress(OSError):
                 os.unlink(paths.listener_file())
         for server in self.servers:
             server.close()
         for server in self.servers:
             await server.wait_closed()
+        if self.pool is not None:
+            await self.pool.stop()
+        for sock in self.sockets:
+            sock.close()
 
     def addresses(self) -> list[str]:
-        return [_shown(sock.getsockname()) for server in self.servers for sock in server.sockets]
+        return [_shown(sock.getsockname()) for sock in self.sockets]
+
+
+def _bind(address: str) -> socket.socket:
+    """A listening socket on `address` (HOST:PORT, [V6]:PORT); a failure is one line."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, int(port)), family=family, backlog=BACKLOG)
+    except OSError as exc:
+        code = ExitCode.NOPERM if isinstance(exc, PermissionError) else ExitCode.TEMPFAIL
+        raise RelaydError(
+            f"cannot listen on {address}: {exc.strerror or exc}"
+            + (" (use socket activation: relayd-smtp.socket)" if int(port) < 1024 else ""),
+            code,
+        ) from None
 
 
 class Paced:
@@ -122,6 +138,12 @@ class Paced:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def flush(self) -> None:
+        """A call due at the end of the pause, made now."""
+        if self._timer is not None:
+            self.cancel()
+            self._fire()
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext:

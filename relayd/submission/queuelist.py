@@ -9,13 +9,16 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from relayd.store.listing import Listed, ListedRecipient, reply_text
+from relayd.store.fromrows import reply_text
 from relayd.store.queued import Attempt, QueuedMessage
 from relayd.store.records import RecipientState, State
 from relayd.sysexits import ExitCode
 from relayd.text import sanitize
+
+if TYPE_CHECKING:  # the listing's reader needs SQLAlchemy; `queue show` does without it
+    from relayd.store.listing import Listed, ListedRecipient
 
 # What `mailq` shows, as Postfix does: mail not yet delivered nor given up.
 WAITING = (State.QUEUED, State.SENDING, State.HELD)

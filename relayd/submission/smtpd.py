@@ -28,6 +28,7 @@ from relayd.text import sanitize
 log = logging.getLogger("relayd.smtp")
 
 IDENT = "relayd"
+READER_LIMIT = 1 << 16  # bytes the StreamReader buffers before it pauses the socket
 TOO_BIG = "552 5.3.4 Message too big ([submit] max_size)"
 # aiosmtpd's own replies that need an enhanced status code (we advertise ENHANCEDSTATUSCODES).
 _REWRITES = {
@@ -84,7 +85,13 @@ class RelaydSMTP(SMTP):
     def __init__(self, handler: Handler, sessions: Sessions, **kwargs: Any) -> None:
         users = handler.settings().listen.users
         kwargs.update(authenticator=_deferred, auth_require_tls=True, auth_required=bool(users))
+        # aiosmtpd sizes its StreamReader by line_length_limit: at 1001 bytes the reader stops
+        # and restarts the socket's reading every 2 KB of DATA (epoll calls, an exception per
+        # KB). A larger reader limit; a DATA line still may not exceed aiosmtpd's limit, nor a
+        # command its command_size_limits.
+        self.line_length_limit = READER_LIMIT
         super().__init__(handler, **kwargs)
+        self.line_length_limit = SMTP.line_length_limit
         self._handler = handler
         self._sessions = sessions
         self._counted = False

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import re
 import tempfile
 from collections.abc import Iterator
 
@@ -28,6 +29,7 @@ from relayd.submission.spooled import IN_MEMORY
 END = b"\r\n.\r\n"
 _LINE_END = b"\r\n"
 _STUFFED = b"\r\n."
+_FIND_STUFFED = re.compile(re.escape(_STUFFED)).search
 
 
 class Outcome(enum.Enum):
@@ -105,15 +107,28 @@ class _Message:
             self._check_lines(block)
         if self.outcome is Outcome.NOMINAL and self.limit and self.size - 3 > self.limit:
             self.outcome = Outcome.TOO_MUCH  # more than the limit even if the end is next
-        joined = self.before + block
         if self.outcome is not Outcome.NOMINAL:
             self.discard()  # refused: keep nothing of it
-        elif _STUFFED in joined:
-            # A dot after CRLF (one of them possibly in the last block) is stuffing: drop it.
-            self._keep(joined.replace(_STUFFED, _LINE_END)[2:])
         else:
+            self._unstuff(block)
+        self.before = (self.before + block[-2:])[-2:]
+
+    def _unstuff(self, block: bytes) -> None:
+        """Keep `block` without the dot of each CRLF "." (one CRLF possibly in the last
+        block): found one by one (bytes.find and replace are slower for 3 bytes)."""
+        joined = self.before + block
+        found = _FIND_STUFFED(joined)
+        if found is None:
             self._keep(block)
-        self.before = joined[-2:]
+            return
+        pieces, start = [], 2  # the content starts after `before`; a "CRLF ." may start in it
+        while found is not None:
+            at = found.start()
+            pieces.append(joined[start : at + 2])
+            start = at + 3
+            found = _FIND_STUFFED(joined, start)
+        pieces.append(joined[start:])
+        self._keep(b"".join(pieces))
 
     def _keep(self, data: bytes) -> None:
         if self.spool is not None:
@@ -131,16 +146,30 @@ class _Message:
             self.spool = None
 
     def _check_lines(self, block: bytes) -> None:
-        """aiosmtpd's line limit: a line of more than `line_limit` bytes with its CRLF."""
+        """aiosmtpd's line limit: a line of more than `line_limit` bytes with its CRLF.
+
+        Not line by line: from a line's start, the last CRLF within `line_limit` bytes ends a
+        run of lines that are all short enough; none there means the line is too long (when a
+        CRLF ends it later) or still open."""
+        limit = self.line_limit
         carried = b"\r" if self.before.endswith(b"\r") else b""
-        parts = (carried + block).split(_LINE_END)
-        first = self.line - len(carried) + len(parts[0])
-        if len(parts) == 1:
-            longest, self.line = 0, first
+        data = carried + block if carried else block
+        end = data.find(_LINE_END)
+        if end < 0:
+            self.line += len(data) - len(carried)
+        elif self.line - len(carried) + end + 2 > limit:
+            self.line = 0
+            self.outcome = Outcome.TOO_LONG
+            return
         else:
-            longest = max(first, max(map(len, parts[1:-1]), default=0))
-            self.line = len(parts[-1])
-        if longest + 2 > self.line_limit or self.line > self.line_limit:
+            start = end + 2
+            while (last := data.rfind(_LINE_END, start, start + limit)) >= 0:
+                start = last + 2
+            if data.find(_LINE_END, start) >= 0:
+                self.outcome = Outcome.TOO_LONG
+                return
+            self.line = len(data) - start
+        if self.line > limit:
             self.outcome = Outcome.TOO_LONG
 
     def finish(self) -> tuple[Outcome, Content]:

@@ -2,6 +2,10 @@
 
 Stdlib only. The daemon, the CLI and `relayd config check` use it; the sendmail hot path reads
 only the keys it needs through `relayd.settings_hot` and never imports this module.
+
+Why this module is long: it holds one frozen dataclass per relayd.toml table (with
+`[oauth2.ACCOUNT]` and `[limits.ACCOUNT]`) and the one parser that fills them and reports every
+mistake by key; the value checks already live in `relayd.settings_values`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from relayd.settings_values import (
     flag,
     is_loopback,
     path,
+    rates,
     size,
     text,
     users,
@@ -111,6 +116,31 @@ class Submit:
 
 
 @dataclass(frozen=True)
+class Window:
+    """A budget window of `[limits.ACCOUNT]`: at most `count` per `seconds`, written `text`."""
+
+    count: int
+    seconds: int
+    text: str
+
+
+@dataclass(frozen=True)
+class AccountLimits:
+    """`[limits.ACCOUNT]`: budgets in fixed windows, and the pause after a provider's rate reply
+    (`backoff`, doubled at each further one until a success, at most `backoff_max`)."""
+
+    messages: tuple[Window, ...] = ()
+    recipients: tuple[Window, ...] = ()
+    backoff: int = 60
+    backoff_max: int = 3600
+
+    def windows(self) -> tuple[tuple[str, Window], ...]:
+        """Every budget window with its kind (`messages` or `recipients`)."""
+        kinds = (("messages", self.messages), ("recipients", self.recipients))
+        return tuple((kind, window) for kind, found in kinds for window in found)
+
+
+@dataclass(frozen=True)
 class OAuth2:
     """One account's OAuth2 client: endpoints (a preset's or the file's), client, scopes.
 
@@ -144,6 +174,11 @@ class Settings:
     file: str | None = None  # the file read, None when only defaults apply
     explicit: frozenset[str] = frozenset()
     oauth2: Mapping[str, OAuth2] = field(default_factory=dict)  # by account
+    limits: tuple[tuple[str, AccountLimits], ...] = ()  # [limits.ACCOUNT] by account
+
+    def limits_for(self, account: str) -> AccountLimits | None:
+        """The account's `[limits.ACCOUNT]`, or None when it has none."""
+        return next((found for name, found in self.limits if name == account), None)
 
 
 @dataclass(frozen=True)
@@ -276,6 +311,9 @@ def _parse(text: str | None, name: str, default_database: str, report: Report) -
                 explicit.add(key)
             except Invalid as exc:
                 report(Mistake(key, f"{key}: {exc}"))
+        elif key == "limits":
+            values["limits"] = _limits(value, report)
+            explicit.update(f"limits.{account}" for account, _ in values["limits"])
         elif key == "oauth2" and isinstance(value, dict):
             values["oauth2"] = _oauth2(value, report)
             explicit.update(f"oauth2.{account}" for account in value)
@@ -304,6 +342,45 @@ def _section(
             where = f"{dotted}.{exc.key}" if exc.key is not None else dotted
             report(Mistake(where, f"{where}: {exc}"))
     return {f"{section}.{key}" for key in table}
+
+
+_LIMIT_KEYS: dict[str, Callable[[object], Any]] = {
+    "messages": rates,
+    "recipients": rates,
+    "backoff": duration,
+    "backoff_max": duration,
+}
+
+
+def _limits(table: object, report: Report) -> tuple[tuple[str, AccountLimits], ...]:
+    """`[limits.ACCOUNT]` tables: each account's budgets and back-off, by account name."""
+    if not isinstance(table, dict):
+        report(Mistake("limits", "limits: expected tables [limits.ACCOUNT]"))
+        return ()
+    found = []
+    for account, keys in table.items():
+        where = f"limits.{account}"
+        if not isinstance(keys, dict):
+            report(Mistake(where, f"{where}: expected a table ([{where}])"))
+            continue
+        fields: dict[str, Any] = {}
+        for key, value in keys.items():
+            dotted = f"{where}.{key}"
+            check = _LIMIT_KEYS.get(key)
+            if check is None:
+                report(Mistake(dotted, f"unknown key {dotted}"))
+                continue
+            try:
+                fields[key] = check(value)
+            except Invalid as exc:
+                report(Mistake(dotted, f"{dotted}: {exc}"))
+        for kind in ("messages", "recipients"):
+            fields[kind] = tuple(Window(*given) for given in fields.get(kind, ()))
+        limits = AccountLimits(**fields)
+        if limits.backoff > limits.backoff_max:
+            report(Mistake(f"{where}.backoff", f"{where}.backoff is longer than backoff_max"))
+        found.append((account, limits))
+    return tuple(sorted(found, key=lambda pair: pair[0]))
 
 
 def _oauth2(tables: dict[str, Any], report: Report) -> dict[str, OAuth2]:
@@ -346,6 +423,7 @@ def _build(
         submit=part("submit", Submit),
         file=name,
         explicit=frozenset(explicit),
+        limits=values.get("limits", ()),
         oauth2=values.get("oauth2", {}),
     )
 

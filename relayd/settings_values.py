@@ -172,6 +172,34 @@ def scrypt_parts(stored: str) -> tuple[int, int, int, bytes, bytes] | None:
     return (n, r, p, salt, digest) if len(salt) >= 8 and len(digest) >= 16 else None
 
 
+_RATE = 'expected a rate such as "30/1m" or "2000/1d" (count/duration), or a list of them'
+
+
+def rate(value: object) -> tuple[int, int, str]:
+    """`"30/1m"` → (30, 60, "30/1m"): a count, a slash, a duration (or a unit alone: `"30/m"`)."""
+    if not isinstance(value, str):
+        raise Invalid(f"{_RATE}, not {value!r}")
+    given = value.strip()
+    number, slash, span = given.partition("/")
+    if not slash or not number.strip().isdecimal() or int(number) < 1:
+        raise Invalid(f"{_RATE}, not {value!r}")
+    span = span.strip()
+    try:
+        seconds = duration(f"1{span}" if span.isalpha() else span)
+    except Invalid:
+        raise Invalid(f"{_RATE}, not {value!r}") from None
+    return int(number), seconds, given
+
+
+def rates(value: object) -> tuple[tuple[int, int, str], ...]:
+    """One rate or a non-empty list of them (`[limits.ACCOUNT] messages`, `recipients`)."""
+    if isinstance(value, list):
+        if not value:
+            raise Invalid(f"{_RATE}, not an empty list")
+        return tuple(rate(item) for item in value)
+    return (rate(value),)
+
+
 # --- [oauth2.ACCOUNT] ----------------------------------------------------------------------------
 
 #: The providers relayd knows: their endpoints and the scope that allows SMTP. `{tenant}` is

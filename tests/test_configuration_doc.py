@@ -76,6 +76,7 @@ def settings_keys() -> set[str]:
     """Every key relayd.toml may hold, as relayd.settings checks them."""
     in_tables = {f"{section}.{key}" for section, keys in settings._KEYS.items() for key in keys}
     per_account = {f"oauth2.ACCOUNT.{key}" for key in settings_values.OAUTH2_KEYS}  # [oauth2.NAME]
+    per_account |= {f"limits.ACCOUNT.{key}" for key in settings._LIMIT_KEYS}  # [limits.NAME]
     return in_tables | per_account | set(TOP_LEVEL_KEYS)
 
 

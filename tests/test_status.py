@@ -91,6 +91,7 @@ def test_an_empty_queue(store: SqlStore) -> None:
         "counts": {},
         "next_retry": None,
         "accounts": [],
+        "limits": {},
     }
     result = status()
     assert result.exit_code == 0

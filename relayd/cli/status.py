@@ -19,6 +19,7 @@ from relayd.text import sanitize
 # The store (SQLAlchemy), its metrics and rich are imported where `status` runs: the `relayd`
 # CLI imports every command's module, and `queue show` must stay light (SPEC §6).
 if TYPE_CHECKING:
+    from relayd.store.budget import Budgeted
     from relayd.store.reports import AccountReport
 
 _DAEMON = {True: "running", False: "not running", None: "unknown (none on this host)"}
@@ -75,7 +76,11 @@ def retry_time(timestamp: float | None, now: float) -> str:
 
 
 def _as_json(
-    daemon: bool | None, database: str, reports: Sequence[AccountReport], smtp: list[str] | None
+    daemon: bool | None,
+    database: str,
+    reports: Sequence[AccountReport],
+    smtp: list[str] | None,
+    budgets: Budgeted,
 ) -> str:
     return json_line(
         {
@@ -94,6 +99,23 @@ def _as_json(
                 }
                 for r in reports
             ],
+            "limits": {
+                account: {
+                    "windows": [
+                        {
+                            "kind": w.kind,
+                            "window": w.window.text,
+                            "used": w.used,
+                            "limit": w.window.count,
+                            "resets_at": w.resets_at,
+                        }
+                        for w in windows
+                    ],
+                    "paused_until": pause.until if pause else None,
+                    "paused_reason": pause.reason if pause else None,
+                }
+                for account, (windows, pause) in budgets.items()
+            },
         }
     )
 
@@ -146,6 +168,19 @@ def _tables(reports: Sequence[AccountReport], now: float) -> list[_Table]:
     return tables
 
 
+def _budget_table(budgets: Budgeted) -> list[_Table]:
+    """`[limits.ACCOUNT]`: each window's use and when it resets; each account's pause."""
+    rows = []
+    for account, (windows, pause) in budgets.items():
+        name = sanitize(account, "terminal")
+        for w in windows:
+            used = f"{w.used}/{w.window.count}"
+            rows.append([name, f"{w.kind} {w.window.text}", used, local_time(w.resets_at)])
+        if pause is not None:
+            rows.append([name, "paused by the server", "", local_time(pause.until)])
+    return [_Table(["ACCOUNT", "RATE LIMIT", "USED", "UNTIL"], rows, range(2, 3))] if rows else []
+
+
 def _plain(table: _Table) -> list[str]:
     """A fixed-column table, two spaces apart; the last column unpadded."""
     everything = (table.headers, *table.rows)
@@ -181,29 +216,34 @@ def _print_terminal(facts: list[tuple[str, str]], tables: list[_Table]) -> None:
 
 def _status(as_json: bool, openmetrics: bool) -> int:
     from relayd.cli import metrics
+    from relayd.store.budget import budget_reports
     from relayd.store.reports import AccountMetrics, account_metrics, account_reports
     from relayd.store.sql import SqlStore
 
     config = settings.load()
     store = SqlStore.open_reading(config.database, timeout=fastpath.lock_timeout())
-    reports = []
+    reports: list[AccountReport] = []
+    budgets: Budgeted = {}
     found = AccountMetrics({}, {}, {})
     if store is not None:  # nothing was ever queued: an empty report, and no file created
         with store:
             reports = account_reports(store)
             if openmetrics:
                 found = account_metrics(store)
+            with store.reading() as conn:
+                budgets = budget_reports(conn, config.limits, clock())
     daemon, database = daemon_state(config.database), _location(config.database)
     if openmetrics:
         typer.echo(metrics.render(metrics.families(reports, found, daemon, clock())), nl=False)
         return 0
     smtp = listener(daemon)
     if as_json:
-        typer.echo(_as_json(daemon, database, reports, smtp))
+        typer.echo(_as_json(daemon, database, reports, smtp, budgets))
         return 0
     shown = _listener_fact(smtp, config.listen.address)
     now = clock()
-    facts, tables = _facts(daemon, database, reports, shown, now), _tables(reports, now)
+    facts = _facts(daemon, database, reports, shown, now)
+    tables = _tables(reports, now) + _budget_table(budgets)
     if on_terminal():
         _print_terminal(facts, tables)
         return 0
@@ -220,13 +260,15 @@ def status_command(
         help="Print Prometheus text (OpenMetrics) for node_exporter's textfile collector.",
     ),
 ) -> None:
-    """Show whether the daemon runs, counts per state and account, next retry, last errors.
+    """Show whether the daemon runs, counts per state and account, next retry, last errors,
+    and each rate-limited account's budget (used/limit per window, paused until).
 
     --json prints one object: daemon (true, false, or null: cannot tell),
     database, smtp_listener (the listening addresses, or null), counts
     {account: {state: n}}, next_retry (Unix seconds or null), accounts
     [{account, queued, sending, held, sent, failed, next_retry, last_error,
-    last_error_at}].
+    last_error_at}], limits {account: {windows [{kind, window, used, limit,
+    resets_at}], paused_until, paused_reason}}.
 
     --openmetrics prints gauges: relayd_messages{account, state},
     relayd_attempts{account, exit_code}, relayd_oldest_queued_age_seconds{account},

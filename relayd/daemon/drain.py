@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from relayd.accounts.account import Account
 from relayd.daemon import attempt_log, retry
@@ -100,6 +101,18 @@ def outcome_for(
     )
 
 
+class Throttle(Protocol):
+    """An account's pause by its provider's rate limit (`relayd.daemon.limits`)."""
+
+    def halted(self) -> bool:
+        """Whether the account is paused now: send nothing more."""
+        ...
+
+    async def pause(self, result: DeliveryResult) -> tuple[float, str]:
+        """`result` was a rate-limit reply: pause the account; until when, and why."""
+        ...
+
+
 @dataclass
 class Drained:
     """What one connection did with its claimed messages.
@@ -108,12 +121,14 @@ class Drained:
     held for a problem only the user can fix). `returned`: messages given back untouched,
     because the connection broke before their data went out. `dead`: the attempt whose
     connection failed before carrying any message (refused, timed out, no greeting…): the
-    destination is down, and `dead.outcome` says when to try it again.
+    destination is down, and `dead.outcome` says when to try it again. `paused`: the server
+    answered with a rate limit; the account is paused until then (SPEC §8).
     """
 
     delivered: list[Delivered] = field(default_factory=list)
     returned: tuple[str, ...] = ()
     dead: Delivered | None = None
+    paused: float | None = None
 
 
 async def deliver_claimed(
@@ -130,6 +145,7 @@ async def deliver_claimed(
     debug: DebugSink | None = None,
     prog: str = "relayd",
     clock: Callable[[], float] = time.time,
+    throttle: Throttle | None = None,
 ) -> Drained:
     """Deliver claimed messages of one account on one connection; record and log every attempt.
 
@@ -140,6 +156,8 @@ async def deliver_claimed(
     goes out, `wire` (the claim's journal, made before the claim) notes it, so a kill repeats
     with a "possible duplicate" flag exactly the messages that were on the wire. When the
     connection breaks, the messages whose data never went out go back to the queue untouched.
+    A rate-limit reply pauses the account through `throttle`: the message that got it waits
+    for the pause's end, and so do the rest, untouched.
     """
     recorder = recorder or Recorder(store)
     own_wire = wire is None  # else the caller made it before the claim, and closes it
@@ -164,8 +182,12 @@ async def deliver_claimed(
             ahead: OutgoingMessage | None = None  # announced with the previous message's data
             tried: Delivered | None = None  # the last message tried on this connection
             for index, message in enumerate(messages):
+                if throttle is not None and throttle.halted():
+                    unsent.extend(messages[index:])
+                    break
                 if tried is not None and not session.alive:
-                    if refused is not None and drained.dead is None:  # held: hold them all
+                    held = refused is not None and drained.dead is None
+                    if held and drained.paused is None:  # held: hold them all
                         sent.extend(_held_too(recorder, messages[index:], tried, owner))
                     else:
                         unsent.extend(messages[index:])
@@ -191,6 +213,10 @@ async def deliver_claimed(
                 now = clock()
                 updates = recipient_updates(todo, result)
                 outcome = outcome_for(message, updates, result, now, settings)
+                if throttle is not None and result.rate_limited:
+                    drained.paused, why = await throttle.pause(result)
+                    if outcome.state is State.QUEUED:
+                        outcome = replace(outcome, next_attempt_at=drained.paused, reason=why)
                 attempt = Attempt(
                     started_at=started,
                     duration=now - started,
@@ -209,10 +235,11 @@ async def deliver_claimed(
                 head = data.head if isinstance(data, Streamed) else data
                 tried = item = Delivered(message, result, outcome, addresses, head)
                 sent.append((item, future))
-                if refused is not None and result.disposition is not Disposition.HOLD:
+                dead = refused is not None and result.disposition is not Disposition.HOLD
+                if dead and drained.paused is None:
                     drained.dead = item
         if unsent:
-            when = None
+            when = drained.paused
             if drained.dead is not None:
                 when = drained.dead.outcome.next_attempt_at or clock() + settings.retry.first
             drained.returned = await asyncio.to_thread(

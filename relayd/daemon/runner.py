@@ -15,6 +15,7 @@ from relayd.accounts.account import Account
 from relayd.accounts.oauth2 import Tokens
 from relayd.accounts.stored import account_for
 from relayd.daemon import drain, retry
+from relayd.daemon.limits import Limiter
 from relayd.daemon.notices import Notices
 from relayd.daemon.notify import Notifier
 from relayd.daemon.recorder import Delivered, Recorder
@@ -82,6 +83,7 @@ class Runner:
         self.recorder = Recorder(store)
         self.notifier = Notifier(settings.notify_command)
         self.notices = Notices(store, lambda: self.settings, self.notifier, self.kick, clock=clock)
+        self.limits = Limiter(store, lambda: self.settings, clock)
         # OAuth2 access tokens live here, in memory, shared by every connection of the daemon.
         self.tokens = Tokens(lambda: self.settings.oauth2, _daemon_password, clock=clock)
         self._clock = clock
@@ -193,6 +195,13 @@ class Runner:
         return claimed_total
 
     async def _claim(self, account: str, owner: str) -> Sequence[QueuedMessage]:
+        # [limits.ACCOUNT] or a pause: at most what the budget allows (none: the mail waits).
+        wanted = self.settings.delivery.messages_per_connection
+        return await self.limits.claim(
+            account, wanted, owner, lambda n: self._claim_rows(account, owner, n)
+        )
+
+    async def _claim_rows(self, account: str, owner: str, limit: int) -> Sequence[QueuedMessage]:
         # The database half in a thread, the records made here: a thread busy in Python
         # holds the GIL that every socket call of the event loop needs back.
         rows = await asyncio.to_thread(
@@ -201,7 +210,7 @@ class Runner:
             self._clock(),
             self.lease_seconds,
             owner,
-            self.settings.delivery.messages_per_connection,
+            limit,
             queue_ids=self._queue_ids,
         )
         return self.store.build_claimed(rows)
@@ -234,7 +243,10 @@ class Runner:
                 renew=self.tokens.renew,
                 prog="relayd",
                 clock=self._clock,
+                throttle=self.limits.throttle(first.account),
             )
+            results = [item.result for item in drained.delivered]
+            await self.limits.after(first.account, results, drained.paused)
             for item in drained.delivered:
                 if item.changed:
                     self.tally.add(item.outcome.state)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,6 +89,39 @@ RULES: dict[Event, Rule] = {
 # fmt: on
 
 
+# A provider's "you send too much" (SPEC §8): the whole account pauses with a growing back-off
+# instead of each message retrying on its own, and a 5xx of this kind is retried, not failed.
+# Each row: the reply code or enhanced status it applies to (None: any 4xx/5xx), and a pattern
+# its text must match (None: any text). Gmail: 421 4.7.0 "Try again later", 550 5.4.5 "Daily
+# user sending limit exceeded"; Microsoft 365: 432/452 4.3.2 "… limit exceeded", 554 5.2.0
+# "…SubmissionQuotaExceededException"; Yahoo: 421 4.7.0 "[TS01] … deferred due to … volume".
+_TOO_MUCH = (
+    r"\brate\b|rate.?limit|too many (?:messages|mails?|e-?mails|connections|requests|sessions"
+    r"|concurrent)|sending (?:quota|limit|rate)|quota ?exceeded|throttl"
+)
+RATE_LIMITS: tuple[tuple[str | None, str | None], ...] = (
+    ("421", None),
+    ("4.7.0", _TOO_MUCH + r"|try again later|temporarily deferred|unusual (?:volume|activity)"),
+    ("4.3.2", _TOO_MUCH + r"|limit|exceeded"),
+    ("5.4.5", None),
+    (None, _TOO_MUCH),
+)
+_NOT_A_RATE = frozenset({"5.2.2", "4.2.2"})  # the recipient's mailbox is full: its quota
+
+
+def rate_limited(reply: Reply | None) -> bool:
+    """Whether `reply` is a provider's rate limit (`RATE_LIMITS`, the one table of them)."""
+    if reply is None or not 400 <= reply.code <= 599 or reply.enhanced in _NOT_A_RATE:
+        return False
+    text = " ".join(reply.lines)
+    for where, pattern in RATE_LIMITS:
+        if where is not None and where not in (str(reply.code), reply.enhanced):
+            continue
+        if pattern is None or re.search(pattern, text, re.IGNORECASE):
+            return True
+    return False
+
+
 # Failures before any server answered: what an offline machine sees (SPEC §4 "network-down").
 NETWORK_EVENTS = frozenset({Event.HOST_NOT_FOUND, Event.SOCKET, Event.CONNECT})
 
@@ -101,6 +135,7 @@ class Failure:
     disposition: Disposition
     error: str
     reply: Reply | None = None
+    rate_limited: bool = False  # the reply is a provider's rate limit (`RATE_LIMITS`)
 
     def for_recipient(self, address: str) -> RecipientResult:
         """This failure as one recipient's outcome."""
@@ -115,7 +150,11 @@ def classify(event: Event, reply: Reply | None = None, **names: object) -> Failu
     if reply is not None and rule.permanent is not None and not 400 <= reply.code <= 499:
         verdict = rule.permanent
         disposition = verdict.disposition if 500 <= reply.code <= 599 else RETRY
-    return Failure(event, verdict.exit_code, disposition, rule.text.format(**names), reply)
+    throttled = rate_limited(reply)
+    if throttled and disposition is FAIL:  # the provider's quota: the mail goes later
+        disposition = RETRY
+    text = rule.text.format(**names)
+    return Failure(event, verdict.exit_code, disposition, text, reply, throttled)
 
 
 # -- operating-system errors ---------------------------------------------------------------------
@@ -159,6 +198,7 @@ def for_all(failure: Failure, recipients: Sequence[str]) -> DeliveryResult:
         reply=failure.reply,
         recipients=tuple(failure.for_recipient(r) for r in recipients),
         network=failure.event in NETWORK_EVENTS,
+        rate_limited=failure.rate_limited,
     )
 
 
@@ -175,4 +215,12 @@ def combine(
         disposition = Disposition.SENT
     if first is None:
         return DeliveryResult(disposition, ExitCode.OK, None, final, tuple(recipients))
-    return DeliveryResult(disposition, first.exit_code, first.error, first.reply, tuple(recipients))
+    throttled = first.rate_limited or any(rate_limited(r.reply) for r in recipients)
+    return DeliveryResult(
+        disposition,
+        first.exit_code,
+        first.error,
+        first.reply,
+        tuple(recipients),
+        rate_limited=throttled,
+    )

@@ -130,3 +130,6 @@ class DeliveryResult:
     # No server was reached (host not found, connect refused or timed out, unreachable): the
     # network may be down; such a failure is retried when it comes back (SPEC §4).
     network: bool = False
+    # A reply said the provider limits this account's rate (classify.RATE_LIMITS): the whole
+    # account pauses (SPEC §8).
+    rate_limited: bool = False

@@ -6,7 +6,7 @@ path and must not pull in SQLAlchemy through its parent package.
 
 # The Alembic head revision this code reads and writes. The fast path compares the database's
 # `alembic_version` with it; tests check it equals the head of `relayd/migrations`.
-SCHEMA_REVISION = "0006"
+SCHEMA_REVISION = "0007"
 
 # The most bytes of a body one `bodies` row holds when written (revision 0005): bodies stream
 # to and from the store a chunk at a time.

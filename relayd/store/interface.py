@@ -52,6 +52,11 @@ class MessageStore(Protocol):
 class RunnerStore(MessageStore, Protocol):
     """What a delivery pass uses: the daemon's runner, an in-process flush, `sendmail -odi`."""
 
+    def writing(self, action: str) -> AbstractContextManager[sa.Connection]:
+        """A write transaction (for `relayd.store.budget`'s rate limits); database errors
+        become QueueError naming `action`."""
+        ...
+
     def claim_due(
         self,
         account: str | None,

@@ -107,6 +107,9 @@ class SqlStore:
     def reading(self, action: str = "read the queue") -> AbstractContextManager[sa.Connection]:
         return self._db.transaction(action, write=False)
 
+    def writing(self, action: str) -> AbstractContextManager[sa.Connection]:
+        return self._db.transaction(action)
+
     def _statements(self) -> HotStatements:
         if self._hot is None:
             self._hot = HotStatements(self._db.engine.dialect)

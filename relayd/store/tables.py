@@ -1,4 +1,4 @@
-"""The one queue schema as SQLAlchemy Core tables: messages, bodies, recipients, attempts.
+"""The one queue schema as SQLAlchemy Core tables: messages, bodies, recipients, attempts, budgets.
 
 Times are float Unix seconds (UTC) in DOUBLE columns everywhere. Migrations in
 `relayd/migrations` must produce exactly this; `tests/test_migrate.py` compares them.
@@ -148,3 +148,27 @@ attempts = sa.Table(
     sa.Column("note", sa.String(16), nullable=True),
 )
 sa.Index("ix_attempts_message_id", attempts.c.message_id, attempts.c.started_at)
+
+# Revision 0007: `[limits.ACCOUNT]` budgets, shared by every daemon on the queue. One row per
+# account and window (`kind` messages or recipients, `seconds` its length): a fixed window that
+# began at `started_at` and has `used` of its budget. Changed only under the row's lock.
+rate_budgets = sa.Table(
+    "rate_budgets",
+    metadata,
+    sa.Column("account", sa.Text(), primary_key=True),
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("seconds", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("started_at", sa.Double(), nullable=False),
+    sa.Column("used", sa.BigInteger(), nullable=False),
+)
+
+# Revision 0007: an account paused by a provider's rate-limit reply until `paused_until`;
+# `level` counts the pauses since its last success (each one twice as long as the one before).
+rate_pauses = sa.Table(
+    "rate_pauses",
+    metadata,
+    sa.Column("account", sa.Text(), primary_key=True),
+    sa.Column("paused_until", sa.Double(), nullable=False),
+    sa.Column("level", sa.Integer(), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=True),
+)

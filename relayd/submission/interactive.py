@@ -7,16 +7,18 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from relayd import paths, settings
 from relayd.accounts import secrets
 from relayd.accounts.account import Account
 from relayd.daemon import attempt_log, drain, retry
+from relayd.daemon.limits import Limiter
 from relayd.delivery.classify import Failure
 from relayd.delivery.serverinfo import ServerInfo, TLSInfo, format_serverinfo
 from relayd.delivery.session import ServerFacts, Session
-from relayd.store import fastpath, location
+from relayd.store import budget, fastpath, location
+from relayd.store.queued import QueuedMessage
 from relayd.store.records import State
 from relayd.store.sql import SqlStore
 from relayd.sysexits import ExitCode
@@ -46,19 +48,23 @@ def deliver_now(
     config = settings.load()
     tokens = Tokens(lambda: config.oauth2, _interactive_password)
     now = time.time()
+    owner = f"sendmail-{socket.gethostname()}-{os.getpid()}"
     with SqlStore.open(location.database_url(), timeout=fastpath.lock_timeout()) as store:
-        claimed = store.claim_due(
-            None,
-            now,
-            retry.lease_seconds(config),
-            f"sendmail-{socket.gethostname()}-{os.getpid()}",
-            limit=1,
-            queue_ids=[queue_id],
-        )
-        if not claimed:  # a daemon got there first: it is being delivered
-            return ExitCode.OK
-        drained = asyncio.run(
-            drain.deliver_claimed(
+        limiter = Limiter(store, lambda: config, time.time)
+
+        async def claim(limit: int) -> Sequence[QueuedMessage]:
+            lease = retry.lease_seconds(config)
+            return store.claim_due(None, now, lease, owner, limit=limit, queue_ids=[queue_id])
+
+        async def deliver() -> drain.Drained | None:
+            # [limits.ACCOUNT]: the shared budget and a running pause apply here too (the
+            # name is read only then). The message's own result stays msmtp's: a rate reply
+            # to it is reported and retried as msmtp's users expect, the daemon pauses.
+            stored = store.get(queue_id) if config.limits else None
+            claimed = await limiter.claim(stored.account if stored else "", 1, owner, claim)
+            if not claimed:
+                return None
+            return await drain.deliver_claimed(
                 store,
                 account,
                 claimed,
@@ -69,7 +75,14 @@ def deliver_now(
                 debug=debug,
                 prog=prog,
             )
-        )
+
+        drained = asyncio.run(deliver())
+        if drained is None:  # a daemon got there first, or a rate limit puts it off
+            waiting = store.get(queue_id)
+            if waiting is not None and waiting.reason and budget.held_back(store, [queue_id], now):
+                _stderr([f"{prog}: message {queue_id} stays queued: {waiting.reason}"])
+                fastpath.wake(paths.wake_socket())
+            return ExitCode.OK
     if not drained.delivered:  # deleted meanwhile, or the connection failed and it waits
         return ExitCode.OK
     (delivered,) = drained.delivered

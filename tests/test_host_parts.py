@@ -9,6 +9,8 @@ import socket
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from relayd import paths, settings
 from relayd.daemon import activation
@@ -30,9 +32,26 @@ def test_frames_carry_exact_arguments_and_enforce_limits() -> None:
         protocol.check_header(protocol.DATA, protocol.MAX_CHUNK + 1, protocol.DATA)
     with pytest.raises(protocol.ProtocolError, match="unexpected frame"):
         protocol.check_header(b"Z", 0, protocol.DATA + protocol.END)
-    for bad in (b"[1, 2]", b"{", b"\xff"):
+    for bad in (b"[1, 2]", b"{", b"\xff", b"{} {}", b"", b'{"a": nul}'):
         with pytest.raises(protocol.ProtocolError):
             protocol.load_json(bad)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(JSON_VALUES)
+def test_the_frames_json_is_jsons_own(value: object) -> None:
+    """The light JSON (the C accelerator without the json package) writes what json.dumps
+    writes and reads what json.loads reads, surrogate escapes included."""
+    text = protocol.dumps(value)
+    assert text == json.dumps(value, separators=(",", ":"))
+    assert protocol.loads(text) == json.loads(text)
+    assert protocol.loads(f" \n{json.dumps(value, indent=1)}\t") == json.loads(text)
 
 
 @pytest.mark.parametrize("option", sorted(privilege.REFUSED))

@@ -3,10 +3,11 @@
 On the sendmail hot path: no dataclasses, no validation of the keys a submission does not use
 (the daemon and `relayd config check` check the whole file through `relayd.settings`), and no
 tomllib (~7 ms to import) for a file written in plain `key = value` lines: a small scanner reads
-those, and anything it does not know for certain (arrays, inline tables, dotted or quoted keys,
-escapes, multi-line strings, a repeated key) goes to tomllib, so the values and the syntax
-errors are tomllib's. The values it does read are checked as `relayd.settings` checks them, with
-the same one-line errors.
+those (dotted table headers and one-line arrays of plain strings included, as `[limits.work]`
+and `messages = ["30/1m", "2000/1d"]`), and anything it does not know for certain (other
+arrays, inline tables, dotted or quoted keys, escapes, multi-line strings, a repeated key) goes
+to tomllib, so the values and the syntax errors are tomllib's. The values it does read are
+checked as `relayd.settings` checks them, with the same one-line errors.
 """
 
 from __future__ import annotations
@@ -153,12 +154,10 @@ def _scan(text: str) -> dict[str, object] | None:
         if not line or line[0] == "#":
             continue
         if line[0] == "[":
-            name, close, rest = line[1:].partition("]")
-            name = name.strip(" \t")
-            if not close or not _bare(name) or not _is_comment(rest) or name in document:
+            found = _table(document, line)
+            if found is None:
                 return None
-            table = {}
-            document[name] = table
+            table = found
             continue
         key, equals, rest = line.partition("=")
         key = key.strip(" \t")
@@ -171,6 +170,29 @@ def _scan(text: str) -> dict[str, object] | None:
     return document
 
 
+def _table(document: dict[str, object], line: str) -> dict[str, object] | None:
+    """The new table a `[name]` or `[dotted.name]` header line starts in `document`; None when
+    the scanner cannot be sure (an array of tables, a table defined again or over a value, a
+    super-table defined after its sub-table)."""
+    if line.startswith("[["):
+        return None
+    name, close, rest = line[1:].partition("]")
+    parts = [part.strip(" \t") for part in name.split(".")]
+    if not close or not all(map(_bare, parts)) or not _is_comment(rest):
+        return None
+    parent = document
+    for part in parts[:-1]:
+        child = parent.setdefault(part, {})  # a super-table, defined by this header
+        if not isinstance(child, dict):
+            return None
+        parent = child
+    if parts[-1] in parent:
+        return None
+    table: dict[str, object] = {}
+    parent[parts[-1]] = table
+    return table
+
+
 def _printable(line: str) -> bool:
     """No control characters but tab (TOML allows none, in comments or strings)."""
     return line.isprintable() or all(c == "\t" or (c >= " " and c != "\x7f") for c in line)
@@ -181,9 +203,11 @@ def _is_comment(rest: str) -> bool:
     return not rest or rest[0] == "#"
 
 
-def _value(text: str) -> str | int | bool | None:
+def _value(text: str) -> str | int | bool | list[str] | None:
     """A one-line TOML value the scanner knows for certain, with an optional comment after it;
     None for any other."""
+    if text[:1] == "[":
+        return _strings(text)
     if text[:1] in ('"', "'"):
         quote = text[0]
         body, closed, rest = text[1:].partition(quote)
@@ -200,3 +224,33 @@ def _value(text: str) -> str | int | bool | None:
     if digits.isdigit() and digits.isascii() and (digits == "0" or digits[0] != "0"):
         return int(word)
     return None
+
+
+def _strings(text: str) -> list[str] | None:
+    """A one-line array of one-line strings without escapes (`["30/1m", '1d']`, a trailing
+    comma allowed), with an optional comment after it; None for any other."""
+    items: list[str] = []
+    at = 1
+    while True:
+        at = _skip_blanks(text, at)
+        if text[at : at + 1] == "]":
+            break
+        quote = text[at : at + 1]
+        if quote not in ('"', "'"):
+            return None
+        end = text.find(quote, at + 1)
+        if end < 0 or (quote == '"' and "\\" in text[at + 1 : end]):
+            return None
+        items.append(text[at + 1 : end])
+        at = _skip_blanks(text, end + 1)
+        if text[at : at + 1] == ",":
+            at += 1
+        elif text[at : at + 1] != "]":
+            return None
+    return items if _is_comment(text[at + 1 :]) else None
+
+
+def _skip_blanks(text: str, at: int) -> int:
+    while text[at : at + 1] in (" ", "\t"):
+        at += 1
+    return at

@@ -137,8 +137,13 @@ def test_a_submission_stays_in_budget_with_or_without_relayd_toml(
     env = sendmail_env()
     if toml is not None:
         config = tmp_path / "relayd.toml"
-        # "tomllib": an array the light reader hands to tomllib (which may load then, no more).
-        extra = '[listen]\naddress = ["127.0.0.1:2525"]\n' if toml == "tomllib" else ""
+        # "tomllib": a multi-line array the light reader hands to tomllib (which may load then).
+        # "plain": dotted tables and string arrays as [limits] and [oauth2] have them, scanned.
+        extra = (
+            '[listen]\naddress = [\n  "127.0.0.1:2525",\n]\n'
+            if toml == "tomllib"
+            else '[limits.default]\nmessages = ["30/1m", "2000/1d"]\n'
+        )
         config.write_text(
             f'database = "{env["RELAYD_DATABASE_URL"]}"\n[retry]\nfirst = "1m"\n'
             f'[submit]\nmax_size = "1MiB"\n{extra}'

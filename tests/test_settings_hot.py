@@ -20,7 +20,13 @@ FILES = [
     ("database = 'sqlite:////q/lit\"eral.sqlite3'\n[listen]\nrequire_account = true\n", True),
     ('  [ submit ]  \n\tmax_size\t=\t"1KiB"\n[retry]\nwarn_after = false\n', True),
     ("[submit]\nmax_size = +4096\n", True),
-    ('[listen]\naddress = ["127.0.0.1:2525", "[::1]:2525"]\n[submit]\nmax_size = 99\n', False),
+    ('[listen]\naddress = ["127.0.0.1:2525", "[::1]:2525"]\n[submit]\nmax_size = 99\n', True),
+    (
+        "[limits.work]\nmessages = [\"30/1m\", '2000/1d',] # two\n[limits . home]\n"
+        'recipients = ["100/1d"]\n[oauth2.gmail]\nprovider = "google"\nclient_id = "id"\n'
+        'scopes = ["https://mail.google.com/"]\n[submit]\nmax_size = 7\n',
+        True,
+    ),
     ('submit.max_size = "1MiB"\n', False),
     ("submit = {max_size = 4096}\n", False),
     ('database = "sqlite:////q/\\u00e9.sqlite3"\n', False),
@@ -29,10 +35,29 @@ FILES = [
     (
         '[listen]\ntls_cert = "/c"\ntls_key = "/k"\n[listen.users]\nalice = "keyring"\n'
         "[submit]\nmax_size = 77\n",
-        False,
+        True,
     ),
     ('[notify]\ncommand = """\nmulti\n[submit]\nmax_size = 5\n"""\n', False),
 ]
+
+
+# TOML the scanner reads itself (True, then exactly as tomllib) or leaves to tomllib (False).
+SYNTAX = [
+    ('x = ["a,b", "c]d", \'e"f\', ""]\ny = []\nz = [ "s" ] # c\n', True),
+    ("[a]\nk = 'v'\n[a.b]\n[a.b.c]\nz = true\n[ d . e ]\n", True),
+    ("[a.b]\n[a]\nk = 1\n", False),  # a super-table defined after its sub-table: valid TOML
+    ("[[jobs]]\nname = 'x'\n", False),
+    ("x = [1, 2]\n", False),
+    ('x = ["a\\tb"]\n', False),
+    ("x = [\n  'multi-line',\n]\n", False),
+    ('x = ["""a"""]\n', False),
+]
+
+
+@pytest.mark.parametrize(("text", "scanned"), SYNTAX)
+def test_the_scanner_reads_what_tomllib_reads(text: str, scanned: bool) -> None:
+    document = tomllib.loads(text)
+    assert settings_hot._scan(text) == (document if scanned else None)
 
 
 def write(tmp_path: Path, text: str) -> dict[str, str]:
@@ -73,6 +98,13 @@ def test_values_are_tomllib_s(tmp_path: Path, text: str, scanned: bool) -> None:
         "[submit]\n[submit]\n",
         "database = 'x\n",
         "[submit\n",
+        "[a]\nb = 1\n[a.b]\n",
+        "[a.b]\n[a.b]\n",
+        "x = [,]\n",
+        'x = ["a",,]\n',
+        'x = ["a" "b"]\n',
+        "x = ['a'] y\n",
+        "[a..b]\n",
         "key = 1 2\n",
         "a = 1\x01\n",
     ],

@@ -228,14 +228,17 @@ def test_the_wheel_installs_and_migrates_a_new_queue(tmp_path: Path) -> None:
 
     write_msmtprc()
     assert not queue_db().exists()
-    sendmail = subprocess.run(
-        [venv / "bin" / "relayd-sendmail", "rcpt@example.org"],
-        input=b"Subject: from the wheel\n\nhello\n",
-        capture_output=True,
-        env=env,
-        cwd=env["HOME"],
-        timeout=60,
-        check=False,
+
+    def installed(*args: str | Path, message: bytes) -> subprocess.CompletedProcess[bytes]:
+        """Run the installed venv's program with `message` on stdin, in the test's HOME."""
+        return subprocess.run(
+            args, input=message, capture_output=True, env=env, cwd=env["HOME"], timeout=60
+        )
+
+    sendmail = installed(
+        venv / "bin" / "relayd-sendmail",
+        "rcpt@example.org",
+        message=b"Subject: from the wheel\n\nhello\n",
     )
     assert (sendmail.returncode, sendmail.stderr) == (0, b"")
     with sqlite3.connect(queue_db()) as conn:
@@ -247,14 +250,13 @@ def test_the_wheel_installs_and_migrates_a_new_queue(tmp_path: Path) -> None:
     assert tables == {*metadata.tables, "alembic_version"}
     assert [m.recipients for m in stored_messages()] == [[("rcpt@example.org", "pending")]]
     # The installed launcher loads no `re` (pip's console-script wrapper would: SPEC §6 budget).
-    traced = subprocess.run(
-        [venv / "bin" / "python", "-X", "importtime", venv / "bin" / "relayd-sendmail", "r@x.org"],
-        input=b"Subject: traced\n\nhello\n",
-        capture_output=True,
-        env=env,
-        cwd=env["HOME"],
-        timeout=60,
-        check=False,
+    traced = installed(
+        venv / "bin" / "python",
+        "-X",
+        "importtime",
+        venv / "bin" / "relayd-sendmail",
+        "r@x.org",
+        message=b"Subject: traced\n\nhello\n",
     )
     assert traced.returncode == 0, traced.stderr
     imported = {line.rsplit("|", 1)[-1].strip() for line in traced.stderr.decode().splitlines()}

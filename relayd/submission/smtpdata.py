@@ -23,8 +23,7 @@ import re
 import tempfile
 from collections.abc import Iterator
 
-from relayd.store import BODY_CHUNK
-from relayd.submission.spooled import IN_MEMORY
+from relayd.submission.spooled import IN_MEMORY, Replay
 
 END = b"\r\n.\r\n"
 _LINE_END = b"\r\n"
@@ -78,9 +77,8 @@ class Spool:
 
     def chunks(self) -> Iterator[bytes]:
         """The content from its start, BODY_CHUNK at a time."""
-        self.rewind()
-        while block := self.file.read(BODY_CHUNK):
-            yield block
+        self.file.flush()
+        return iter(Replay(self.file))
 
     def close(self) -> None:
         self.file.close()

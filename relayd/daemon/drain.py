@@ -238,6 +238,7 @@ async def deliver_claimed(
                 dead = refused is not None and result.disposition is not Disposition.HOLD
                 if dead and drained.paused is None:
                     drained.dead = item
+        recorder.flush()  # this connection waits for its results now
         if unsent:
             when = drained.paused
             if drained.dead is not None:

@@ -1,6 +1,6 @@
-"""Group commit of attempt results: each is committed right after its final reply, together with
-the others that arrived while the previous commit was on its way to the disk. `Delivered` is an
-attempt as committed: what the runner counts and the notices act on."""
+"""Group commit of attempt results: each is committed within milliseconds of its final reply,
+together with the others that arrived meanwhile. `Delivered` is an attempt as committed: what the
+runner counts and the notices act on."""
 
 from __future__ import annotations
 
@@ -33,10 +33,14 @@ class Delivered:
 class Recorder:
     """Collects attempt records and commits them in one transaction per fsync.
 
-    While a commit runs (in a thread: it blocks on fsync), new records wait; when it ends, all
-    of them go in the next transaction. So a lone message is committed at once, and under load
-    the commits carry as many results as arrived during one fsync, instead of one fsync each.
-    Every record goes to the store even if whoever waits for it is cancelled.
+    A commit starts GATHER seconds after the first record that waits for it, or at once when
+    someone waits for the records (`flush`: a connection at the end of its batch, a stop).
+    While it runs (in a thread: it blocks on fsync), new records wait for the next one. So
+    under load each commit carries the results of a few milliseconds, dozens of messages,
+    instead of the one or two that arrive during one fast fsync: the commit's fixed costs (the
+    transaction, the fsync, waking the thread and handing the interpreter lock back and forth
+    with the event loop) are paid once for all of them. Every record goes to the store even if
+    whoever waits for it is cancelled.
 
     A commit that fails (disk full, a write lock held too long) is retried, with the records
     that arrive meanwhile, until it succeeds: a result the server gave is never dropped, and
@@ -47,6 +51,7 @@ class Recorder:
 
     RETRY_FIRST = 0.2  # seconds before the first retry of a failed commit
     RETRY_MAX = 5.0
+    GATHER = 0.01  # seconds a commit waits for more results (unless someone waits for them)
 
     def __init__(self, store: RunnerStore) -> None:
         self._store = store
@@ -54,6 +59,8 @@ class Recorder:
         self._flusher: asyncio.Task[None] | None = None
         self._abandoned = asyncio.Event()
         self.failing: RelaydError | None = None  # the last commit failure while retrying
+        self._hurry = False  # someone waits for the records: commit without gathering
+        self._gathering: asyncio.Future[None] | None = None  # ends the gathering early
 
     def record(self, record: AttemptRecord) -> asyncio.Future[bool]:
         """Queue `record` for the next commit; the future says whether the message changed."""
@@ -65,9 +72,18 @@ class Recorder:
             self._flusher = asyncio.create_task(self._flush())
         return future
 
+    def flush(self) -> None:
+        """Commit the records queued so far without waiting for more: someone waits for them."""
+        if self._flusher is None:  # nothing queued
+            return
+        self._hurry = True
+        if self._gathering is not None and not self._gathering.done():
+            self._gathering.set_result(None)
+
     async def drain(self) -> None:
         """Wait until every record queued so far is committed (or abandoned)."""
         while self._flusher is not None:
+            self.flush()
             await asyncio.shield(self._flusher)
 
     def abandon(self) -> None:
@@ -79,7 +95,10 @@ class Recorder:
         try:
             delay = self.RETRY_FIRST
             while self._waiting or batch:
+                if not batch and not self._hurry:
+                    await self._gather()
                 batch, self._waiting = batch + self._waiting, []
+                self._hurry = False
                 try:
                     changed = await asyncio.to_thread(
                         self._store.commit_prepared, [prepared for prepared, _ in batch]
@@ -117,6 +136,22 @@ class Recorder:
             raise
         finally:
             self._flusher = None
+
+    async def _gather(self) -> None:
+        """Let results arrive for GATHER seconds, or until `flush`."""
+        loop = asyncio.get_running_loop()
+        self._gathering = gathering = loop.create_future()
+        timer = loop.call_later(self.GATHER, _end, gathering)
+        try:
+            await gathering
+        finally:
+            timer.cancel()
+            self._gathering = None
+
+
+def _end(gathering: asyncio.Future[None]) -> None:
+    if not gathering.done():
+        gathering.set_result(None)
 
 
 def _fail(batch: list[tuple[PreparedRecord, asyncio.Future[bool]]], exc: BaseException) -> None:

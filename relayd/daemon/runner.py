@@ -276,6 +276,7 @@ class Runner:
         futures = [
             self.recorder.record(AttemptRecord(m.queue_id, None, outcome, owner)) for m in messages
         ]
+        self.recorder.flush()
         changed = await asyncio.gather(*futures)
         held = [m for m, ok in zip(messages, changed, strict=True) if ok]
         log.warning("held %s: %s", " ".join(sorted(m.queue_id for m in held)), reason)

@@ -13,10 +13,10 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from typing import Protocol
 
 from relayd.errors import QueueError, RelaydError
 from relayd.store.records import NewMessage
-from relayd.store.sql import SqlStore
 from relayd.sysexits import ExitCode
 
 log = logging.getLogger("relayd.submit")
@@ -39,6 +39,14 @@ class RateLimit:
         return allowed
 
 
+class BatchStore(Protocol):
+    """Where a group commit goes: SqlStore, or a SQLite queue's `store.batch.BatchWriter`."""
+
+    def enqueue_many(self, batch: Sequence[NewMessage], now: float) -> Sequence[str]:
+        """Store `batch` in one transaction; their queue ids, in order (all or none)."""
+        ...
+
+
 class Committer:
     """Group commit: messages handed in while a commit runs are stored together in the next
     one; each caller gets its queue id (or the error) only after its commit. Functions handed
@@ -48,7 +56,7 @@ class Committer:
 
     def __init__(
         self,
-        store: SqlStore,
+        store: BatchStore,
         on_commit: Callable[[], None] | None = None,
         lock: AbstractContextManager[object] | None = None,
     ) -> None:

@@ -41,7 +41,7 @@ def recording(pid: int, output: Path) -> Iterator[None]:
     spy = binary()
     if spy is None:
         raise FileNotFoundError("py-spy is not installed (pip install py-spy)")
-    argv = [spy, "record", "--pid", str(pid), "--rate", str(RATE), "--format", "raw", "--gil"]
+    argv = [spy, "record", "--pid", str(pid), "--rate", str(RATE), "--format", "raw", "--gil", "--subprocesses"]
     proc = subprocess.Popen(
         [*argv, "--nonblocking", "--output", str(output)],
         stdin=subprocess.DEVNULL,

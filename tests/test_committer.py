@@ -15,6 +15,7 @@ from relayd.errors import ConfigError, QueueError
 from relayd.store.batch import BatchWriter, writer_for
 from relayd.store.records import NewMessage
 from relayd.store.sql import SqlStore
+from relayd.submission import limits
 from relayd.submission.limits import Committer
 from relayd.sysexits import ExitCode
 from tests.store_helpers import list_messages, message
@@ -214,3 +215,43 @@ def test_the_batch_writer_refuses_a_queue_of_another_schema(tmp_path: Path) -> N
         assert "schema not at revision" in err.message and err.exit_code == ExitCode.TEMPFAIL
     else:
         raise AssertionError("opened a queue of another schema")
+
+
+def test_the_commit_thread_ends_when_idle_and_a_failing_callback_wedges_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The committer's own thread ends after IDLE_SECONDS without a batch and starts again
+    with the next one; a wake-up callback that raises does not leave the committer busy."""
+    monkeypatch.setattr(limits, "IDLE_SECONDS", 0.05)
+    writer = BatchWriter(str(tmp_path / "queue.db"))
+    SqlStore.open(f"sqlite:///{tmp_path / 'queue.db'}").close()
+    calls: list[int] = []
+
+    def on_commit() -> None:
+        calls.append(1)
+        raise RuntimeError("a broken wake-up")
+
+    threads: list[threading.Thread] = []
+
+    def make(number: int) -> NewMessage:
+        threads.append(threading.current_thread())
+        return message(number)
+
+    async def main() -> list[str]:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: None)
+        committer = Committer(writer, on_commit=on_commit)
+        first = await committer.add(lambda: make(0), 0.0)
+        for _ in range(200):  # bounded: the thread ends within IDLE_SECONDS
+            if not threads[0].is_alive():
+                break
+            await asyncio.sleep(0.01)
+        assert not threads[0].is_alive()
+        second = await asyncio.wait_for(committer.add(lambda: make(1), 0.0), 10)
+        return [first, second]
+
+    try:
+        first, second = asyncio.run(main())
+        assert first != second and len(calls) == 2
+        assert threads[0] is not threads[1] and threads[0].name == "relayd-commit"
+    finally:
+        writer.close()

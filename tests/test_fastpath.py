@@ -158,10 +158,16 @@ def test_a_uid_without_a_usable_name_is_recorded_alone(monkeypatch: pytest.Monke
         return SimpleNamespace(pw_name=names[uid])
 
     monkeypatch.setattr(pwd, "getpwuid", getpwuid)
+    monkeypatch.setattr(submit, "_names", {})
     assert submit.user_name(1000) == "alice"
     assert submit.user_name(4242) is None  # no passwd entry
     assert submit.user_name(1001) is None  # longer than the column
     assert submit.user_name(1002) is None  # not UTF-8
+    # A long-lived process (the listener) looks a name up again only after a while.
+    names[1000] = "alice2"
+    assert submit.user_name(1000) == "alice"
+    monkeypatch.setattr(submit, "_NAME_SECONDS", 0.0)
+    assert submit.user_name(1000) == "alice2"
 
 
 def test_wake_without_a_daemon_is_silent(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ account's settings as for a sendmail submission (`set_from_header`, `set_date_he
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -19,6 +20,7 @@ from typing import IO, Any, Protocol
 import aiosmtpd.smtp
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from relayd.accounts.select import Remembered
 from relayd.errors import ConfigError, DataError, QueueError, RelaydError
 from relayd.settings import Settings
 from relayd.store.records import NewMessage
@@ -319,8 +321,9 @@ class Handler:
     ) -> str:
         """Compose the message and store it through the ingest; the reply to DATA."""
         require = settings.listen.require_account
+        big = isinstance(data, smtpdata.Spool)  # composed into a file of its own
         try:
-            with spooled.wire_file() as wire:
+            with spooled.wire_file() if big else contextlib.nullcontext() as wire:
                 queue_id = await self.ingest.add(
                     lambda: compose(sender, recipients, data, require, wire), time.time()
                 )
@@ -337,13 +340,15 @@ class Handler:
 
 def _account_for(sender: str) -> None:
     """ConfigError unless an account's `from` matches `sender` (`require_account`)."""
-    from relayd.accounts.select import select
-
-    found = select(
+    found = _REMEMBERED.select(
         account_id=None, conffile=None, envelope_from=sender, sendmail_mode=True, emit=_quiet
     )
     if not found.by_from:
         raise ConfigError(f"no account for sender {sender}")
+
+
+# Account choices of this process's listener, kept while the msmtprc files are unchanged.
+_REMEMBERED = Remembered()
 
 
 def compose(
@@ -364,10 +369,20 @@ def compose(
         assert wire is not None
         data.rewind()
         return spooled.compose(
-            inv, data.read, wire, envelope=recipients, require_account=require_account
+            inv,
+            data.read,
+            wire,
+            envelope=recipients,
+            require_account=require_account,
+            remembered=_REMEMBERED,
         )
     account, rcpts, scan = sendmail.prepare(
-        inv, data, sendmail.Output(False), envelope=recipients, require_account=require_account
+        inv,
+        data,
+        sendmail.Output(False),
+        envelope=recipients,
+        require_account=require_account,
+        remembered=_REMEMBERED,
     )
     return submit.build(inv, account, data, scan, rcpts, time.time())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from pathlib import Path
@@ -70,3 +71,37 @@ def test_a_slow_final_reply_keeps_the_lease(
     assert len(upstream.transactions) == 2
     assert expired == []
     assert len(renewals) >= 3 and renewals[-1] > now + lease
+
+
+def test_a_refused_connection_reads_one_body_and_returns_the_rest_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A destination that refuses the connection: only the message whose attempt is recorded
+    has its body read (for its log line and a bounce's headers); the others go back to the
+    queue untouched and unread, instead of a read-ahead group read for nothing."""
+    settings = Settings(database=f"sqlite:///{tmp_path / 'q.sqlite3'}")
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    write_msmtprc(f"account default\nhost 127.0.0.1\nport {port}\nfrom me@example.org\n")
+    with SqlStore.open(settings.database) as store:
+        now = time.time()
+        ids = enqueue_many(store, [message(number=n) for n in range(5)], now)
+        claimed = store.claim_due("default", now, retry.lease_seconds(settings), "r", 5)
+        asked: list[list[str]] = []
+        real = store.read_data_many
+
+        def spy(queue_ids: list[str]) -> dict[str, bytes]:
+            asked.append(list(queue_ids))
+            return real(queue_ids)
+
+        monkeypatch.setattr(store, "read_data_many", spy)
+        drained = asyncio.run(
+            drain.deliver_claimed(
+                store, account_for("default", None, ()), claimed, settings, owner="r"
+            )
+        )
+        assert asked == [[claimed[0].queue_id]]
+        assert drained.dead is not None and len(drained.delivered) == 1
+        assert sorted(drained.returned) == sorted(m.queue_id for m in claimed[1:])
+        assert sorted(ids) == sorted(m.queue_id for m in claimed)

@@ -254,6 +254,9 @@ def main(argv: list[str]) -> int:
     level = int(argv[2]) if len(argv) > 2 else logging.INFO
     lock_fd = int(argv[3]) if len(argv) > 3 and argv[3] != "-" else None
     logging.basicConfig(stream=sys.stderr, level=level, format="relayd: %(message)s")
+    # Lines are "relayd: message" only: a record (one per message stored) need not look up
+    # its thread's and process's names.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: every SMTP command
     pair = socket.socket(fileno=int(argv[1]))
     try:

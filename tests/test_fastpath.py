@@ -275,3 +275,24 @@ def test_sigkill_around_the_commit_leaves_whole_messages_or_none(crash_db: Path)
         assert data.startswith(b"Subject: 0/") and data.endswith(body)
         assert (size, rcpts) == (len(data), 3)
     assert orphans(crash_db) == 0
+
+
+def test_queue_ids_are_base32_of_the_millisecond_and_20_random_bits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """8 digits of the time in milliseconds (modulo 2**40), 4 of the random draw's top 20 bits,
+    most significant first: as spelled digit by digit here, for many times and draws."""
+    import random
+
+    from relayd.store import ids
+
+    def spelled(value: int, digits: int) -> str:
+        return "".join(ids._ALPHABET[value >> (5 * n) & 31] for n in reversed(range(digits)))
+
+    rng = random.Random(14)
+    for now in [0.0, 1e12 / 1000 - 0.001, *(rng.uniform(0, 4e9) for _ in range(2000))]:
+        draw = rng.getrandbits(24).to_bytes(3, "big")
+        monkeypatch.setattr(os, "urandom", lambda size, draw=draw: draw[:size])
+        expected = spelled(int(now * 1000) % (1 << 40), 8) + spelled(int.from_bytes(draw) >> 4, 4)
+        assert ids.new_queue_id(now) == expected
+        assert ids.is_queue_id(expected)

@@ -11,19 +11,24 @@ _RANDOM_DIGITS = 4  # 20 random bits: collisions within one millisecond are rare
 QUEUE_ID_LENGTH = _TIME_DIGITS + _RANDOM_DIGITS
 
 
-def _base32(value: int, digits: int) -> str:
-    out = []
-    for _ in range(digits):
-        value, digit = divmod(value, 32)
-        out.append(_ALPHABET[digit])
-    return "".join(reversed(out))
+# Two base32 digits for each 10-bit value: an id is six lookups (the SMTP listener draws
+# hundreds a second), not twelve divisions.
+_PAIRS = [high + low for high in _ALPHABET for low in _ALPHABET]
 
 
 def new_queue_id(now: float) -> str:
     """A fresh 12-character id for a message arriving at `now` (Unix seconds)."""
     millis = int(now * 1000) % (1 << (5 * _TIME_DIGITS))
     noise = int.from_bytes(os.urandom(3), "big") >> 4
-    return _base32(millis, _TIME_DIGITS) + _base32(noise, _RANDOM_DIGITS)
+    pairs = _PAIRS
+    return (
+        pairs[millis >> 30]
+        + pairs[millis >> 20 & 1023]
+        + pairs[millis >> 10 & 1023]
+        + pairs[millis & 1023]
+        + pairs[noise >> 10]
+        + pairs[noise & 1023]
+    )
 
 
 def is_queue_id(text: str) -> bool:

@@ -226,7 +226,17 @@ async def serve(pair: socket.socket, lock_fd: int | None = None) -> int:
         await worker.drain()
     finally:
         await asyncio.to_thread(store.close)
+        _ignore_signals(loop)
     return ExitCode.OK
+
+
+def _ignore_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """Drained: a later SIGTERM or SIGINT (the daemon's, after systemd's to the whole group)
+    changes nothing. The loop lets go of them now, while its wakeup pipe is open: one caught
+    while the loop closes would be written to the closed pipe ("Exception ignored")."""
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.remove_signal_handler(signum)
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def _open_store(url: str) -> batch.BatchWriter | SqlStore:

@@ -5,7 +5,8 @@ time, and what it does then is what limits its rate; threads waiting in a system
 fsync) or for the GIL do not show.
 
 `listen.py --profile FILE` uses it: py-spy (`pip install py-spy`; found beside the running
-interpreter or on PATH) samples the daemon while smtp-source runs and writes collapsed stacks
+interpreter or on PATH) samples the daemon and its child processes (`--subprocesses`: the
+listener's workers) while smtp-source runs and writes collapsed stacks
 ("raw" format: one line per distinct stack, `frame;frame;... count`) to FILE; the summary
 prints the functions where the samples were taken (self) and those on the stack (inclusive).
 """
@@ -41,7 +42,18 @@ def recording(pid: int, output: Path) -> Iterator[None]:
     spy = binary()
     if spy is None:
         raise FileNotFoundError("py-spy is not installed (pip install py-spy)")
-    argv = [spy, "record", "--pid", str(pid), "--rate", str(RATE), "--format", "raw", "--gil"]
+    argv = [
+        spy,
+        "record",
+        "--pid",
+        str(pid),
+        "--rate",
+        str(RATE),
+        "--format",
+        "raw",
+        "--gil",
+        "--subprocesses",
+    ]
     proc = subprocess.Popen(
         [*argv, "--nonblocking", "--output", str(output)],
         stdin=subprocess.DEVNULL,

@@ -158,10 +158,16 @@ def test_a_uid_without_a_usable_name_is_recorded_alone(monkeypatch: pytest.Monke
         return SimpleNamespace(pw_name=names[uid])
 
     monkeypatch.setattr(pwd, "getpwuid", getpwuid)
+    monkeypatch.setattr(submit, "_names", {})
     assert submit.user_name(1000) == "alice"
     assert submit.user_name(4242) is None  # no passwd entry
     assert submit.user_name(1001) is None  # longer than the column
     assert submit.user_name(1002) is None  # not UTF-8
+    # A long-lived process (the listener) looks a name up again only after a while.
+    names[1000] = "alice2"
+    assert submit.user_name(1000) == "alice"
+    monkeypatch.setattr(submit, "_NAME_SECONDS", 0.0)
+    assert submit.user_name(1000) == "alice2"
 
 
 def test_wake_without_a_daemon_is_silent(tmp_path: Path) -> None:
@@ -269,3 +275,24 @@ def test_sigkill_around_the_commit_leaves_whole_messages_or_none(crash_db: Path)
         assert data.startswith(b"Subject: 0/") and data.endswith(body)
         assert (size, rcpts) == (len(data), 3)
     assert orphans(crash_db) == 0
+
+
+def test_queue_ids_are_base32_of_the_millisecond_and_20_random_bits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """8 digits of the time in milliseconds (modulo 2**40), 4 of the random draw's top 20 bits,
+    most significant first: as spelled digit by digit here, for many times and draws."""
+    import random
+
+    from relayd.store import ids
+
+    def spelled(value: int, digits: int) -> str:
+        return "".join(ids._ALPHABET[value >> (5 * n) & 31] for n in reversed(range(digits)))
+
+    rng = random.Random(14)
+    for now in [0.0, 1e12 / 1000 - 0.001, *(rng.uniform(0, 4e9) for _ in range(2000))]:
+        draw = rng.getrandbits(24).to_bytes(3, "big")
+        monkeypatch.setattr(os, "urandom", lambda size, draw=draw: draw[:size])
+        expected = spelled(int(now * 1000) % (1 << 40), 8) + spelled(int.from_bytes(draw) >> 4, 4)
+        assert ids.new_queue_id(now) == expected
+        assert ids.is_queue_id(expected)

@@ -268,3 +268,24 @@ def test_a_long_command_line_is_refused_and_the_session_goes_on(
             assert _reply(sock).startswith(b"500 "), size
         sock.sendall(b"EHLO client.example\r\nQUIT\r\n")
         assert _reply(sock).startswith(b"250")
+
+
+@pytest.mark.parametrize("workers", ["workers = 0", "workers = 2"])
+def test_a_silent_client_times_out_and_a_busy_one_does_not(
+    listener: Callable[..., tuple[Daemon, int]], workers: str
+) -> None:
+    """`[listen] timeout` counts from the last command: a session that keeps sending commands
+    outlives several timeouts; one that falls silent is closed once its timeout has passed."""
+    import time
+
+    _, port = listener("timeout = 1", workers)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        assert _reply(sock).startswith(b"220")
+        started = time.monotonic()
+        while time.monotonic() - started < 2.6:  # commands 0.3 s apart, past 2 deadlines
+            sock.sendall(b"NOOP\r\n")
+            assert _reply(sock).startswith(b"250")
+            time.sleep(0.3)
+        silent = time.monotonic()
+        assert sock.recv(100) == b""  # closed by the daemon (within the 10 s socket timeout)
+        assert 0.7 < time.monotonic() - silent < 5

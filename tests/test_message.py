@@ -695,3 +695,27 @@ def test_ten_kilobyte_message_is_cheap() -> None:
         build(raw, read_recipients=True, set_date_header="auto", set_msgid_header="auto")
         best = min(best, time.perf_counter() - start)
     assert best < 0.001
+
+
+def test_good_addresses_are_remembered_within_a_bound_and_bad_ones_never(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The listener checks the same addresses at MAIL/RCPT and when composing: one that passed
+    is not checked again; at most _GOOD_MAX are kept; a bad one fails every time."""
+    from relayd.submission import addresses
+
+    monkeypatch.setattr(addresses, "_good", set())
+    monkeypatch.setattr(addresses, "_GOOD_MAX", 3)
+    for address in ("a@x", "b@x", "c@x", "d@x"):
+        check_address(address)
+    assert addresses._good == {"d@x"}  # cleared when full, then kept
+    for _ in range(2):
+        with pytest.raises(DataError):
+            check_address("a b@x")
+    assert "a b@x" not in addresses._good
+
+    def checks_again(address: str, allow_empty: bool) -> None:
+        raise AssertionError(f"{address} checked again")
+
+    monkeypatch.setattr(addresses, "_check", checks_again)
+    check_address("d@x")

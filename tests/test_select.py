@@ -234,3 +234,61 @@ def test_an_unchanged_file_is_parsed_once_and_any_change_is_seen(
     assert files.load(str(path), check_secure=True) is not fresh
     path.unlink()
     assert isinstance(files.load(str(path), check_secure=True), files.Unopenable)
+
+
+def test_remembered_choices_hold_until_a_file_or_the_environment_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SMTP listener's account choices (`Remembered`): the same sender's choice is kept
+    while the files are unchanged, handed out as copies; a rewrite (same size, old mtime put
+    back), a new ~/.msmtprc, another $EMAIL or a file modified just now means choosing again."""
+    from relayd.accounts import select as select_module
+    from relayd.accounts.select import Remembered
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / ".config"))
+    calls: list[str | None] = []
+    real = select_module.select
+
+    def counted(**kwargs: object) -> select_module.Selection:
+        calls.append(kwargs["envelope_from"])  # type: ignore[arg-type]
+        return real(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(select_module, "select", counted)
+    path = write_rc(tmp_path / ".config" / "msmtp", RC, name="config")
+    old = os.stat(path).st_mtime - 60
+    os.utime(path, (old, old))
+    remembered = Remembered()
+
+    def chosen(sender: str) -> tuple[str | None, str | None]:
+        args = {"account_id": None, "conffile": None, "sendmail_mode": True}
+        found = remembered.select(envelope_from=sender, emit=lambda _: None, **args)  # type: ignore[arg-type]
+        account = found.account
+        account.set("host", "changed by the caller")  # a copy: the kept one stays as it was
+        return account.id, account.from_
+
+    assert chosen("boss@work.example") == ("work", "*@work.example")
+    assert chosen("boss@work.example") == ("work", "*@work.example")
+    assert chosen("me@home.example") == ("home", "me@home.example")
+    assert calls == ["boss@work.example", "me@home.example"]
+    fresh = remembered.select(
+        account_id=None,
+        conffile=None,
+        envelope_from="boss@work.example",
+        sendmail_mode=True,
+        emit=lambda _: None,
+    )
+    assert fresh.account.host == "w"
+    path.write_text(RC.replace("*@work.example", "*@WORK.example"))  # the same size
+    os.utime(path, (old, old))
+    assert chosen("boss@work.example") == ("default", "me@home.example")  # no match: default
+    monkeypatch.setenv("EMAIL", "someone@example.org")
+    assert chosen("boss@work.example") == ("default", "me@home.example")
+    assert len(calls) == 4
+    dot = write_rc(tmp_path, "account default\nhost d\nfrom d@example.org\n")  # ~/.msmtprc wins
+    os.utime(dot, (old, old))
+    assert chosen("boss@work.example") == ("default", "d@example.org")
+    dot.write_text("account default\nhost e\nfrom e@example.org\n")  # modified now: not kept
+    assert chosen("x@example.org") == ("default", "e@example.org")
+    assert chosen("x@example.org") == ("default", "e@example.org")
+    assert len(calls) == 7

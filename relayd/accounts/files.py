@@ -87,6 +87,28 @@ def load(path: str, *, check_secure: bool) -> msmtprc.ConfFile | Unopenable:
     return _checked(path, conf, st, check_secure)
 
 
+def fingerprint(conffile: str | None) -> tuple[object, ...] | None:
+    """What choosing an account reads, to tell whether a choice made earlier still holds: the
+    paths of the system and user files (or `conffile`) with their identities or why they could
+    not be read, and the environment the choice looks at. None while a file is too fresh to
+    be trusted (modified within _SETTLED seconds) or not a regular file: choose again."""
+    names = (system_file(), conffile) if conffile else (system_file(), *user_candidates())
+    now = time.time()
+    seen: list[object] = []
+    for path in names:
+        try:
+            st = os.stat(path)
+        except OSError as err:
+            seen.append((path, err.errno))
+            continue
+        if not stat.S_ISREG(st.st_mode) or now - st.st_mtime <= _SETTLED:
+            return None
+        seen.append((path, _identity(st)))
+    environ = os.environ
+    seen += (environ.get("HOME"), environ.get("SMTPSERVER"), environ.get("EMAIL"))
+    return tuple(seen)
+
+
 def _identity(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode)
 

@@ -133,3 +133,44 @@ def select(
             account.set("from_", email)
         return Selection(account, from_file=False)
     raise _not_found("default", loaded)
+
+
+class Remembered:
+    """`select` for a process that chooses accounts again and again and prints nothing of it
+    (the SMTP listener): a choice is kept while the files and environment it read are
+    unchanged (`files.fingerprint`: a stat of each file per call), and handed out as a copy.
+    `emit` is not called for a kept choice."""
+
+    LIMIT = 1024  # choices kept (distinct senders); all are forgotten when it is reached
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple[object, ...], Selection] = {}
+        self._state: tuple[object, ...] | None = None
+
+    def select(
+        self,
+        *,
+        account_id: str | None,
+        conffile: str | None,
+        envelope_from: str | None,
+        sendmail_mode: bool,
+        emit: Emit,
+    ) -> Selection:
+        state = files.fingerprint(conffile)
+        if state != self._state or len(self._kept) >= self.LIMIT:
+            self._kept.clear()
+            self._state = state
+        key = (account_id, conffile, envelope_from, sendmail_mode)
+        kept = self._kept.get(key)
+        if kept is None:
+            kept = select(
+                account_id=account_id,
+                conffile=conffile,
+                envelope_from=envelope_from,
+                sendmail_mode=sendmail_mode,
+                emit=emit,
+            )
+            if state is not None:
+                self._kept[key] = kept
+        account = kept.account.copy()
+        return Selection(account, from_file=kept.from_file, by_from=kept.by_from)

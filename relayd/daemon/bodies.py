@@ -77,16 +77,17 @@ class Bodies:
         self._read: dict[str, bytes] = {}
         self._next = 0  # the first message not read yet
 
-    async def get(self, index: int) -> bytes | Streamed | None:
+    async def get(self, index: int, ahead: bool = True) -> bytes | Streamed | None:
         """Message `index`'s bytes, or its stream if it is big (None: deleted meanwhile);
-        forgets the ones before it."""
+        forgets the ones before it. Without `ahead` (the connection is down: nothing more will
+        be sent on it) only this message is read, not a group."""
         message = self._messages[index]
         if message.size > STREAM_ABOVE:
             return await Streamed.open(self._store, message)
         if index >= self._next:
             group: list[str] = []
             size = 0
-            for later in self._messages[index:]:
+            for later in self._messages[index : None if ahead else index + 1]:
                 if later.size > STREAM_ABOVE or (group and size + later.size > READ_AHEAD_BYTES):
                     break
                 group.append(later.queue_id)

@@ -196,7 +196,7 @@ async def deliver_claimed(
                 if not todo:  # nothing left to send (a result recorded earlier): settle it
                     sent.append((None, recorder.record(_settled(message, owner))))
                     continue
-                data = await bodies.get(index)
+                data = await bodies.get(index, ahead=session.alive)  # refused: this one only
                 if data is None:  # deleted by the user since the claim
                     continue
                 if message.lease_lost:

@@ -80,6 +80,10 @@ class Runner:
         self.stopping = False
         self.live: set[str] = set()  # owners (claims) being delivered: never swept
         self._dead: set[str] = set()  # accounts whose destination is down in this pass
+        # Accounts whose destination was down at their last connection: the next pass claims
+        # one message first (a probe), not a connection's worth to give back when it is still
+        # refused; the first connection that carries a message ends it.
+        self._refused: set[str] = set()
         self.recorder = Recorder(store)
         self.notifier = Notifier(settings.notify_command)
         self.notices = Notices(store, lambda: self.settings, self.notifier, self.kick, clock=clock)
@@ -196,7 +200,7 @@ class Runner:
 
     async def _claim(self, account: str, owner: str) -> Sequence[QueuedMessage]:
         # [limits.ACCOUNT] or a pause: at most what the budget allows (none: the mail waits).
-        wanted = self.settings.delivery.messages_per_connection
+        wanted = 1 if account in self._refused else self.settings.delivery.messages_per_connection
         return await self.limits.claim(
             account, wanted, owner, lambda n: self._claim_rows(account, owner, n)
         )
@@ -252,12 +256,15 @@ class Runner:
                     self.tally.add(item.outcome.state)
             if drained.dead is not None:
                 await self._defer(first.account, drained.dead)
+            elif drained.delivered:
+                self._refused.discard(first.account)  # the destination answers again
             await self.notices.after(account.host or account.socket, drained.delivered)
 
     async def _defer(self, account: str, dead: Delivered) -> None:
         """The destination is down: claim nothing more for `account` in this pass, and move
         its other due mail to the tried message's next time, in one statement."""
         self._dead.add(account)
+        self._refused.add(account)
         now = self._clock()
         until = dead.outcome.next_attempt_at or now + self.settings.retry.first
         deferred = await asyncio.to_thread(

@@ -8,7 +8,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 from relayd.settings import Settings
-from relayd.store.sql import SqlStore
+
+TYPE_CHECKING = False  # SqlStore only as a type: a listener worker must not load SQLAlchemy
+if TYPE_CHECKING:
+    from relayd.store.sql import SqlStore
 
 
 class Context:

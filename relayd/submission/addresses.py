@@ -70,6 +70,12 @@ def _closing_quote(address: str) -> int:
     return -1
 
 
+# Addresses that passed check_address: the SMTP listener checks the same few again and again
+# (at MAIL/RCPT and when it composes). Cleared when it holds _GOOD_MAX of them.
+_good: set[str] = set()
+_GOOD_MAX = 4096
+
+
 def check_address(address: str, *, allow_empty: bool = False) -> None:
     """Raise DataError (exit 65) unless `address` can go into MAIL FROM:<…> / RCPT TO:<…>.
 
@@ -77,6 +83,16 @@ def check_address(address: str, *, allow_empty: bool = False) -> None:
     address literal; non-ASCII allowed, see needs_smtputf8) and a bare `local` (msmtp sends it
     as is; aliases may expand it). `allow_empty` admits the null reverse-path `<>`.
     """
+    if address in _good:
+        return
+    _check(address, allow_empty)
+    if address:
+        if len(_good) >= _GOOD_MAX:
+            _good.clear()
+        _good.add(address)
+
+
+def _check(address: str, allow_empty: bool) -> None:
     if not address:
         if allow_empty:
             return

@@ -10,18 +10,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from typing import Protocol
 
 from relayd.errors import QueueError, RelaydError
 from relayd.store.records import NewMessage
-from relayd.store.sql import SqlStore
 from relayd.sysexits import ExitCode
 
 log = logging.getLogger("relayd.submit")
 
 Work = NewMessage | Callable[[], NewMessage]  # a message, or what composes it
+_Job = tuple[asyncio.AbstractEventLoop, list[tuple[Work, "asyncio.Future[str]"]]]
+IDLE_SECONDS = 5.0  # the commit thread ends after this long without a batch
 
 
 class RateLimit:
@@ -39,6 +43,14 @@ class RateLimit:
         return allowed
 
 
+class BatchStore(Protocol):
+    """Where a group commit goes: SqlStore, or a SQLite queue's `store.batch.BatchWriter`."""
+
+    def enqueue_many(self, batch: Sequence[NewMessage], now: float) -> Sequence[str]:
+        """Store `batch` in one transaction; their queue ids, in order (all or none)."""
+        ...
+
+
 class Committer:
     """Group commit: messages handed in while a commit runs are stored together in the next
     one; each caller gets its queue id (or the error) only after its commit. Functions handed
@@ -48,7 +60,7 @@ class Committer:
 
     def __init__(
         self,
-        store: SqlStore,
+        store: BatchStore,
         on_commit: Callable[[], None] | None = None,
         lock: AbstractContextManager[object] | None = None,
     ) -> None:
@@ -56,34 +68,71 @@ class Committer:
         self.on_commit = on_commit
         self.lock = lock if lock is not None else contextlib.nullcontext()
         self._pending: list[tuple[Work, asyncio.Future[str]]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._busy = False  # a batch is being stored, or about to be
+        # The commit thread: one of the committer's own, fed batches through `_jobs`, ended
+        # after IDLE_SECONDS without work (a thread pool's hand-off costs more per batch).
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._thread_lock = threading.Lock()
+        self._thread_alive = False
 
     async def add(self, message: Work, now: float) -> str:
         """Store `message`; its queue id once committed. A cancelled caller does not stop it."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[str] = loop.create_future()
         self._pending.append((message, future))
-        if self._task is None or self._task.done():
-            self._task = loop.create_task(self._run())
-        return await asyncio.shield(future)
+        if not self._busy:  # what arrives in this turn of the event loop joins the batch
+            self._busy = True
+            loop.call_soon(self._next, loop)
+        return await future
 
-    async def _run(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            await self._commit(batch)
+    def _next(self, loop: asyncio.AbstractEventLoop) -> None:
+        """(On the loop) hand the pending messages to the commit thread as one batch."""
+        batch, self._pending = self._pending, []
+        if not batch:
+            self._busy = False
+            return
+        with self._thread_lock:
+            self._jobs.put((loop, batch))
+            if not self._thread_alive:
+                self._thread_alive = True
+                threading.Thread(target=self._serve, name="relayd-commit", daemon=True).start()
 
-    async def _commit(self, batch: Sequence[tuple[Work, asyncio.Future[str]]]) -> None:
+    def _serve(self) -> None:
+        """(The commit thread) store each batch, answer on its loop; end when idle."""
+        while True:
+            try:
+                loop, batch = self._jobs.get(timeout=IDLE_SECONDS)
+            except queue.Empty:
+                with self._thread_lock:
+                    if self._jobs.empty():
+                        self._thread_alive = False
+                        return
+                continue
+            try:
+                outcomes = self._store([work for work, _ in batch])
+            except Exception as exc:  # nothing was stored
+                outcomes = [_unexpected(exc)] * len(batch)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(self._done, loop, batch, outcomes)
+
+    def _done(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: Sequence[tuple[Work, asyncio.Future[str]]],
+        outcomes: Sequence[str | RelaydError],
+    ) -> None:
+        """(On the loop) answer each caller of a committed batch, then start the next one."""
         try:
-            outcomes = await asyncio.to_thread(self._store, [work for work, _ in batch])
-        except Exception as exc:  # the thread itself failed: nothing was stored
-            outcomes = [_unexpected(exc)] * len(batch)
-        for (_, future), outcome in zip(batch, outcomes, strict=True):
-            if isinstance(outcome, RelaydError):
-                _settle(future, error=outcome)
-            else:
-                _settle(future, result=outcome)
-        if self.on_commit is not None and not all(isinstance(o, RelaydError) for o in outcomes):
-            self.on_commit()
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, RelaydError):
+                    _settle(future, error=outcome)
+                else:
+                    _settle(future, result=outcome)
+            stored = not all(isinstance(o, RelaydError) for o in outcomes)
+            if self.on_commit is not None and stored:
+                self.on_commit()
+        finally:
+            self._next(loop)  # never left busy: the messages waiting go in the next batch
 
     def _store(self, batch: Sequence[Work]) -> list[str | RelaydError]:
         """(In a thread) compose what needs it, store the rest in one transaction."""

@@ -27,13 +27,17 @@ import weakref
 
 from relayd.errors import RelaydError
 from relayd.settings import Settings
+from relayd.store import batch
 from relayd.store.records import NewMessage
-from relayd.store.sql import SqlStore
-from relayd.submission.limits import Committer
+from relayd.submission.limits import BatchStore, Committer
 from relayd.submission.listener import WAKE_PACE, Paced, tls_context
 from relayd.submission.smtpd import Compose, Handler, RelaydSMTP, Sessions, options
 from relayd.submission.workers import DONE, READY, SETTINGS, WAKE
 from relayd.sysexits import ExitCode
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from relayd.store.sql import SqlStore
 
 log = logging.getLogger("relayd.smtp")
 
@@ -103,7 +107,7 @@ class Worker:
     """The worker's event loop side: the socket pair, the sessions, the drain."""
 
     def __init__(
-        self, pair: socket.socket, settings: Settings, store: SqlStore, lock: _CommitLock | None
+        self, pair: socket.socket, settings: Settings, store: BatchStore, lock: _CommitLock | None
     ) -> None:
         self.pair, self.current, self.store = pair, settings, store
         self.paced = Paced(lambda: self.send(WAKE), WAKE_PACE)
@@ -206,7 +210,7 @@ async def serve(pair: socket.socket, lock_fd: int | None = None) -> int:
     settings: Settings = pickle.loads(data[1:])
     pair.setblocking(False)
     try:
-        store = await asyncio.to_thread(SqlStore.open, settings.database, migrate=False)
+        store = await asyncio.to_thread(_open_store, settings.database)
     except RelaydError as err:
         print(f"relayd: SMTP listener worker: {err.message}", file=sys.stderr)
         return int(err.exit_code)
@@ -222,7 +226,28 @@ async def serve(pair: socket.socket, lock_fd: int | None = None) -> int:
         await worker.drain()
     finally:
         await asyncio.to_thread(store.close)
+        _ignore_signals(loop)
     return ExitCode.OK
+
+
+def _ignore_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """Drained: a later SIGTERM or SIGINT (the daemon's, after systemd's to the whole group)
+    changes nothing. The loop lets go of them now, while its wakeup pipe is open: one caught
+    while the loop closes would be written to the closed pipe ("Exception ignored")."""
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.remove_signal_handler(signum)
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def _open_store(url: str) -> batch.BatchWriter | SqlStore:
+    """Where the worker commits: a SQLite queue on a connection of its own (no SQLAlchemy is
+    even imported), a server through SqlStore. The daemon migrated the queue already."""
+    writer = batch.writer_for(url)
+    if writer is not None:
+        return writer.open()
+    from relayd.store.sql import SqlStore
+
+    return SqlStore.open(url, migrate=False)
 
 
 class _Stopped(Exception):
@@ -239,6 +264,9 @@ def main(argv: list[str]) -> int:
     level = int(argv[2]) if len(argv) > 2 else logging.INFO
     lock_fd = int(argv[3]) if len(argv) > 3 and argv[3] != "-" else None
     logging.basicConfig(stream=sys.stderr, level=level, format="relayd: %(message)s")
+    # Lines are "relayd: message" only: a record (one per message stored) need not look up
+    # its thread's and process's names.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: every SMTP command
     pair = socket.socket(fileno=int(argv[1]))
     try:

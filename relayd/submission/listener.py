@@ -19,6 +19,7 @@ from relayd.daemon.services import Context
 from relayd.daemon.startup import permission_failure
 from relayd.errors import RelaydError
 from relayd.settings import Settings
+from relayd.store import batch
 from relayd.submission.limits import Committer
 from relayd.submission.smtpd import Handler, RelaydSMTP, Sessions, options
 from relayd.submission.workers import Pool, worker_count
@@ -38,7 +39,9 @@ class SmtpListener:
     def __init__(self, context: Context) -> None:
         self.context = context
         self.paced = Paced(context.wake, WAKE_PACE)
-        self.committer = Committer(context.store, on_commit=self.paced)
+        # A SQLite queue: commits on a connection of the listener's own, without SQLAlchemy.
+        self.writer = batch.writer_for(self.settings.database)
+        self.committer = Committer(self.writer or context.store, on_commit=self.paced)
         self.handler = Handler(context.settings, self.committer)
         self.sessions = Sessions(lambda: self.settings.listen.max_sessions)
         self.servers: list[asyncio.Server] = []  # workers = 0: served here
@@ -89,6 +92,8 @@ class SmtpListener:
             await self.pool.stop()
         for sock in self.sockets:
             sock.close()
+        if self.writer is not None:  # after a commit in flight (a later one opens it anew)
+            await asyncio.to_thread(self.writer.close)
 
     def addresses(self) -> list[str]:
         return [_shown(sock.getsockname()) for sock in self.sockets]

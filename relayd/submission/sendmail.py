@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from relayd import __version__
 from relayd.accounts import files, pretend, resolve
 from relayd.accounts.account import Account
-from relayd.accounts.select import Selection, select
+from relayd.accounts.select import Remembered, Selection, select
 from relayd.errors import ConfigError, DataError, RelaydError, UsageError
 from relayd.submission import message
 from relayd.submission.cmdline import Delivery, Invocation, Mode, parse
@@ -168,13 +168,15 @@ def prepare(
     emit: Output,
     envelope: list[str] | None = None,
     require_account: bool = False,
+    remembered: Remembered | None = None,
 ) -> tuple[Account, list[str], HeaderScan]:
     """The account (chosen, completed and checked as msmtp does), the recipients (aliases
     expanded) and the header scan of `data`, printing -P/-d lines through `emit`.
 
     `envelope`: recipients given as they are (SMTP's RCPT TO), instead of the command line's
     and the headers'; `require_account`: an envelope-from no account's `from` matches is
-    refused (ConfigError) instead of going to `default` (`[listen] require_account`)."""
+    refused (ConfigError) instead of going to `default` (`[listen] require_account`);
+    `remembered`: account choices kept from earlier messages (nothing is printed then)."""
     sendmail_mode = inv.mode is Mode.SEND
     scan = message.scan_headers(data, read_recipients=inv.read_recipients)
     header_from = scan.from_address if inv.read_envelope_from else None
@@ -183,7 +185,9 @@ def prepare(
     recipients = list(envelope) if envelope is not None else _argument_recipients(inv, scan)
     if sendmail_mode and not recipients and not inv.pretend:
         raise UsageError("no recipients found")
-    selection = choose_account(inv, header_from=header_from, sendmail_mode=sendmail_mode, emit=emit)
+    selection = choose_account(
+        inv, header_from=header_from, sendmail_mode=sendmail_mode, emit=emit, remembered=remembered
+    )
     if require_account and not selection.by_from and inv.envelope_from:
         raise ConfigError(f"no account for sender {inv.envelope_from}")
     account = selection.account
@@ -246,15 +250,21 @@ def _flush(prog: str) -> int:
 
 
 def choose_account(
-    inv: Invocation, *, header_from: str | None, sendmail_mode: bool, emit: Output
+    inv: Invocation,
+    *,
+    header_from: str | None,
+    sendmail_mode: bool,
+    emit: Output,
+    remembered: Remembered | None = None,
 ) -> Selection:
-    """Select the account as msmtp does and apply the command line to it."""
+    """Select the account as msmtp does (through `remembered` when given) and apply the
+    command line to it."""
     if inv.host_given:
         emit("using account specified on command line")
         selection = Selection(Account(id=None, conffile=None), from_file=False)
     else:
         envelope_from = inv.envelope_from if inv.envelope_from is not None else header_from
-        selection = select(
+        selection = (select if remembered is None else remembered.select)(
             account_id=inv.account_id,
             conffile=inv.conffile,
             envelope_from=envelope_from,

@@ -10,14 +10,17 @@ account's settings as for a sendmail submission (`set_from_header`, `set_date_he
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
 from collections.abc import Callable
 from typing import IO, Any, Protocol
 
+import aiosmtpd.smtp
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from relayd.accounts.select import Remembered
 from relayd.errors import ConfigError, DataError, QueueError, RelaydError
 from relayd.settings import Settings
 from relayd.store.records import NewMessage
@@ -49,6 +52,20 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_PATH = re.compile(
     rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*([^( \t][^(]*)?"
 )
+
+
+_AIOSMTPD_LOG = logging.getLogger("mail.log")
+_sanitized_log = aiosmtpd.smtp.sanitized_log
+
+
+def _quiet_sanitized_log(func: Callable[..., None], msg: Any, *args: Any, **kwargs: Any) -> None:
+    """aiosmtpd's `sanitized_log` (called with its logger's debug or info for every command
+    line), skipped when that logger drops INFO: the daemon keeps it at WARNING."""
+    if _AIOSMTPD_LOG.isEnabledFor(logging.INFO):
+        _sanitized_log(func, msg, *args, **kwargs)
+
+
+aiosmtpd.smtp.sanitized_log = _quiet_sanitized_log  # the same records, none built in vain
 
 
 def options(settings: Settings) -> dict[str, Any]:
@@ -95,6 +112,7 @@ class RelaydSMTP(SMTP):
         self._handler = handler
         self._sessions = sessions
         self._counted = False
+        self._deadline = 0.0  # when the session times out (see _reset_timeout)
         self.spooled: smtpdata.Spool | None = None  # the message of a DATA being handled
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -111,6 +129,23 @@ class RelaydSMTP(SMTP):
         self._counted = False
         self._sessions.leave()
         super().connection_lost(error)
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd's timeout at every command, without a new timer each time (a cancelled
+        one left in the loop's heap): the deadline moves, and the one timer, when it fires
+        before the deadline, waits again for what is left."""
+        self._deadline = self.loop.time() + (duration or self._timeout_duration)
+        handle = self._timeout_handle
+        if handle is None or handle.cancelled() or self._deadline < handle.when():
+            if handle is not None:
+                handle.cancel()
+            self._timeout_handle = self.loop.call_at(self._deadline, self._timer)
+
+    def _timer(self) -> None:
+        if self.loop.time() < self._deadline:
+            self._timeout_handle = self.loop.call_at(self._deadline, self._timer)
+        else:
+            self._timeout_cb()  # type: ignore[no-untyped-call]
 
     async def push(self, status: Any) -> None:
         text = status.decode() if isinstance(status, bytes) else status
@@ -286,8 +321,9 @@ class Handler:
     ) -> str:
         """Compose the message and store it through the ingest; the reply to DATA."""
         require = settings.listen.require_account
+        big = isinstance(data, smtpdata.Spool)  # composed into a file of its own
         try:
-            with spooled.wire_file() as wire:
+            with spooled.wire_file() if big else contextlib.nullcontext() as wire:
                 queue_id = await self.ingest.add(
                     lambda: compose(sender, recipients, data, require, wire), time.time()
                 )
@@ -304,13 +340,15 @@ class Handler:
 
 def _account_for(sender: str) -> None:
     """ConfigError unless an account's `from` matches `sender` (`require_account`)."""
-    from relayd.accounts.select import select
-
-    found = select(
+    found = _REMEMBERED.select(
         account_id=None, conffile=None, envelope_from=sender, sendmail_mode=True, emit=_quiet
     )
     if not found.by_from:
         raise ConfigError(f"no account for sender {sender}")
+
+
+# Account choices of this process's listener, kept while the msmtprc files are unchanged.
+_REMEMBERED = Remembered()
 
 
 def compose(
@@ -331,10 +369,20 @@ def compose(
         assert wire is not None
         data.rewind()
         return spooled.compose(
-            inv, data.read, wire, envelope=recipients, require_account=require_account
+            inv,
+            data.read,
+            wire,
+            envelope=recipients,
+            require_account=require_account,
+            remembered=_REMEMBERED,
         )
     account, rcpts, scan = sendmail.prepare(
-        inv, data, sendmail.Output(False), envelope=recipients, require_account=require_account
+        inv,
+        data,
+        sendmail.Output(False),
+        envelope=recipients,
+        require_account=require_account,
+        remembered=_REMEMBERED,
     )
     return submit.build(inv, account, data, scan, rcpts, time.time())
 

@@ -18,6 +18,10 @@ from relayd.store import BODY_CHUNK
 from relayd.store.records import NewMessage
 from relayd.submission.cmdline import Invocation
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from relayd.accounts.select import Remembered
+
 IN_MEMORY = 1 << 20  # a message up to this size waits in memory, a bigger one in a file
 
 
@@ -33,16 +37,23 @@ def compose(
     *,
     envelope: list[str] | None = None,
     require_account: bool = False,
+    remembered: Remembered | None = None,
 ) -> NewMessage:
     """The stored message, made as relayd-sendmail makes it from the message `read` gives (a
     block at a time, like os.read); its wire form is written to `wire` and replayed from there.
-    `envelope`: the SMTP client's recipients (None: the command line's, or -t)."""
+    `envelope`: the SMTP client's recipients (None: the command line's, or -t); `remembered`:
+    account choices kept from earlier messages."""
     from relayd.submission import sendmail, submit
 
     source = submit.Input(read, sys.maxsize)  # the size limit was checked as it arrived
     head = source.head()
     account, recipients, scan = sendmail.prepare(
-        inv, head, sendmail.Output(False), envelope=envelope, require_account=require_account
+        inv,
+        head,
+        sendmail.Output(False),
+        envelope=envelope,
+        require_account=require_account,
+        remembered=remembered,
     )
     new = submit.build(inv, account, head, scan, recipients, time.time(), source.rest())
     for piece in new.body or ():

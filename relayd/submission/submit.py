@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd  # a builtin C module: nothing to load on the hot path
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from relayd import paths, settings_hot
@@ -86,15 +87,26 @@ def build(
 _USER_MAX = 64
 
 
+# Names looked up by a long-lived process (the SMTP listener stores many messages a second,
+# each with its uid's name): uid -> (when, name), read again after _NAME_SECONDS.
+_names: dict[int, tuple[float, str | None]] = {}
+_NAME_SECONDS = 60.0
+
+
 def user_name(uid: int) -> str | None:
     """The password database's name of `uid`; None when it has no entry, or a name the queue
     cannot keep as text (not UTF-8, longer than 64 characters): the uid alone is recorded."""
+    now = time.monotonic()
+    kept = _names.get(uid)
+    if kept is not None and now - kept[0] < _NAME_SECONDS:
+        return kept[1]
     try:
-        name = pwd.getpwuid(uid).pw_name
+        name: str | None = pwd.getpwuid(uid).pw_name
     except KeyError:
-        return None
-    if len(name) > _USER_MAX or has_undecodable(name):
-        return None
+        name = None
+    if name is not None and (len(name) > _USER_MAX or has_undecodable(name)):
+        name = None
+    _names[uid] = (now, name)
     return name
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from relayd.errors import RelaydError
@@ -83,10 +84,17 @@ def send(sock: socket, argv: list[str], blocks: Iterable[bytes]) -> Reply:
 
 
 def _stdin_blocks() -> Iterator[bytes]:
-    """Standard input in blocks; the mail is never held whole."""
-    from relayd.submission.submit import read_stdin
-
-    while block := read_stdin(protocol.MAX_CHUNK):
+    """Standard input in blocks; the mail is never held whole. (os.read, not the submit
+    module's reader: that module and what it loads cost a fifth of this client's start.)"""
+    while True:
+        try:
+            block = os.read(0, protocol.MAX_CHUNK)
+        except OSError as exc:
+            raise RelaydError(
+                f"cannot read the mail from standard input: {exc.strerror}", ExitCode.IOERR
+            ) from None
+        if not block:
+            return
         yield block
 
 

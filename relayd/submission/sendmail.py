@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-import _socket
 import gc
 import os
 import sys
-import time
-from collections.abc import Iterable, Sequence
 
-from relayd import __version__
-from relayd.accounts import files, pretend, resolve
-from relayd.accounts.account import Account
-from relayd.accounts.select import Selection, select
 from relayd.errors import ConfigError, DataError, RelaydError, UsageError
-from relayd.submission import message
 from relayd.submission.cmdline import Delivery, Invocation, Mode, parse
-from relayd.submission.headers import HeaderScan
 from relayd.sysexits import ExitCode
+
+# What only a message composed in this process needs (accounts, header rules) is imported where
+# it is used: a user of the host socket hands the mail over without it, and collections.abc
+# would load `collections` (7 M instructions) for annotations alone.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import _socket
+    from collections.abc import Iterable, Sequence
+
+    from relayd.accounts.account import Account
+    from relayd.accounts.select import Selection
+    from relayd.submission.headers import HeaderScan
 
 MSMTP_VERSION = "1.8.23"
 
@@ -133,6 +136,8 @@ def run(inv: Invocation, prog: str, *, fast_exit: bool = False) -> int:
         if inv.mode is Mode.SERVERINFO:
             return interactive.serverinfo(account, prog=prog, debug=debug)
         return interactive.rmqs(account, inv.rmqs or "", prog=prog, debug=debug)
+    import time
+
     from relayd.submission import submit
 
     if fast_exit and _submits_only(inv):
@@ -175,6 +180,9 @@ def prepare(
     `envelope`: recipients given as they are (SMTP's RCPT TO), instead of the command line's
     and the headers'; `require_account`: an envelope-from no account's `from` matches is
     refused (ConfigError) instead of going to `default` (`[listen] require_account`)."""
+    from relayd.accounts import pretend, resolve
+    from relayd.submission import message
+
     sendmail_mode = inv.mode is Mode.SEND
     scan = message.scan_headers(data, read_recipients=inv.read_recipients)
     header_from = scan.from_address if inv.read_envelope_from else None
@@ -210,6 +218,8 @@ def prepare(
 
 def _argument_recipients(inv: Invocation, scan: HeaderScan) -> list[str]:
     """The recipients of the command line (and with -t, of the headers)."""
+    from relayd.submission import message
+
     for argument in inv.recipients:
         if any(char in argument for char in "\r\n\0"):
             raise DataError(f"invalid recipient {argument!r}: contains a line break or NUL")
@@ -249,6 +259,10 @@ def choose_account(
     inv: Invocation, *, header_from: str | None, sendmail_mode: bool, emit: Output
 ) -> Selection:
     """Select the account as msmtp does and apply the command line to it."""
+    from relayd.accounts import resolve
+    from relayd.accounts.account import Account
+    from relayd.accounts.select import Selection, select
+
     if inv.host_given:
         emit("using account specified on command line")
         selection = Selection(Account(id=None, conffile=None), from_file=False)
@@ -273,7 +287,8 @@ def choose_account(
 
 def version_lines(prog: str) -> list[str]:
     """--version: relayd's version, msmtp's configuration file names, the queue and daemon."""
-    from relayd import paths
+    from relayd import __version__, paths
+    from relayd.accounts import files
     from relayd.daemon.instance import daemon_listening
     from relayd.store import location
 

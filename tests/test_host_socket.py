@@ -231,6 +231,47 @@ print(client.read_reply(old, None).code)
     assert err.count("ended before the message did") == 1, err
 
 
+def test_a_silent_client_times_out_with_75_and_the_daemon_serves_on(
+    host: Host, host_daemon: Callable[..., Daemon]
+) -> None:
+    daemon = host_daemon('timeout = "1s"')
+    code = f"""
+import socket, time
+from relayd.submission import client, protocol
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+sock.connect({str(host.socket)!r})
+hello = {{"version": 1, "op": "submit", "argv": ["a@example.org"]}}
+sock.sendall(protocol.json_frame(protocol.HELLO, hello))
+sock.sendall(protocol.frame(protocol.DATA, b"Subject: half"))
+started = time.monotonic()
+reply = client.read_reply(sock, None)
+print(reply.code, round(time.monotonic() - started))
+"""
+    result = host.python(NOBODY, code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [b"75", b"1"]  # answered after the timeout, not before
+    assert stored_messages() == []
+    assert host.sendmail(NOBODY, ["you@example.org"], MESSAGE).returncode == 0
+    _, err = daemon.stop()
+    assert err.count("sent nothing for 1s") == 1, err
+
+
+def test_a_message_the_daemon_cannot_compose_is_answered_and_not_stored(
+    host: Host, host_daemon: Callable[..., Daemon]
+) -> None:
+    host_daemon()
+    # The client does not compose: no recipient is found by the daemon, in the commit's thread.
+    result = host.sendmail(NOBODY, [], MESSAGE)
+    assert result.returncode == 64, result
+    assert result.stderr.decode().splitlines() == ["relayd-sendmail: no recipients found"]
+    unknown = host.sendmail(NOBODY, ["-a", "none", "you@example.org"], MESSAGE)
+    assert unknown.returncode == 78, unknown
+    assert "none" in unknown.stderr.decode()
+    assert stored_messages() == []
+    assert host.sendmail(NOBODY, ["you@example.org"], MESSAGE).returncode == 0
+    assert len(stored_messages()) == 1
+
+
 def test_a_user_over_the_rate_limit_gets_75(host: Host, host_daemon: Callable[..., Daemon]) -> None:
     host_daemon("rate = 3")
     codes = [host.sendmail(NOBODY, ["you@example.org"], MESSAGE).returncode for _ in range(4)]

@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.host_helpers import NOBODY, Host, host, needs_root, test_user
-from tests.sendmail_helpers import stored_messages, write_msmtprc
+from tests.host_helpers import NOBODY, Host, as_uid, host, needs_root, test_user
+from tests.sendmail_helpers import SENDMAIL, stored_messages, write_msmtprc
 from tests.test_daemon import Daemon, column, eventually, start_daemon, upstream
 from tests.upstream import UpstreamServer
 
@@ -254,6 +255,32 @@ print(reply.code, round(time.monotonic() - started))
     assert host.sendmail(NOBODY, ["you@example.org"], MESSAGE).returncode == 0
     _, err = daemon.stop()
     assert err.count("sent nothing for 1s") == 1, err
+
+
+def test_a_slow_writer_keeps_the_daemon_waiting_past_its_timeout(
+    host: Host, host_daemon: Callable[..., Daemon]
+) -> None:
+    # The client holds back at most one block: a mail written line by line, slower in all than
+    # the daemon's silence timeout, reaches it as it is written.
+    host_daemon('timeout = "2s"')
+    env = host.user_env(NOBODY)
+    with subprocess.Popen(
+        [*as_uid(NOBODY), SENDMAIL, "you@example.org"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=env["HOME"],
+    ) as proc:
+        assert proc.stdin is not None
+        for line in MESSAGE.splitlines(keepends=True):  # 5 lines, 1 s apart
+            proc.stdin.write(line)
+            proc.stdin.flush()
+            time.sleep(1)
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else b""
+    (stored,) = stored_messages()
+    assert stored.data.endswith(b"\r\n\r\nhello\r\n")  # every line, the last one too
 
 
 def test_a_message_the_daemon_cannot_compose_is_answered_and_not_stored(

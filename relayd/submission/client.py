@@ -65,14 +65,22 @@ def report(reply: Reply, prog: str) -> int:
 
 
 def send(sock: socket, argv: list[str], blocks: Iterable[bytes]) -> Reply:
-    """Submit `blocks` (the mail, each at most MAX_CHUNK bytes) with `argv`; the reply."""
+    """Submit `blocks` (the mail, each at most MAX_CHUNK bytes) with `argv`; the reply.
+
+    Each block is sent once the next one has been read, so a mail read in one block goes out
+    in one write (hello, data, end) that the daemon takes at one wake-up; a slow writer still
+    gives the daemon a frame whenever it writes (its timeout counts between frames)."""
     sock.settimeout(REPLY_TIMEOUT)
     hello = {"version": protocol.VERSION, "op": "submit", "argv": argv}
     try:
-        sock.sendall(protocol.json_frame(protocol.HELLO, hello))
+        held = [protocol.json_frame(protocol.HELLO, hello)]
         for block in blocks:
-            sock.sendall(protocol.frame(protocol.DATA, block))
-        sock.sendall(protocol.frame(protocol.END))
+            if len(held) > 1 or held[0][:1] == protocol.DATA:
+                sock.sendall(b"".join(held))
+                held.clear()
+            held.append(protocol.frame(protocol.DATA, block))
+        held.append(protocol.frame(protocol.END))
+        sock.sendall(b"".join(held))
     except RelaydError as err:
         return Reply(err.exit_code, err.message, [])
     except OSError:

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from relayd.submission import spooled
 from tests.host_helpers import NOBODY, Host, as_uid, host, needs_root, test_user
 from tests.sendmail_helpers import SENDMAIL, stored_messages, write_msmtprc
 from tests.test_daemon import Daemon, column, eventually, start_daemon, upstream
@@ -288,9 +289,13 @@ def test_a_message_the_daemon_cannot_compose_is_answered_and_not_stored(
 ) -> None:
     host_daemon()
     # The client does not compose: no recipient is found by the daemon, in the commit's thread.
-    result = host.sendmail(NOBODY, [], MESSAGE)
-    assert result.returncode == 64, result
-    assert result.stderr.decode().splitlines() == ["relayd-sendmail: no recipients found"]
+    big = (
+        MESSAGE + b"x" * 79 + b"\n" * (2 * spooled.IN_MEMORY // 80)
+    )  # composed in a thread of its own
+    for mail in (MESSAGE, big):
+        result = host.sendmail(NOBODY, [], mail)
+        assert result.returncode == 64, result
+        assert result.stderr.decode().splitlines() == ["relayd-sendmail: no recipients found"]
     unknown = host.sendmail(NOBODY, ["-a", "none", "you@example.org"], MESSAGE)
     assert unknown.returncode == 78, unknown
     assert "none" in unknown.stderr.decode()

@@ -5,15 +5,13 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import time  # loaded at start-up already (zipimport)
 
 from relayd.errors import ConfigError, DataError, RelaydError, UsageError
 from relayd.submission.cmdline import Delivery, Invocation, Mode, parse
 from relayd.sysexits import ExitCode
 
-# What only a message composed in this process needs (accounts, header rules) is imported where
-# it is used: a user of the host socket hands the mail over without it, and collections.abc
-# would load `collections` (7 M instructions) for annotations alone.
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # accounts, headers: imported where used (the socket's client needs none)
 if TYPE_CHECKING:
     import _socket
     from collections.abc import Iterable, Sequence
@@ -136,8 +134,6 @@ def run(inv: Invocation, prog: str, *, fast_exit: bool = False) -> int:
         if inv.mode is Mode.SERVERINFO:
             return interactive.serverinfo(account, prog=prog, debug=debug)
         return interactive.rmqs(account, inv.rmqs or "", prog=prog, debug=debug)
-    import time
-
     from relayd.submission import submit
 
     if fast_exit and _submits_only(inv):

@@ -223,9 +223,12 @@ class SubmitServer:
             self._readers.difference_update({asyncio.current_task()})  # a stop lets it finish
             spool.seek(0)
             with spooled.wire_file() as wire:
-                # composed in the group commit's thread: one hop to a thread, not two
+                work: NewMessage | Callable[[], NewMessage]
                 work = functools.partial(_compose, inv, spool, wire, peer)
                 try:
+                    if size > spooled.IN_MEMORY:  # not in the commit's thread: others wait there
+                        work = await asyncio.to_thread(work)
+                    # else composed in the group commit's thread: one hop to a thread, not two
                     queue_id = await self.committer.add(work, time.time())
                 except RelaydError as err:
                     raise Refused(err.message, err.exit_code) from None

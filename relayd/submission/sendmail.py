@@ -127,9 +127,7 @@ def run(inv: Invocation, prog: str, *, fast_exit: bool = False) -> int:
         return ExitCode.OK
     debug = emit if inv.debug else None
     if not sendmail_mode:
-        from relayd.submission import (
-            interactive,  # the delivery engine: only when talking to a server
-        )
+        from relayd.submission import interactive  # the delivery engine: for a server only
 
         if inv.mode is Mode.SERVERINFO:
             return interactive.serverinfo(account, prog=prog, debug=debug)
@@ -176,7 +174,7 @@ def prepare(
     `envelope`: recipients given as they are (SMTP's RCPT TO), instead of the command line's
     and the headers'; `require_account`: an envelope-from no account's `from` matches is
     refused (ConfigError) instead of going to `default` (`[listen] require_account`)."""
-    from relayd.accounts import pretend, resolve
+    from relayd.accounts import resolve
     from relayd.submission import message
 
     sendmail_mode = inv.mode is Mode.SEND
@@ -198,6 +196,8 @@ def prepare(
     if selection.using_line is not None:
         emit(selection.using_line)
     if emit.enabled:  # -d/-P: the account as msmtp prints it (not worth making unprinted)
+        from relayd.accounts import pretend
+
         lines = pretend.account_lines(
             account,
             sendmail_mode=sendmail_mode,
@@ -214,7 +214,7 @@ def prepare(
 
 def _argument_recipients(inv: Invocation, scan: HeaderScan) -> list[str]:
     """The recipients of the command line (and with -t, of the headers)."""
-    from relayd.submission import message
+    from relayd.submission import message  # loaded already by prepare()
 
     for argument in inv.recipients:
         if any(char in argument for char in "\r\n\0"):

@@ -73,12 +73,13 @@ def send(sock: socket, argv: list[str], blocks: Iterable[bytes]) -> Reply:
     sock.settimeout(REPLY_TIMEOUT)
     hello = {"version": protocol.VERSION, "op": "submit", "argv": argv}
     try:
-        held = [protocol.json_frame(protocol.HELLO, hello)]
+        held, holds_data = [protocol.json_frame(protocol.HELLO, hello)], False
         for block in blocks:
-            if len(held) > 1 or held[0][:1] == protocol.DATA:
+            if holds_data:  # the block before this one, with the hello if it is the first
                 sock.sendall(b"".join(held))
                 held.clear()
             held.append(protocol.frame(protocol.DATA, block))
+            holds_data = True
         held.append(protocol.frame(protocol.END))
         sock.sendall(b"".join(held))
     except RelaydError as err:

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Submission latency: `relayd-sendmail` for a 10 KB message, beside its floors and its peers.
 
-Runs seven contenders round-robin in one run, so machine load falls on all of them alike:
+Runs its contenders in rounds in one run, so machine load falls on all of them alike, each
+round in its own seeded shuffled order (never the same predecessor every time):
 
 1. `python -c pass` with the interpreter relayd-sendmail runs on;
 2. a bare durable insert: a fresh Python process that reads the message from stdin and inserts
@@ -10,7 +11,8 @@ Runs seven contenders round-robin in one run, so machine load falls on all of th
 4. Debian's `msmtp` sending the same message to Postfix's `smtp-sink` on 127.0.0.1;
 5. `python -c pass` as `nobody` through `setpriv`: the floor of 6 (hostsocket.py);
 6. `relayd-sendmail` as `nobody` through a root `relayd daemon`'s submit socket (SPEC §7),
-   the daemon started by the benchmark and delivering to the smtp-sink meanwhile;
+   the daemon started by the benchmark and delivering to the smtp-sink; after each run the
+   benchmark waits, untimed, until the daemon has delivered and is idle again;
 7. Postfix's `sendmail`, which hands the message to `postdrop` (postdrop.py);
 8. `relayd-sendmail` as 3, but its queue named by a relayd.toml (`RELAYD_CONFIG`, a file with
    several sections) instead of `RELAYD_DATABASE_URL`: SPEC §6 holds "with or without a
@@ -39,9 +41,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import os
+import random
 import shutil
 import sqlite3
 import statistics
@@ -129,6 +133,7 @@ class Contender:
     samples_ms: list[float] = field(default_factory=list)
     skipped: str | None = None
     failed: str | None = None
+    settle: Callable[[], None] | None = None  # untimed, after each run: let its effects pass
 
     @property
     def active(self) -> bool:
@@ -183,8 +188,14 @@ def run_once(contender: Contender, errors: IO[bytes]) -> float:
     return elapsed / 1e6
 
 
-def measure(contenders: Sequence[Contender], runs: int, progress: Callable[[int], None]) -> None:
-    """One untimed warm-up each, then `runs` rounds; each round starts at another contender."""
+def measure(
+    contenders: Sequence[Contender], runs: int, progress: Callable[[int], None], seed: int = 1
+) -> None:
+    """One untimed warm-up each, then `runs` rounds, each in its own shuffled order (seeded:
+    the same orders every run). A fixed order would give each contender the same predecessor
+    every time, and what a predecessor leaves behind (CPU caches, a daemon still busy) would
+    fall on the same contender each round."""
+    order = random.Random(seed)
     with tempfile.TemporaryFile() as errors:
         for contender in contenders:
             if not contender.active:
@@ -193,15 +204,18 @@ def measure(contenders: Sequence[Contender], runs: int, progress: Callable[[int]
                 run_once(contender, errors)
             except RuntimeError as exc:
                 contender.failed = f"warm-up run failed: {exc}"
+            if contender.settle is not None:
+                contender.settle()
         for round_number in range(runs):
-            shift = round_number % len(contenders)
-            for contender in [*contenders[shift:], *contenders[:shift]]:
+            for contender in order.sample(list(contenders), len(contenders)):
                 if not contender.active:
                     continue
                 try:
                     contender.samples_ms.append(run_once(contender, errors))
                 except RuntimeError as exc:
                     contender.failed = f"run {round_number + 1} failed: {exc}"
+                if contender.settle is not None:
+                    contender.settle()
             progress(round_number + 1)
 
 
@@ -460,6 +474,8 @@ def host_contenders(
     sock.argv = [*host.prefix, str(VENV / "bin" / "relayd-sendmail"), RECIPIENT]
     for contender in (floor, sock):
         contender.env, contender.cwd = host.user_env, host.user_home
+    sock.settle = functools.partial(hostsocket.settle, host)
+    hostsocket.settle(host)  # after the readiness submission
     return [floor, sock], host
 
 

@@ -6,9 +6,12 @@ On the sendmail hot path: stdlib only, no pathlib (plain `os.path` strings are c
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 
 from relayd.errors import ConfigError
+
+TYPE_CHECKING = False  # collections.abc would load `collections` on the hot path
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 SYSTEM_SETTINGS_FILE = "/etc/relayd/relayd.toml"
 SYSTEM_STATE_DIR = "/var/spool/relayd"

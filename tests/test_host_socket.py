@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.host_helpers import NOBODY, Host, host, needs_root, test_user
-from tests.sendmail_helpers import stored_messages, write_msmtprc
+from relayd.submission import spooled
+from tests.host_helpers import NOBODY, Host, as_uid, host, needs_root, test_user
+from tests.sendmail_helpers import SENDMAIL, stored_messages, write_msmtprc
 from tests.test_daemon import Daemon, column, eventually, start_daemon, upstream
 from tests.upstream import UpstreamServer
 
@@ -229,6 +231,77 @@ print(client.read_reply(old, None).code)
     _, err = daemon.stop()
     assert err.count("malformed request") == 1, err
     assert err.count("ended before the message did") == 1, err
+
+
+def test_a_silent_client_times_out_with_75_and_the_daemon_serves_on(
+    host: Host, host_daemon: Callable[..., Daemon]
+) -> None:
+    daemon = host_daemon('timeout = "1s"')
+    code = f"""
+import socket, time
+from relayd.submission import client, protocol
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+sock.connect({str(host.socket)!r})
+hello = {{"version": 1, "op": "submit", "argv": ["a@example.org"]}}
+sock.sendall(protocol.json_frame(protocol.HELLO, hello))
+sock.sendall(protocol.frame(protocol.DATA, b"Subject: half"))
+started = time.monotonic()
+reply = client.read_reply(sock, None)
+print(reply.code, round(time.monotonic() - started))
+"""
+    result = host.python(NOBODY, code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [b"75", b"1"]  # answered after the timeout, not before
+    assert stored_messages() == []
+    assert host.sendmail(NOBODY, ["you@example.org"], MESSAGE).returncode == 0
+    _, err = daemon.stop()
+    assert err.count("sent nothing for 1s") == 1, err
+
+
+def test_a_slow_writer_keeps_the_daemon_waiting_past_its_timeout(
+    host: Host, host_daemon: Callable[..., Daemon]
+) -> None:
+    # The client holds back at most one block: a mail written line by line, slower in all than
+    # the daemon's silence timeout, reaches it as it is written.
+    host_daemon('timeout = "2s"')
+    env = host.user_env(NOBODY)
+    with subprocess.Popen(
+        [*as_uid(NOBODY), SENDMAIL, "you@example.org"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=env["HOME"],
+    ) as proc:
+        assert proc.stdin is not None
+        for line in MESSAGE.splitlines(keepends=True):  # 5 lines, 1 s apart
+            proc.stdin.write(line)
+            proc.stdin.flush()
+            time.sleep(1)
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0, proc.stderr.read() if proc.stderr else b""
+    (stored,) = stored_messages()
+    assert stored.data.endswith(b"\r\n\r\nhello\r\n")  # every line, the last one too
+
+
+def test_a_message_the_daemon_cannot_compose_is_answered_and_not_stored(
+    host: Host, host_daemon: Callable[..., Daemon]
+) -> None:
+    host_daemon()
+    # The client does not compose: no recipient is found by the daemon, in the commit's thread.
+    big = (
+        MESSAGE + b"x" * 79 + b"\n" * (2 * spooled.IN_MEMORY // 80)
+    )  # composed in a thread of its own
+    for mail in (MESSAGE, big):
+        result = host.sendmail(NOBODY, [], mail)
+        assert result.returncode == 64, result
+        assert result.stderr.decode().splitlines() == ["relayd-sendmail: no recipients found"]
+    unknown = host.sendmail(NOBODY, ["-a", "none", "you@example.org"], MESSAGE)
+    assert unknown.returncode == 78, unknown
+    assert "none" in unknown.stderr.decode()
+    assert stored_messages() == []
+    assert host.sendmail(NOBODY, ["you@example.org"], MESSAGE).returncode == 0
+    assert len(stored_messages()) == 1
 
 
 def test_a_user_over_the_rate_limit_gets_75(host: Host, host_daemon: Callable[..., Daemon]) -> None:

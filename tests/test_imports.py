@@ -173,6 +173,21 @@ def test_a_submission_into_postgresql_loads_no_driver() -> None:
     assert "ssl" not in modules  # loaded only to encrypt
 
 
+# What only a process that composes the message itself loads (a socket submission does not).
+COMPOSING_ONLY = frozenset(
+    {
+        "collections",
+        "relayd.accounts.msmtprc",
+        "relayd.accounts.select",
+        "relayd.accounts.resolve",
+        "relayd.submission.headers",
+        "relayd.submission.message",
+        "relayd.submission.submit",
+        "relayd.store",
+    }
+)
+
+
 @needs_root
 def test_a_submission_through_the_host_socket_stays_in_budget(host: Host) -> None:
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -207,3 +222,6 @@ def test_a_submission_through_the_host_socket_stays_in_budget(host: Host) -> Non
     assert got[0] == protocol.HELLO and got[-1] == protocol.END  # it went through the socket
     assert over_budget(modules) == []  # the frames' JSON without the json package
     assert "sqlite3" not in modules and "_sqlite3" not in modules
+    # The daemon composes the message: the client needs no accounts, header rules or store,
+    # and nothing of it imports collections.abc (which loads `collections`) for annotations.
+    assert sorted(modules & COMPOSING_ONLY) == []

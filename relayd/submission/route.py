@@ -7,7 +7,6 @@ import _socket
 import os
 
 from relayd import paths, settings_hot
-from relayd.daemon.instance import daemon_listening
 
 TYPE_CHECKING = False  # the sendmail hot path
 if TYPE_CHECKING:
@@ -59,6 +58,9 @@ def _answers(path: str, owner: int | None = None) -> bool:
                 return False
         except OSError:
             return False
+    # Here, not at the top: a user of the host socket has no wake-up socket of its own.
+    from relayd.daemon.instance import daemon_listening
+
     return daemon_listening(path)
 
 

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import _socket
 import gc
 import os
 import sys
-import time
-from collections.abc import Iterable, Sequence
+import time  # loaded at start-up already (zipimport)
 
-from relayd import __version__
-from relayd.accounts import files, pretend, resolve
-from relayd.accounts.account import Account
-from relayd.accounts.select import Remembered, Selection, select
 from relayd.errors import ConfigError, DataError, RelaydError, UsageError
-from relayd.submission import message
 from relayd.submission.cmdline import Delivery, Invocation, Mode, parse
-from relayd.submission.headers import HeaderScan
 from relayd.sysexits import ExitCode
+
+TYPE_CHECKING = False  # accounts, headers: imported where used (the socket's client needs none)
+if TYPE_CHECKING:
+    import _socket
+    from collections.abc import Iterable, Sequence
+
+    from relayd.accounts.account import Account
+    from relayd.accounts.select import Remembered, Selection
+    from relayd.submission.headers import HeaderScan
 
 MSMTP_VERSION = "1.8.23"
 
@@ -126,9 +127,7 @@ def run(inv: Invocation, prog: str, *, fast_exit: bool = False) -> int:
         return ExitCode.OK
     debug = emit if inv.debug else None
     if not sendmail_mode:
-        from relayd.submission import (
-            interactive,  # the delivery engine: only when talking to a server
-        )
+        from relayd.submission import interactive  # the delivery engine: for a server only
 
         if inv.mode is Mode.SERVERINFO:
             return interactive.serverinfo(account, prog=prog, debug=debug)
@@ -177,6 +176,9 @@ def prepare(
     and the headers'; `require_account`: an envelope-from no account's `from` matches is
     refused (ConfigError) instead of going to `default` (`[listen] require_account`);
     `remembered`: account choices kept from earlier messages (nothing is printed then)."""
+    from relayd.accounts import resolve
+    from relayd.submission import message
+
     sendmail_mode = inv.mode is Mode.SEND
     scan = message.scan_headers(data, read_recipients=inv.read_recipients)
     header_from = scan.from_address if inv.read_envelope_from else None
@@ -198,6 +200,8 @@ def prepare(
     if selection.using_line is not None:
         emit(selection.using_line)
     if emit.enabled:  # -d/-P: the account as msmtp prints it (not worth making unprinted)
+        from relayd.accounts import pretend
+
         lines = pretend.account_lines(
             account,
             sendmail_mode=sendmail_mode,
@@ -214,6 +218,8 @@ def prepare(
 
 def _argument_recipients(inv: Invocation, scan: HeaderScan) -> list[str]:
     """The recipients of the command line (and with -t, of the headers)."""
+    from relayd.submission import message  # loaded already by prepare()
+
     for argument in inv.recipients:
         if any(char in argument for char in "\r\n\0"):
             raise DataError(f"invalid recipient {argument!r}: contains a line break or NUL")
@@ -259,6 +265,10 @@ def choose_account(
 ) -> Selection:
     """Select the account as msmtp does (through `remembered` when given) and apply the
     command line to it."""
+    from relayd.accounts import resolve
+    from relayd.accounts.account import Account
+    from relayd.accounts.select import Selection, select
+
     if inv.host_given:
         emit("using account specified on command line")
         selection = Selection(Account(id=None, conffile=None), from_file=False)
@@ -283,7 +293,8 @@ def choose_account(
 
 def version_lines(prog: str) -> list[str]:
     """--version: relayd's version, msmtp's configuration file names, the queue and daemon."""
-    from relayd import paths
+    from relayd import __version__, paths
+    from relayd.accounts import files
     from relayd.daemon.instance import daemon_listening
     from relayd.store import location
 

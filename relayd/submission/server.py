@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import pwd
@@ -171,16 +172,17 @@ class SubmitServer:
         self, reader: asyncio.StreamReader, allowed: bytes, *, first: bool = False
     ) -> tuple[bytes | None, bytes]:
         """The next frame; (None, b"") when a client leaves before its first frame."""
-        timeout = self.settings.submit.timeout
-        try:
-            header = await asyncio.wait_for(reader.readexactly(protocol.HEADER_SIZE), timeout)
-        except asyncio.IncompleteReadError as exc:
-            if first and not exc.partial:
-                return None, b""
-            raise
-        kind, length = protocol.parse_header(header)
-        protocol.check_header(kind, length, allowed)
-        payload = await asyncio.wait_for(reader.readexactly(length), timeout) if length else b""
+        # asyncio.timeout, not wait_for: wait_for makes a task of every read (Python 3.11)
+        async with asyncio.timeout(self.settings.submit.timeout):
+            try:
+                header = await reader.readexactly(protocol.HEADER_SIZE)
+            except asyncio.IncompleteReadError as exc:
+                if first and not exc.partial:
+                    return None, b""
+                raise
+            kind, length = protocol.parse_header(header)
+            protocol.check_header(kind, length, allowed)
+            payload = await reader.readexactly(length) if length else b""
         return kind, payload
 
     async def _submit(
@@ -221,24 +223,25 @@ class SubmitServer:
             self._readers.difference_update({asyncio.current_task()})  # a stop lets it finish
             spool.seek(0)
             with spooled.wire_file() as wire:
-                new = await asyncio.to_thread(_compose, inv, spool, wire, peer)
+                work: NewMessage | Callable[[], NewMessage]
+                work = functools.partial(_compose, inv, spool, wire, peer)
                 try:
-                    queue_id = await self.committer.add(new, time.time())
+                    if size > spooled.IN_MEMORY:  # not in the commit's thread: others wait there
+                        work = await asyncio.to_thread(work)
+                    # else composed in the group commit's thread: one hop to a thread, not two
+                    queue_id = await self.committer.add(work, time.time())
                 except RelaydError as err:
                     raise Refused(err.message, err.exit_code) from None
+        await _reply(writer, ExitCode.OK, f"queued as {queue_id}", warnings)  # then the rest
         log.info("queued %s from %s", queue_id, peer)
         if inv.delivery is Delivery.BACKGROUND:
             self.context.wake()
-        await _reply(writer, ExitCode.OK, f"queued as {queue_id}", warnings)
 
 
 def _compose(inv: Invocation, spool: Any, wire: Any, peer: Peer) -> NewMessage:
-    """The stored message, made with the host's accounts from `spool` (`spooled.compose`),
-    recorded as the peer's."""
-    try:
-        new = spooled.compose(inv, spool.read, wire)
-    except RelaydError as err:
-        raise Refused(err.message, err.exit_code) from None
+    """(In the commit's thread) the stored message, made with the host's accounts from
+    `spool` (`spooled.compose`), recorded as the peer's; its RelaydError is the answer."""
+    new = spooled.compose(inv, spool.read, wire)
     new.uid, new.user = peer.uid, peer.user
     return new
 

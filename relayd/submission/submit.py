@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd  # a builtin C module: nothing to load on the hot path
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import time  # loaded at start-up already (zipimport)
 
 from relayd import paths, settings_hot
 from relayd.accounts.account import Account
@@ -17,6 +16,10 @@ from relayd.submission.addresses import has_undecodable, shown
 from relayd.submission.cmdline import Delivery, Invocation
 from relayd.submission.headers import HeaderScan
 from relayd.sysexits import ExitCode
+
+TYPE_CHECKING = False  # collections.abc would load `collections` on the hot path
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
 
 def stored_overrides(inv: Invocation, account: Account) -> tuple[tuple[str, str | None], ...]:
@@ -193,8 +196,8 @@ def _check_storable(inv: Invocation, account: Account) -> None:
 
 def store(inv: Invocation, new: NewMessage, now: float) -> str:
     """Store the message durably and wake the daemon (-odb, the default); return the queue id."""
-    # Here, not at the top: the host socket's client reads stdin with this module's read_stdin
-    # and must not load sqlite3.
+    # Here, not at the top: the SMTP listener and the submit socket's server compose with this
+    # module and store through their own store.
     from relayd.store import fastpath
 
     queue_id = fastpath.submit(location.database_url(), new, now, timeout=fastpath.lock_timeout())

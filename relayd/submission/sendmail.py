@@ -1,4 +1,9 @@
-"""relayd-sendmail: the sendmail/msmtp-compatible front end (a hot path: keep imports light)."""
+"""relayd-sendmail: the sendmail/msmtp-compatible front end (a hot path: keep imports light).
+
+Why this module is long: it is the front end's one dispatcher (route to the host socket or the
+queue, prepare, choose the account, -bp/-q/--version/--help); moving the version and help text
+out would cost the hot path nothing but is left for a later split.
+"""
 
 from __future__ import annotations
 

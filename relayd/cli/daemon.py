@@ -8,7 +8,7 @@ import sys
 import typer
 
 from relayd import settings
-from relayd.daemon import instance
+from relayd.daemon import instance, malloc
 from relayd.errors import RelaydError
 
 
@@ -41,6 +41,7 @@ def daemon_command(
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)  # it narrates every job run
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: every SMTP command
+    malloc.one_arena()  # before the first thread
     import asyncio  # with ssl, ~6 MiB that every other `relayd` command does without
 
     from relayd.daemon import (

@@ -8,8 +8,6 @@ import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import scramp
-
 from relayd.delivery.auth_methods import IMPLEMENTED
 from relayd.delivery.classify import Failure, classify
 from relayd.delivery.result import Event, Reply
@@ -94,6 +92,10 @@ class CramMd5(Mechanism):
         return f"{self.user} {digest}".encode()
 
 
+class Rejected(Exception):
+    """The server's challenge proves it does not know the user (a SCRAM signature mismatch)."""
+
+
 class Scram(Mechanism):
     """SCRAM-SHA-1/256 without channel binding, as GNU SASL runs it for msmtp: the client-first
     message answers an empty challenge, and the server-final one is answered with nothing."""
@@ -101,16 +103,25 @@ class Scram(Mechanism):
     def __init__(self, name: str, user: str, password: str) -> None:
         super().__init__(user, password)
         self.name = name
+        # scramp (with asn1crypto, ~5 MiB) only when an account uses SCRAM: the daemon runs
+        # for good, and most accounts authenticate with PLAIN over TLS.
+        import scramp
+
         self._client: Any = scramp.ScramClient([name], user, password)
         self._verified = False
 
     def answer(self, challenge: bytes, step: int) -> bytes:
-        if step == 0:
-            return str(self._client.get_client_first()).encode()
-        if step == 1:
-            self._client.set_server_first(challenge.decode())
-            return str(self._client.get_client_final()).encode()
-        self._client.set_server_final(challenge.decode())  # raises unless the server knew us
+        from scramp import ScramException  # loaded by __init__
+
+        try:
+            if step == 0:
+                return str(self._client.get_client_first()).encode()
+            if step == 1:
+                self._client.set_server_first(challenge.decode())
+                return str(self._client.get_client_final()).encode()
+            self._client.set_server_final(challenge.decode())  # raises unless the server knew us
+        except ScramException as exc:
+            raise Rejected(str(exc)) from exc
         self._verified = True
         return b""
 
@@ -192,7 +203,7 @@ async def authenticate(mech: Mechanism, exchange: Exchange) -> Failure | None:
             answer = mech.answer(challenge, step)
         except (binascii.Error, UnicodeDecodeError):
             return classify(Event.AUTH_BAD_CHALLENGE, method=mech.name)
-        except scramp.ScramException:
+        except Rejected:
             return classify(Event.AUTH_REJECTED, method=mech.name)
         reply = await exchange(base64.b64encode(answer).decode(), True)
         step += 1

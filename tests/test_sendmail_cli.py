@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from relayd import paths
-from relayd.submission import sendmail
+from relayd.submission import about
 
 SENDMAIL = str(Path(sys.executable).with_name("relayd-sendmail"))
 
@@ -41,10 +41,10 @@ def test_version_names_the_files_the_queue_and_the_daemon_state(tmp_path: Path) 
 
 
 def test_version_hides_database_passwords(monkeypatch: object) -> None:
-    assert sendmail._redact("postgresql+psycopg://u:secret@h:5432/q") == (
+    assert about.redact("postgresql+psycopg://u:secret@h:5432/q") == (
         "postgresql+psycopg://u:***@h:5432/q"
     )
-    assert sendmail._redact("sqlite:////x/y.sqlite3") == "sqlite:////x/y.sqlite3"
+    assert about.redact("sqlite:////x/y.sqlite3") == "sqlite:////x/y.sqlite3"
 
 
 def test_help() -> None:

@@ -19,7 +19,7 @@ from relayd.daemon import instance
 from relayd.errors import QueueError
 from relayd.store.queued import Attempt, Outcome, State
 from relayd.store.sql import SqlStore
-from relayd.submission import sendmail
+from relayd.submission import about
 from tests.queue_fill import enqueue_many
 from tests.sendmail_helpers import write_msmtprc
 from tests.store_helpers import message, record_attempt
@@ -280,7 +280,7 @@ def test_status_and_sendmail_version_ask_the_one_wake_socket_probe(
     assert vars(status_cli)["daemon_listening"] is instance.daemon_listening
     assert not instance.daemon_listening(paths.wake_socket())  # nothing listens in this test
     monkeypatch.setattr(instance, "daemon_listening", lambda wake_socket: True)
-    assert any(line.startswith("Daemon: running") for line in sendmail.version_lines("x"))
+    assert any(line.startswith("Daemon: running") for line in about.version_lines("x"))
 
 
 def test_status_with_a_running_daemon(start_daemon: Callable[..., Daemon]) -> None:

@@ -1,4 +1,4 @@
-"""The daemon's resident memory: one malloc arena, and SCRAM's library only when SCRAM is used."""
+"""The daemon's resident memory: one malloc arena, no pydantic, SCRAM's library only for SCRAM."""
 
 from __future__ import annotations
 
@@ -114,6 +114,19 @@ def test_a_delivering_daemon_keeps_one_malloc_arena_unless_the_user_says(
     upstream.wait_for(5, timeout=20)
     found = _thread_heaps(daemon.proc.pid)
     assert (found >= 1) if heaps else (found == 0), found
+
+
+def test_the_daemon_loads_no_pydantic_for_its_options(
+    upstream: UpstreamServer, start_daemon: Callable[..., Daemon]
+) -> None:
+    """typer 0.29 and later validate option values through pydantic (~13 MiB for good in the
+    daemon): the pinned typer converts them without it."""
+    write_msmtprc(f"account default\nhost 127.0.0.1\nport {upstream.port}\nfrom me@example.org\n")
+    daemon = start_daemon("--scan-interval", "30", "--shutdown-grace", "2")
+    submit()
+    upstream.wait_for(1, timeout=20)
+    maps = Path(f"/proc/{daemon.proc.pid}/maps").read_text()
+    assert "pydantic" not in maps
 
 
 def test_the_daemon_loads_no_scram_library_until_an_account_uses_scram() -> None:
